@@ -1,0 +1,101 @@
+//! Configuration the agent writes into kernel maps: address roles, endpoint
+//! sets and port numbers.
+
+/// Bit set of the roles an address plays (SPEC §1: "control plane", "node",
+/// "pod"). Stored as the value of the `ROLES` longest-prefix-match trie.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Roles(pub u32);
+
+impl Roles {
+    /// No role: the address is none of ours.
+    pub const EMPTY: Self = Self(0);
+    /// Inside a `--control-plane` CIDR.
+    pub const CONTROL_PLANE: Self = Self(1);
+    /// One of the node's own addresses (`--node-ip`).
+    pub const NODE: Self = Self(1 << 1);
+    /// Inside a `--pod-cidr`.
+    pub const POD: Self = Self(1 << 2);
+
+    /// True when every bit of `other` is set.
+    #[inline(always)]
+    pub const fn has(self, other: Self) -> bool {
+        self.0 & other.0 == other.0 && other.0 != 0
+    }
+
+    /// The union of both sets.
+    #[must_use]
+    pub const fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+}
+
+/// An IP address as the kernel maps store it: 16 bytes in network order,
+/// IPv4 as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), so one map and one
+/// code path serve both families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Addr(pub [u8; 16]);
+
+const _: () = assert!(size_of::<Addr>() == 16);
+
+impl Addr {
+    /// The IPv4-mapped form of an IPv4 address given as its 4 bytes.
+    #[inline(always)]
+    pub const fn from_v4(octets: [u8; 4]) -> Self {
+        Self([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]])
+    }
+
+    /// The 4 bytes of an IPv4-mapped address, or `None` for a true IPv6 one.
+    pub fn as_v4(&self) -> Option<[u8; 4]> {
+        let a = &self.0;
+        if a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff {
+            Some([a[12], a[13], a[14], a[15]])
+        } else {
+            None
+        }
+    }
+}
+
+/// Prefix length to add to an IPv4 prefix to store it in the 128-bit trie.
+pub const V4_MAPPED_PREFIX: u32 = 96;
+
+/// Port numbers of SPEC §4, in host byte order. Index 0 of the `PORTS` array.
+/// A port of 0 disables the rows that need it (no connection uses port 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ports {
+    /// `--kubelet-port`, default 10250.
+    pub kubelet: u16,
+    /// `--kubelet-read-only-port`, default 10255.
+    pub kubelet_read_only: u16,
+    /// `--ssh-port`, default 22.
+    pub ssh: u16,
+    /// `--konnectivity-port`, default 8132.
+    pub konnectivity: u16,
+    /// Explicit padding, always 0.
+    pub _pad: u32,
+}
+
+const _: () = assert!(size_of::<Ports>() == 12);
+
+impl Default for Ports {
+    fn default() -> Self {
+        Self { kubelet: 10250, kubelet_read_only: 10255, ssh: 22, konnectivity: 8132, _pad: 0 }
+    }
+}
+
+/// Key of the `APISERVERS` hash: an apiserver endpoint or the `kubernetes`
+/// VIP (`--apiserver`, `--apiserver-vip`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// The address.
+    pub addr: Addr,
+    /// TCP port, host byte order.
+    pub port: u16,
+    /// Explicit padding, always 0.
+    pub _pad: u16,
+}
+
+const _: () = assert!(size_of::<Endpoint>() == 20);

@@ -1,0 +1,297 @@
+//! The flow table: one entry per tracked TCP connection, shared by the
+//! ingress and egress programs so that a connection whose both ends live on
+//! this node is one entry, counted once.
+
+use crate::{
+    config::Addr,
+    protocol::{PREFIX_LEN, Prefix, Protocol, first_bytes},
+};
+
+/// Key of the `FLOWS` hash. The two ends are stored in a canonical order
+/// (lower address:port first) so that a packet in either direction finds the
+/// entry with one lookup; [`Flow::flags`] remembers which end is the client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// The lower end's address.
+    pub lo: Addr,
+    /// The higher end's address.
+    pub hi: Addr,
+    /// The lower end's port, host byte order.
+    pub lo_port: u16,
+    /// The higher end's port, host byte order.
+    pub hi_port: u16,
+}
+
+const _: () = assert!(size_of::<FlowKey>() == 36);
+
+impl FlowKey {
+    /// The canonical key of a packet from `src:sport` to `dst:dport`, and
+    /// whether the source is the key's `lo` end.
+    #[inline(always)]
+    pub fn new(src: Addr, sport: u16, dst: Addr, dport: u16) -> (Self, bool) {
+        let src_is_lo = (src.0, sport) <= (dst.0, dport);
+        if src_is_lo {
+            (Self { lo: src, hi: dst, lo_port: sport, hi_port: dport }, true)
+        } else {
+            (Self { lo: dst, hi: src, lo_port: dport, hi_port: sport }, false)
+        }
+    }
+}
+
+/// Index of the client→server direction in per-direction arrays.
+pub const C2S: usize = 0;
+/// Index of the server→client direction in per-direction arrays.
+pub const S2C: usize = 1;
+
+/// [`Flow::protocol`] while no decision has been made.
+pub const UNDECIDED: u8 = 0xff;
+
+/// Bits of [`Flow::flags`].
+pub mod flags {
+    /// The key's `lo` end is the client.
+    pub const CLIENT_IS_LO: u32 = 1;
+    /// The client→server direction's start sequence is known.
+    pub const STARTED_C2S: u32 = 1 << 1;
+    /// The server→client direction's start sequence is known.
+    pub const STARTED_S2C: u32 = 1 << 2;
+    /// Some payload has been seen; `SPEAKER_S2C` tells the direction.
+    pub const SPOKE: u32 = 1 << 3;
+    /// The first payload went server→client (e.g. an SSH banner).
+    pub const SPEAKER_S2C: u32 = 1 << 4;
+    /// A FIN went client→server.
+    pub const FIN_C2S: u32 = 1 << 5;
+    /// A FIN went server→client.
+    pub const FIN_S2C: u32 = 1 << 6;
+}
+
+/// Value of the `FLOWS` hash: what is known about one tracked connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// The [`crate::path::Path`] discriminant.
+    pub path: u8,
+    /// The [`Protocol`] discriminant, or [`UNDECIDED`].
+    pub protocol: u8,
+    /// The [`crate::policy::Verdict`] discriminant, valid once decided.
+    pub verdict: u8,
+    /// Explicit padding, always 0.
+    pub _pad: u8,
+    /// Bits from [`flags`].
+    pub flags: u32,
+    /// Per direction ([`C2S`], [`S2C`]): the sequence number after the last
+    /// byte counted, so retransmissions and the second sighting of a segment
+    /// (both ends on this node) are not counted twice.
+    pub next_seq: [u32; 2],
+    /// Per direction: the sequence number of the first payload byte.
+    pub start_seq: [u32; 2],
+    /// How many leading bytes of the first speaker's stream are in `prefix`.
+    pub prefix_len: u32,
+    /// Explicit padding, always 0.
+    pub _pad2: u32,
+    /// The first speaker's first bytes, in stream order, for detection.
+    pub prefix: Prefix,
+    /// `bpf_ktime_get_ns` when the connection was first seen.
+    pub created_ns: u64,
+}
+
+const _: () = assert!(size_of::<Flow>() == 56);
+
+impl Flow {
+    /// A new entry for a connection seen at its SYN with sequence `isn`.
+    #[inline(always)]
+    pub const fn new(path: u8, client_is_lo: bool, isn: u32, now_ns: u64) -> Self {
+        let start = isn.wrapping_add(1);
+        Self {
+            path,
+            protocol: UNDECIDED,
+            verdict: 0,
+            _pad: 0,
+            flags: if client_is_lo { flags::CLIENT_IS_LO } else { 0 } | flags::STARTED_C2S,
+            next_seq: [start, 0],
+            start_seq: [start, 0],
+            prefix_len: 0,
+            _pad2: 0,
+            prefix: [0; 2],
+            created_ns: now_ns,
+        }
+    }
+
+    /// The direction of a packet whose source is (or is not) the key's `lo`.
+    #[inline(always)]
+    pub const fn direction(&self, src_is_lo: bool) -> usize {
+        if src_is_lo == (self.flags & flags::CLIENT_IS_LO != 0) { C2S } else { S2C }
+    }
+
+    /// The decided protocol, if any.
+    pub const fn protocol(&self) -> Option<Protocol> {
+        Protocol::from_u8(self.protocol)
+    }
+
+    /// Records the first sequence number of direction `dir` (from a SYN or
+    /// SYN-ACK: `seq` is the ISN, the first byte comes after it).
+    #[inline(always)]
+    pub fn start(&mut self, dir: usize, isn: u32) {
+        let bit = started_bit(dir);
+        if self.flags & bit == 0 {
+            let start = isn.wrapping_add(1);
+            self.start_seq[dir & 1] = start;
+            self.next_seq[dir & 1] = start;
+            self.flags |= bit;
+        }
+    }
+
+    /// Accounts a segment of `len` payload bytes at `seq` in direction `dir`
+    /// and returns how many of them are new (not seen before).
+    #[inline(always)]
+    pub fn new_bytes(&mut self, dir: usize, seq: u32, len: u32) -> u32 {
+        let d = dir & 1;
+        let bit = started_bit(dir);
+        if self.flags & bit == 0 {
+            // We missed this direction's handshake: start at this segment.
+            self.start_seq[d] = seq;
+            self.next_seq[d] = seq;
+            self.flags |= bit;
+        }
+        let end = seq.wrapping_add(len);
+        let next = self.next_seq[d];
+        if (end.wrapping_sub(next) as i32) <= 0 {
+            return 0;
+        }
+        self.next_seq[d] = end;
+        if (seq.wrapping_sub(next) as i32) >= 0 { len } else { end.wrapping_sub(next) }
+    }
+
+    /// Where a segment at `seq` in direction `dir` starts in the stream
+    /// (0 = first payload byte), or `None` when it cannot add to the prefix.
+    #[inline(always)]
+    pub fn prefix_offset(&self, dir: usize, seq: u32) -> Option<usize> {
+        let off = seq.wrapping_sub(self.start_seq[dir & 1]);
+        // A segment beyond the bytes we have would leave a hole; wait for
+        // the retransmission that fills it.
+        if off < PREFIX_LEN as u32 && off <= self.prefix_len { Some(off as usize) } else { None }
+    }
+
+    /// Adds `n` bytes (`bytes`, packed), which start at stream offset `off`,
+    /// to the prefix, keeping what is already there.
+    #[inline(always)]
+    pub fn merge_prefix(&mut self, off: usize, bytes: &Prefix, n: usize) {
+        let have = self.prefix_len as usize;
+        let end = if off + n > PREFIX_LEN { PREFIX_LEN } else { off + n };
+        if end <= have {
+            return;
+        }
+        let shifted = shift_up(bytes, off);
+        let old = first_bytes(have);
+        let new = first_bytes(end);
+        self.prefix[0] |= shifted[0] & new[0] & !old[0];
+        self.prefix[1] |= shifted[1] & new[1] & !old[1];
+        self.prefix_len = end as u32;
+    }
+}
+
+/// Moves packed bytes `off` positions up the stream (`off` in `0..16`).
+#[inline(always)]
+fn shift_up(w: &Prefix, off: usize) -> Prefix {
+    let bits = (8 * off) as u32;
+    if off == 0 {
+        *w
+    } else if off < 8 {
+        [w[0].wrapping_shl(bits), w[1].wrapping_shl(bits) | w[0].wrapping_shr(64 - bits)]
+    } else if off < PREFIX_LEN {
+        [0, w[0].wrapping_shl(bits - 64)]
+    } else {
+        [0, 0]
+    }
+}
+
+#[inline(always)]
+const fn started_bit(dir: usize) -> u32 {
+    if dir & 1 == C2S { flags::STARTED_C2S } else { flags::STARTED_S2C }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Detection, detect, pack};
+
+    fn a(last: u8) -> Addr {
+        Addr::from_v4([198, 18, 0, last])
+    }
+
+    #[test]
+    fn both_directions_share_a_key() {
+        let (k1, lo1) = FlowKey::new(a(1), 40000, a(2), 8080);
+        let (k2, lo2) = FlowKey::new(a(2), 8080, a(1), 40000);
+        assert_eq!(k1, k2);
+        assert_ne!(lo1, lo2);
+        let f = Flow::new(3, lo1, 100, 0);
+        assert_eq!(f.direction(lo1), C2S);
+        assert_eq!(f.direction(lo2), S2C);
+    }
+
+    #[test]
+    fn retransmissions_and_second_sightings_count_once() {
+        let mut f = Flow::new(3, true, 999, 0);
+        assert_eq!(f.new_bytes(C2S, 1000, 10), 10);
+        assert_eq!(f.new_bytes(C2S, 1000, 10), 0, "same segment again");
+        assert_eq!(f.new_bytes(C2S, 1005, 10), 5, "overlapping retransmission");
+        assert_eq!(f.new_bytes(C2S, 1015, 0), 0);
+        // The server side was never started: its first segment starts it.
+        assert_eq!(f.new_bytes(S2C, 7, 3), 3);
+        assert_eq!(f.new_bytes(S2C, 7, 3), 0);
+    }
+
+    #[test]
+    fn sequence_wraps() {
+        let mut f = Flow::new(3, true, u32::MAX - 2, 0);
+        assert_eq!(f.new_bytes(C2S, u32::MAX - 1, 4), 4);
+        assert_eq!(f.next_seq[C2S], 2);
+        assert_eq!(f.new_bytes(C2S, 2, 4), 4);
+        assert_eq!(f.prefix_offset(C2S, u32::MAX - 1), Some(0));
+        assert_eq!(f.prefix_offset(C2S, 1), None, "past the empty prefix");
+    }
+
+    /// A request line sent one byte per segment, with a duplicate and an
+    /// early segment in between, is assembled in order.
+    #[test]
+    fn prefix_assembles_tiny_segments() {
+        let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut f = Flow::new(3, true, 0, 0);
+        let mut decided = None;
+        let feed = |f: &mut Flow, seq: u32, bytes: &[u8]| {
+            if let Some(off) = f.prefix_offset(C2S, seq) {
+                f.merge_prefix(off, &pack(bytes), bytes.len().min(PREFIX_LEN));
+            }
+        };
+        feed(&mut f, 5, &req[4..6]); // ahead of a hole: ignored
+        assert_eq!(f.prefix_len, 0);
+        for (i, b) in req.iter().enumerate() {
+            feed(&mut f, 1 + i as u32, &[*b]);
+            feed(&mut f, 1 + i as u32, &[*b]); // the other end's sighting
+            if let Detection::Decided(p) = detect(&f.prefix, f.prefix_len as usize, false) {
+                decided = Some((p, i + 1));
+                break;
+            }
+        }
+        assert_eq!(decided, Some((Protocol::Http, 4)));
+        assert_eq!(f.prefix, pack(b"GET "));
+    }
+
+    #[test]
+    fn merge_keeps_old_bytes_and_spans_words() {
+        let mut f = Flow::new(3, true, 0, 0);
+        f.merge_prefix(0, &pack(b"PRI * H"), 7);
+        f.merge_prefix(5, &pack(b"XXTTP/2.0\r\n\r\nSM"), 14); // overlaps "H"; old bytes win
+        assert_eq!(f.prefix_len, 16);
+        assert_eq!(f.prefix, pack(b"PRI * HTTP/2.0\r\n"));
+        for off in 0..PREFIX_LEN {
+            let mut g = Flow::new(3, true, 0, 0);
+            g.prefix_len = off as u32;
+            g.merge_prefix(off, &pack(&[0xab; 16]), 16);
+            let mut want = [0u8; 16];
+            want[off..].fill(0xab);
+            assert_eq!(g.prefix, pack(&want), "offset {off}");
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Protocol detection from the first payload bytes of a connection (SPEC §2).
+
+/// The `protocol` label. The discriminant indexes the kernel's counter arrays.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// A TLS handshake record.
+    Tls = 0,
+    /// An HTTP/1.x request line.
+    Http = 1,
+    /// The cleartext HTTP/2 connection preface (h2c with prior knowledge).
+    Http2 = 2,
+    /// An SSH identification string.
+    Ssh = 3,
+    /// Anything else.
+    Other = 4,
+    /// The connection closed before any payload.
+    None = 5,
+}
+
+impl Protocol {
+    /// Number of protocols; the size of every per-protocol table.
+    pub const COUNT: usize = 6;
+
+    /// All protocols, in table order.
+    pub const ALL: [Self; Self::COUNT] =
+        [Self::Tls, Self::Http, Self::Http2, Self::Ssh, Self::Other, Self::None];
+
+    /// The `protocol` label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Tls => "tls",
+            Self::Http => "http",
+            Self::Http2 => "http2",
+            Self::Ssh => "ssh",
+            Self::Other => "other",
+            Self::None => "none",
+        }
+    }
+
+    /// Parses a `protocol` label value.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// Converts a table index back to a protocol.
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        if (v as usize) < Self::COUNT { Some(Self::ALL[v as usize]) } else { None }
+    }
+
+    /// Plaintext protocols: the ones the default policy alerts on.
+    pub const fn is_plaintext(self) -> bool {
+        matches!(self, Self::Http | Self::Http2 | Self::Other)
+    }
+}
+
+/// How many leading bytes detection may need. The longest signature is the
+/// h2c preface's first line, `PRI * HTTP/2.0\r\n` (16 bytes).
+pub const PREFIX_LEN: usize = 16;
+
+/// The first bytes of a stream as two little-endian words: byte `i` is bits
+/// `8 * (i % 8)..` of word `i / 8`. Detection works on whole words so the
+/// kernel runs a few ALU operations per signature instead of a byte loop
+/// with a branch per byte, which is also what keeps the verifier fast.
+pub type Prefix = [u64; 2];
+
+/// Packs up to [`PREFIX_LEN`] bytes into a [`Prefix`].
+pub const fn pack(bytes: &[u8]) -> Prefix {
+    let mut w = [0u64; 2];
+    let mut i = 0;
+    while i < bytes.len() && i < PREFIX_LEN {
+        w[i / 8] |= (bytes[i] as u64) << (8 * (i % 8));
+        i += 1;
+    }
+    w
+}
+
+/// The mask of the first `n` bytes (`n` in `0..=16`).
+#[inline(always)]
+pub const fn first_bytes(n: usize) -> Prefix {
+    let lo = if n >= 8 { u64::MAX } else { (1u64 << (8 * n)) - 1 };
+    let hi = if n >= 16 {
+        u64::MAX
+    } else if n <= 8 {
+        0
+    } else {
+        (1u64 << (8 * (n - 8))) - 1
+    };
+    [lo, hi]
+}
+
+/// The result of looking at the first bytes seen so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detection {
+    /// The protocol is known.
+    Decided(Protocol),
+    /// The bytes so far are a prefix of some signature: wait for more. This is
+    /// what keeps a request line split across tiny segments from being
+    /// called `other`.
+    NeedMore,
+}
+
+struct Signature {
+    bytes: Prefix,
+    mask: Prefix,
+    len: usize,
+    protocol: Protocol,
+}
+
+const fn sig(bytes: &[u8], protocol: Protocol) -> Signature {
+    Signature { bytes: pack(bytes), mask: first_bytes(bytes.len()), len: bytes.len(), protocol }
+}
+
+/// Signatures besides TLS's (whose version byte is a range). HTTP methods
+/// carry their trailing space so that `GETX` is not taken for HTTP.
+const SIGNATURES: [Signature; 11] = [
+    sig(b"PRI * HTTP/2.0\r\n", Protocol::Http2),
+    sig(b"SSH-", Protocol::Ssh),
+    sig(b"GET ", Protocol::Http),
+    sig(b"POST ", Protocol::Http),
+    sig(b"PUT ", Protocol::Http),
+    sig(b"HEAD ", Protocol::Http),
+    sig(b"DELETE ", Protocol::Http),
+    sig(b"OPTIONS ", Protocol::Http),
+    sig(b"PATCH ", Protocol::Http),
+    sig(b"CONNECT ", Protocol::Http),
+    sig(b"TRACE ", Protocol::Http),
+];
+
+/// Decides the protocol from the first `len` bytes of `prefix` (the first
+/// bytes the first speaker sent, in stream order; bytes past `len` are 0).
+/// With `len == PREFIX_LEN` or `closed` it always decides.
+#[inline(always)]
+pub fn detect(prefix: &Prefix, len: usize, closed: bool) -> Detection {
+    if len == 0 {
+        return if closed { Detection::Decided(Protocol::None) } else { Detection::NeedMore };
+    }
+    let final_ = closed || len >= PREFIX_LEN;
+    let have = first_bytes(if len > PREFIX_LEN { PREFIX_LEN } else { len });
+    let w = prefix[0];
+    // TLS record header: content type 22 (handshake), major version 3, minor
+    // version 0 (SSL 3.0) to 4.
+    if w & 0xff == 0x16 {
+        if len < 3 {
+            return if final_ { Detection::Decided(Protocol::Other) } else { Detection::NeedMore };
+        }
+        let tls = (w >> 8) & 0xff == 3 && (w >> 16) & 0xff <= 4;
+        return Detection::Decided(if tls { Protocol::Tls } else { Protocol::Other });
+    }
+    let mut need_more = false;
+    let mut s = 0;
+    while s < SIGNATURES.len() {
+        let sig = &SIGNATURES[s];
+        let diff0 = (prefix[0] ^ sig.bytes[0]) & sig.mask[0];
+        let diff1 = (prefix[1] ^ sig.bytes[1]) & sig.mask[1];
+        if len >= sig.len {
+            if diff0 | diff1 == 0 {
+                return Detection::Decided(sig.protocol);
+            }
+        } else if (diff0 & have[0]) | (diff1 & have[1]) == 0 {
+            need_more = true;
+        }
+        s += 1;
+    }
+    if need_more && !final_ { Detection::NeedMore } else { Detection::Decided(Protocol::Other) }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::*;
+
+    fn run(bytes: &[u8], closed: bool) -> Detection {
+        detect(&pack(bytes), bytes.len().min(PREFIX_LEN), closed)
+    }
+
+    fn decided(bytes: &[u8]) -> Protocol {
+        match run(bytes, false) {
+            Detection::Decided(p) => p,
+            Detection::NeedMore => panic!("{bytes:?} left undecided"),
+        }
+    }
+
+    #[test]
+    fn signatures() {
+        assert_eq!(decided(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), Protocol::Http);
+        assert_eq!(decided(b"POST /api HTTP/1.1\r\n"), Protocol::Http);
+        assert_eq!(decided(b"OPTIONS * HTTP/1.1\r\n"), Protocol::Http);
+        assert_eq!(decided(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Protocol::Http2);
+        assert_eq!(decided(b"SSH-2.0-OpenSSH_9.2p1\r\n"), Protocol::Ssh);
+        assert_eq!(decided(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]), Protocol::Tls);
+        assert_eq!(decided(&[0x16, 0x03, 0x03]), Protocol::Tls);
+        assert_eq!(decided(&[0x16, 0x03, 0x09]), Protocol::Other);
+        assert_eq!(decided(&[0x17, 0x03, 0x03]), Protocol::Other);
+        assert_eq!(decided(b"\x00\x00\x00\x01hello"), Protocol::Other);
+        assert_eq!(decided(b"GETX / HTTP/1.1"), Protocol::Other);
+        assert_eq!(decided(b"get / HTTP/1.1\r\n"), Protocol::Other);
+        // "PRI " is the start of the h2c preface, not an HTTP/1 method.
+        assert_eq!(decided(b"PRI * HTTP/1.1\r\nX"), Protocol::Other);
+    }
+
+    #[test]
+    fn every_prefix_of_a_signature_waits() {
+        let samples: [&[u8]; 6] = [
+            b"GET / HTTP/1.1\r\n",
+            b"CONNECT x:1 HTTP/1.1\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"SSH-2.0-x\r\n",
+            &[0x16, 0x03, 0x01, 0x00],
+            b"DELETE /x HTTP/1.1\r\n",
+        ];
+        for s in samples {
+            let full = decided(s);
+            for cut in 1..s.len().min(PREFIX_LEN) {
+                match run(&s[..cut], false) {
+                    Detection::NeedMore => {}
+                    Detection::Decided(p) => {
+                        assert_eq!(p, full, "prefix {:?} of {:?}", &s[..cut], s);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn closing_decides() {
+        assert_eq!(run(b"", true), Detection::Decided(Protocol::None));
+        assert_eq!(run(b"", false), Detection::NeedMore);
+        assert_eq!(run(b"GE", true), Detection::Decided(Protocol::Other));
+        assert_eq!(run(&[0x16], true), Detection::Decided(Protocol::Other));
+    }
+
+    #[test]
+    fn a_full_buffer_always_decides() {
+        let all: Vec<u8> = (0..=255u8).collect();
+        for w in all.windows(PREFIX_LEN) {
+            assert!(matches!(run(w, false), Detection::Decided(_)));
+        }
+    }
+
+    #[test]
+    fn masks() {
+        assert_eq!(first_bytes(0), [0, 0]);
+        assert_eq!(first_bytes(3), [0xff_ffff, 0]);
+        assert_eq!(first_bytes(8), [u64::MAX, 0]);
+        assert_eq!(first_bytes(9), [u64::MAX, 0xff]);
+        assert_eq!(first_bytes(16), [u64::MAX, u64::MAX]);
+        assert_eq!(pack(b"GET "), [u64::from(u32::from_le_bytes(*b"GET ")), 0]);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for p in Protocol::ALL {
+            assert_eq!(Protocol::from_name(p.name()), Some(p));
+            assert_eq!(Protocol::from_u8(p as u8), Some(p));
+        }
+        assert_eq!(Protocol::from_name("ftp"), None);
+    }
+}

@@ -1,0 +1,54 @@
+//! cp-observer's kernel programs.
+//!
+//! Two `cgroup_skb` programs, attached to the cgroup v2 root, see every TCP
+//! packet a socket on this node sends (`egress`) or receives (`ingress`), in
+//! every network namespace. They share one flow table, so a connection seen
+//! at both of its ends is one entry. See `track.rs` for what happens to a
+//! packet.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod packet;
+mod track;
+
+use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
+use observer_common::counters::Stat;
+
+/// `cgroup_skb` return value that lets the packet through.
+const PASS: i32 = 1;
+
+/// Packets delivered to a socket on this node.
+#[cgroup_skb(ingress)]
+pub fn ingress(ctx: SkBuffContext) -> i32 {
+    match track::on_packet(&ctx) {
+        Ok(ret) => ret,
+        Err(()) => {
+            maps::count_stat(Stat::ReadErrors);
+            PASS
+        }
+    }
+}
+
+/// Packets sent by a socket on this node.
+#[cgroup_skb(egress)]
+pub fn egress(ctx: SkBuffContext) -> i32 {
+    match track::on_packet(&ctx) {
+        Ok(ret) => ret,
+        Err(()) => {
+            maps::count_stat(Stat::ReadErrors);
+            PASS
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// GPL-compatible, as the kernel requires for the helpers used.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

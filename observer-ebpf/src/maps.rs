@@ -1,0 +1,64 @@
+//! The maps shared with the agent. Names are the contract with
+//! `observer/src/ebpf.rs`; types come from `observer-common`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+};
+use observer_common::{
+    config::{Addr, Endpoint, Ports},
+    counters::{BYTE_ENTRIES, CONNECTION_ENTRIES, STAT_ENTRIES, Stat},
+    flow::{Flow, FlowKey},
+    policy::POLICY_ENTRIES,
+};
+
+/// Tracked connections. The agent sets the capacity at load time
+/// (`--flow-table-capacity`).
+#[map]
+pub static FLOWS: HashMap<FlowKey, Flow> = HashMap::with_max_entries(65536, 0);
+
+/// Address prefix → [`observer_common::config::Roles`] bits. The agent folds
+/// the roles of enclosing prefixes into each entry, so one longest-prefix
+/// lookup gives every role of an address.
+#[map]
+pub static ROLES: LpmTrie<Addr, u32> = LpmTrie::with_max_entries(4096, 0);
+
+/// Apiserver endpoints and the `kubernetes` VIP. The value is unused (1).
+#[map]
+pub static APISERVERS: HashMap<Endpoint, u32> = HashMap::with_max_entries(256, 0);
+
+/// Port numbers, one entry.
+#[map]
+pub static PORTS: Array<Ports> = Array::with_max_entries(1, 0);
+
+/// (path, protocol) → [`observer_common::policy::Action`].
+#[map]
+pub static POLICY: Array<u32> = Array::with_max_entries(POLICY_ENTRIES as u32, 0);
+
+/// Connections per (path, protocol, verdict).
+#[map]
+pub static CONNECTIONS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(CONNECTION_ENTRIES as u32, 0);
+
+/// Payload bytes per (path, direction).
+#[map]
+pub static BYTES: PerCpuArray<u64> = PerCpuArray::with_max_entries(BYTE_ENTRIES as u32, 0);
+
+/// Datapath health counters, indexed by [`Stat`].
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_ENTRIES as u32, 0);
+
+/// Adds `n` to entry `index` of a per-CPU counter array.
+#[inline(always)]
+pub fn add(counters: &PerCpuArray<u64>, index: u32, n: u64) {
+    if let Some(c) = counters.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, and programs do not migrate CPUs mid-run.
+        unsafe { *c += n };
+    }
+}
+
+/// Counts one occurrence of `stat`.
+#[inline(always)]
+pub fn count_stat(stat: Stat) {
+    add(&STATS, stat as u32, 1);
+}

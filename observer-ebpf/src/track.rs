@@ -1,0 +1,150 @@
+//! What happens to one TCP segment:
+//!
+//! 1. A SYN (without ACK) opens a connection: its ends are looked up in the
+//!    role trie and endpoint set and the connection is put on a path
+//!    (`observer_common::path::classify`). Untracked connections stop here and
+//!    never enter the flow table.
+//! 2. Any other segment looks up its flow; a miss (untracked traffic) ends
+//!    the work after one hash lookup.
+//! 3. Payload of a tracked flow is counted once per byte (sequence numbers,
+//!    so the two sightings of a segment whose both ends are local, and
+//!    retransmissions, count once) and, until the protocol is decided, fed to
+//!    detection, which reassembles the first speaker's first bytes across
+//!    segments.
+//! 4. The protocol decision counts the connection once, with the verdict the
+//!    policy gives (path, protocol). A FIN/RST before any payload decides
+//!    `none`. The entry goes away with the RST or the second FIN.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key,
+    programs::SkBuffContext};
+use observer_common::{
+    config::{Addr, Endpoint, Roles},
+    counters::{Direction, Stat, byte_index, connection_index},
+    flow::{C2S, Flow, FlowKey, UNDECIDED, flags},
+    path::{End, Path, classify},
+    policy::{Action, Verdict, policy_index},
+    protocol::{Detection, detect},
+};
+
+use crate::{
+    PASS,
+    maps::{self, APISERVERS, BYTES, CONNECTIONS, FLOWS, POLICY, PORTS, ROLES, STATS},
+    packet::{self, ACK, FIN, RST, SYN, Segment},
+};
+
+const EEXIST: i32 = 17;
+
+/// Handles one packet; `Err` means a read failed mid-way (the packet still
+/// passes, the failure is counted).
+#[inline(always)]
+pub fn on_packet(ctx: &SkBuffContext) -> Result<i32, ()> {
+    let Some(seg) = packet::parse(ctx) else { return Ok(PASS) };
+    let (key, src_is_lo) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
+    if seg.flags & (SYN | ACK) == SYN {
+        open(&seg, &key, src_is_lo);
+        return Ok(PASS);
+    }
+    let Some(flow) = FLOWS.get_ptr_mut(&key) else { return Ok(PASS) };
+    // SAFETY: the entry stays valid for the whole program run (RCU); racing
+    // updates from the connection's other end can at worst skew one counter.
+    let flow = unsafe { &mut *flow };
+    let dir = flow.direction(src_is_lo);
+    if seg.flags & SYN != 0 {
+        flow.start(dir, seg.seq); // SYN-ACK: the server's ISN
+        return Ok(PASS);
+    }
+    let mut result = Ok(());
+    if seg.payload_len > 0 {
+        let new = flow.new_bytes(dir, seg.seq, seg.payload_len);
+        if new > 0 {
+            let rx = (dir == C2S) == Path::from_u8(flow.path).is_some_and(Path::server_is_local);
+            let d = if rx { Direction::Rx } else { Direction::Tx };
+            maps::add(&BYTES, byte_index(flow.path, d), u64::from(new));
+        }
+        if flow.protocol == UNDECIDED {
+            result = feed_detection(ctx, flow, dir, &seg);
+        }
+    }
+    if seg.flags & (FIN | RST) != 0 {
+        close(flow, &key, dir, seg.flags & RST != 0);
+    }
+    result.map(|()| PASS)
+}
+
+/// A SYN: classify the new connection and, if it is on a path, track it.
+/// A BPF subprogram of its own: it keeps its stack frame out of the hot path.
+#[inline(never)]
+fn open(seg: &Segment, key: &FlowKey, src_is_lo: bool) {
+    let Some(ports) = PORTS.get(0) else { return };
+    let client = End { roles: roles_of(seg.src), port: seg.sport, apiserver: false };
+    let endpoint = Endpoint { addr: seg.dst, port: seg.dport, _pad: 0 };
+    let server = End {
+        roles: roles_of(seg.dst),
+        port: seg.dport,
+        apiserver: APISERVERS.get_ptr(&endpoint).is_some(),
+    };
+    let Some(path) = classify(&client, &server, ports) else { return };
+    // SAFETY: a plain helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let flow = Flow::new(path as u8, src_is_lo, seg.seq, now);
+    match FLOWS.insert(key, &flow, u64::from(BPF_NOEXIST)) {
+        Ok(()) => maps::count_stat(Stat::FlowsCreated),
+        // The other end's sighting of this SYN, or a retransmitted SYN.
+        Err(e) if e == -EEXIST => {}
+        Err(_) => maps::count_stat(Stat::FlowTableFull),
+    }
+}
+
+#[inline(always)]
+fn roles_of(addr: Addr) -> Roles {
+    ROLES.get(Key::new(128, addr)).map_or(Roles::EMPTY, |r| Roles(*r))
+}
+
+/// Adds this segment's leading bytes to the first speaker's prefix and
+/// decides the protocol once the prefix is conclusive.
+#[inline(never)]
+fn feed_detection(ctx: &SkBuffContext, flow: &mut Flow, dir: usize, seg: &Segment) -> Result<(), ()> {
+    if flow.flags & flags::SPOKE == 0 {
+        flow.flags |= flags::SPOKE | if dir == C2S { 0 } else { flags::SPEAKER_S2C };
+    }
+    let speaker = if flow.flags & flags::SPEAKER_S2C == 0 { C2S } else { 1 };
+    if dir != speaker {
+        return Ok(());
+    }
+    let Some(off) = flow.prefix_offset(dir, seg.seq) else { return Ok(()) };
+    let mut bytes = [0u64; 2];
+    let n = packet::load_prefix(ctx, seg, &mut bytes)?;
+    flow.merge_prefix(off, &bytes, n);
+    if let Detection::Decided(protocol) = detect(&flow.prefix, flow.prefix_len as usize, false) {
+        decide(flow, protocol as u8);
+    }
+    Ok(())
+}
+
+/// Records the protocol and counts the connection, once.
+#[inline(always)]
+fn decide(flow: &mut Flow, protocol: u8) {
+    let action = POLICY
+        .get(policy_index(flow.path, protocol))
+        .map_or(Action::Allow, |a| Action::from_u32(*a));
+    let verdict = Verdict::of(action) as u8;
+    flow.protocol = protocol;
+    flow.verdict = verdict;
+    maps::add(&CONNECTIONS, connection_index(flow.path, protocol, verdict), 1);
+}
+
+/// A FIN or RST: decide `none`/`other` if nothing was decided yet, and drop
+/// the entry when the connection is over.
+#[inline(never)]
+fn close(flow: &mut Flow, key: &FlowKey, dir: usize, reset: bool) {
+    if flow.protocol == UNDECIDED {
+        if let Detection::Decided(p) = detect(&flow.prefix, flow.prefix_len as usize, true) {
+            decide(flow, p as u8);
+        }
+    }
+    flow.flags |= if dir == C2S { flags::FIN_C2S } else { flags::FIN_S2C };
+    let both = flags::FIN_C2S | flags::FIN_S2C;
+    if (reset || flow.flags & both == both) && FLOWS.remove(key).is_ok() {
+        maps::add(&STATS, Stat::FlowsClosed as u32, 1);
+    }
+}

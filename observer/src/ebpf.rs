@@ -1,0 +1,243 @@
+//! Loading, configuring and attaching the kernel programs, and reading their
+//! maps. Map and program names here are the contract with `observer-ebpf`.
+
+use std::{fs::File, net::SocketAddr, path::Path};
+
+use aya::{
+    Ebpf, EbpfLoader, include_bytes_aligned,
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError},
+};
+use observer_common::{
+    config::Endpoint,
+    counters::{BYTE_ENTRIES, CONNECTION_ENTRIES, STAT_ENTRIES, Stat},
+    flow::{Flow, FlowKey},
+    path::Path as CpPath,
+    policy::{Action, policy_index},
+    protocol::Protocol,
+};
+
+use crate::{config::Settings, roles};
+
+/// The kernel object built by `build.rs`.
+static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+
+/// The two programs and where each attaches.
+pub const PROGRAMS: [(&str, CgroupSkbAttachType); 2] =
+    [("ingress", CgroupSkbAttachType::Ingress), ("egress", CgroupSkbAttachType::Egress)];
+
+/// A failure to load, configure or attach, naming the map or program.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// The object could not be loaded (maps created, relocations applied).
+    #[error("cannot load the kernel object (is this root, or CAP_BPF + CAP_PERFMON?): {0}")]
+    Object(#[source] aya::EbpfError),
+    /// A map is missing or has an unexpected type.
+    #[error("map {name}: {source}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// Why.
+        source: MapError,
+    },
+    /// A program is missing, rejected by the verifier, or cannot attach.
+    #[error("program {name}: {source}")]
+    Program {
+        /// The program.
+        name: &'static str,
+        /// Why.
+        source: ProgramError,
+    },
+    /// The cgroup cannot be opened.
+    #[error("cannot open cgroup {path}: {source}")]
+    Cgroup {
+        /// The cgroup directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> DatapathError {
+    move |source| DatapathError::Program { name, source }
+}
+
+/// The loaded programs and their maps. Dropping it detaches everything.
+#[derive(Debug)]
+pub struct Datapath {
+    ebpf: Ebpf,
+}
+
+/// The counter maps, shared with the metrics endpoint.
+pub struct Counters {
+    connections: PerCpuArray<MapData, u64>,
+    bytes: PerCpuArray<MapData, u64>,
+    stats: PerCpuArray<MapData, u64>,
+    /// Capacity of the flow table.
+    pub flow_capacity: u32,
+}
+
+impl Datapath {
+    /// Loads the object, fills the configuration maps from `settings` and
+    /// loads the programs into the kernel (the verifier runs here). Nothing
+    /// is attached yet.
+    pub fn load(settings: &Settings) -> Result<(Self, Counters), DatapathError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("FLOWS", settings.flow_table_capacity)
+            .load(OBJECT)
+            .map_err(DatapathError::Object)?;
+        configure(&mut ebpf, settings)?;
+        for (name, _) in PROGRAMS {
+            program_mut(&mut ebpf, name)?.load().map_err(prog_err(name))?;
+        }
+        let counters = Counters {
+            connections: take_per_cpu(&mut ebpf, "CONNECTIONS")?,
+            bytes: take_per_cpu(&mut ebpf, "BYTES")?,
+            stats: take_per_cpu(&mut ebpf, "STATS")?,
+            flow_capacity: settings.flow_table_capacity,
+        };
+        Ok((Self { ebpf }, counters))
+    }
+
+    /// Attaches both programs to `cgroup`. On failure nothing stays attached.
+    pub fn attach(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+        let file = File::open(cgroup).map_err(|source| DatapathError::Cgroup {
+            path: cgroup.display().to_string(),
+            source,
+        })?;
+        let mut attached = Vec::new();
+        for (name, attach_type) in PROGRAMS {
+            let prog = program_mut(&mut self.ebpf, name)?;
+            // On 5.7+ aya attaches through a bpf_link, which always coexists
+            // with other programs on the cgroup; the kernel refuses any flag
+            // there, so "Single" (no flag) is the right mode, not AllowMultiple.
+            match prog.attach(&file, attach_type, CgroupAttachMode::Single) {
+                Ok(link) => attached.push((name, link)),
+                Err(source) => {
+                    for (name, link) in attached {
+                        // Best effort: the link also goes when the program is dropped.
+                        let _ = program_mut(&mut self.ebpf, name).and_then(|p| {
+                            p.detach(link).map_err(prog_err(name))
+                        });
+                    }
+                    return Err(DatapathError::Program { name, source });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A loaded program, e.g. for `BPF_PROG_TEST_RUN` in tests.
+    pub fn program(&self, name: &'static str) -> Result<&CgroupSkb, DatapathError> {
+        let prog = self.ebpf.program(name).ok_or(DatapathError::Program {
+            name,
+            source: ProgramError::InvalidName { name: name.into() },
+        })?;
+        prog.try_into().map_err(prog_err(name))
+    }
+
+    /// The flow table, read-only view (tests, debugging).
+    pub fn flows(&self) -> Result<HashMap<&MapData, FlowKey, Flow>, DatapathError> {
+        let map = self.ebpf.map("FLOWS").ok_or(DatapathError::Map {
+            name: "FLOWS",
+            source: MapError::InvalidName { name: "FLOWS".into() },
+        })?;
+        HashMap::try_from(map).map_err(map_err("FLOWS"))
+    }
+}
+
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSkb, DatapathError> {
+    let prog = ebpf.program_mut(name).ok_or(DatapathError::Program {
+        name,
+        source: ProgramError::InvalidName { name: name.into() },
+    })?;
+    prog.try_into().map_err(prog_err(name))
+}
+
+fn take_per_cpu(ebpf: &mut Ebpf, name: &'static str) -> Result<PerCpuArray<MapData, u64>, DatapathError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DatapathError::Map { name, source: MapError::InvalidName { name: name.into() } })?;
+    PerCpuArray::try_from(map).map_err(map_err(name))
+}
+
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map, DatapathError> {
+    ebpf.map_mut(name)
+        .ok_or(DatapathError::Map { name, source: MapError::InvalidName { name: name.into() } })
+}
+
+/// Writes the settings into the configuration maps.
+fn configure(ebpf: &mut Ebpf, settings: &Settings) -> Result<(), DatapathError> {
+    let mut trie: LpmTrie<_, observer_common::config::Addr, u32> =
+        LpmTrie::try_from(map_mut(ebpf, "ROLES")?).map_err(map_err("ROLES"))?;
+    for e in roles::role_entries(settings) {
+        trie.insert(&Key::new(e.prefix_len, e.addr), e.roles.0, 0).map_err(map_err("ROLES"))?;
+    }
+
+    let mut apiservers: HashMap<_, Endpoint, u32> =
+        HashMap::try_from(map_mut(ebpf, "APISERVERS")?).map_err(map_err("APISERVERS"))?;
+    for ep in settings.apiservers.iter().chain(settings.apiserver_vip.iter()) {
+        apiservers.insert(endpoint(ep), 1, 0).map_err(map_err("APISERVERS"))?;
+    }
+
+    let mut ports: Array<_, observer_common::config::Ports> =
+        Array::try_from(map_mut(ebpf, "PORTS")?).map_err(map_err("PORTS"))?;
+    ports.set(0, settings.ports, 0).map_err(map_err("PORTS"))?;
+
+    let mut policy: Array<_, u32> =
+        Array::try_from(map_mut(ebpf, "POLICY")?).map_err(map_err("POLICY"))?;
+    for path in CpPath::ALL {
+        for protocol in Protocol::ALL {
+            let action = Action::default_for(path, protocol);
+            policy
+                .set(policy_index(path as u8, protocol as u8), action as u32, 0)
+                .map_err(map_err("POLICY"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The kernel key of an endpoint.
+pub fn endpoint(ep: &SocketAddr) -> Endpoint {
+    Endpoint { addr: roles::addr(ep.ip()), port: ep.port(), _pad: 0 }
+}
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counters").field("flow_capacity", &self.flow_capacity).finish_non_exhaustive()
+    }
+}
+
+impl Counters {
+    /// Connection counts, indexed like `observer_common::counters::connection_index`.
+    pub fn connections(&self) -> Result<Vec<u64>, MapError> {
+        sum_all(&self.connections, CONNECTION_ENTRIES)
+    }
+
+    /// Byte counts, indexed like `observer_common::counters::byte_index`.
+    pub fn bytes(&self) -> Result<Vec<u64>, MapError> {
+        sum_all(&self.bytes, BYTE_ENTRIES)
+    }
+
+    /// One datapath health counter.
+    pub fn stat(&self, stat: Stat) -> Result<u64, MapError> {
+        sum(&self.stats, stat as u32)
+    }
+
+    /// All datapath health counters, indexed by [`Stat`].
+    pub fn stats(&self) -> Result<Vec<u64>, MapError> {
+        sum_all(&self.stats, STAT_ENTRIES)
+    }
+}
+
+fn sum(map: &PerCpuArray<MapData, u64>, index: u32) -> Result<u64, MapError> {
+    Ok(map.get(&index, 0)?.iter().copied().fold(0u64, u64::wrapping_add))
+}
+
+fn sum_all(map: &PerCpuArray<MapData, u64>, n: usize) -> Result<Vec<u64>, MapError> {
+    (0..n as u32).map(|i| sum(map, i)).collect()
+}

@@ -1,0 +1,22 @@
+//! The cp-observer agent as a library: everything `main.rs` runs, and what
+//! the integration tests and the lab reuse (loading the kernel programs,
+//! reading their maps).
+//!
+//! One module per concern:
+//! - [`cli`]: command-line flags; [`config`]: the TOML file and the merged,
+//!   validated [`config::Settings`];
+//! - [`roles`]: turning CIDRs and addresses into the kernel's role trie;
+//! - [`cgroup`]: finding and checking the cgroup v2 mount;
+//! - [`ebpf`]: loading, configuring and attaching the kernel programs;
+//! - [`metrics`]: the OpenMetrics view of the kernel's counters;
+//! - [`server`]: `/metrics` and `/healthz`;
+//! - [`agent`]: `cp-observer run` from start to clean shutdown.
+
+pub mod agent;
+pub mod cgroup;
+pub mod cli;
+pub mod config;
+pub mod ebpf;
+pub mod metrics;
+pub mod roles;
+pub mod server;

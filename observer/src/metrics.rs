@@ -1,0 +1,141 @@
+//! The OpenMetrics view of the kernel's counters (SPEC §5).
+//!
+//! The kernel's per-CPU maps are the source of truth; they are read at each
+//! scrape, so the agent keeps no second copy that could drift. Every label
+//! combination is exported from the start (zeros included) so that
+//! `increase()` sees the first connection of a series.
+
+use std::sync::Arc;
+
+use observer_common::{
+    counters::{Direction, Stat, byte_index, connection_index},
+    path::Path,
+    policy::Verdict,
+    protocol::Protocol,
+};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{
+        MetricType,
+        counter::ConstCounter,
+        gauge::ConstGauge,
+    },
+    registry::Registry,
+};
+
+use crate::ebpf::Counters;
+
+/// Builds the registry served on `/metrics`.
+pub fn registry(counters: Arc<Counters>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(DatapathCollector { counters }));
+    registry
+}
+
+/// Reads the kernel maps at scrape time.
+#[derive(Debug)]
+struct DatapathCollector {
+    counters: Arc<Counters>,
+}
+
+impl Collector for DatapathCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let c = &self.counters;
+        // A map read failing is not worth a broken scrape: report zeros and log.
+        let connections = c.connections().unwrap_or_else(|e| {
+            tracing::warn!("cannot read map CONNECTIONS: {e}");
+            vec![0; observer_common::counters::CONNECTION_ENTRIES]
+        });
+        let bytes = c.bytes().unwrap_or_else(|e| {
+            tracing::warn!("cannot read map BYTES: {e}");
+            vec![0; observer_common::counters::BYTE_ENTRIES]
+        });
+        let stats = c.stats().unwrap_or_else(|e| {
+            tracing::warn!("cannot read map STATS: {e}");
+            vec![0; observer_common::counters::STAT_ENTRIES]
+        });
+        let stat = |s: Stat| stats[s as usize];
+
+        let mut m = encoder.encode_descriptor(
+            "cp_observer_connections",
+            "Tracked connections by control-plane path, detected protocol and verdict.",
+            None,
+            MetricType::Counter,
+        )?;
+        for path in Path::ALL {
+            for protocol in Protocol::ALL {
+                for verdict in Verdict::ALL {
+                    let v = connections[connection_index(path as u8, protocol as u8, verdict as u8) as usize];
+                    let labels = [("path", path.name()), ("protocol", protocol.name()), ("verdict", verdict.name())];
+                    ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "cp_observer_policy_violations",
+            "Connections the policy alerted on or blocked.",
+            None,
+            MetricType::Counter,
+        )?;
+        for path in Path::ALL {
+            for protocol in Protocol::ALL {
+                for (verdict, action) in [(Verdict::Alerted, "alert"), (Verdict::Blocked, "block")] {
+                    let v = connections[connection_index(path as u8, protocol as u8, verdict as u8) as usize];
+                    let labels = [("path", path.name()), ("protocol", protocol.name()), ("action", action)];
+                    ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "cp_observer_bytes",
+            "Payload bytes of tracked connections, as received (rx) or sent (tx) by the node.",
+            None,
+            MetricType::Counter,
+        )?;
+        for path in Path::ALL {
+            for dir in Direction::ALL {
+                let v = bytes[byte_index(path as u8, dir) as usize];
+                let labels = [("path", path.name()), ("direction", dir.name())];
+                ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+            }
+        }
+
+        let entries = stat(Stat::FlowsCreated).saturating_sub(stat(Stat::FlowsClosed));
+        ConstGauge::new(i64::try_from(entries).unwrap_or(i64::MAX)).encode(encoder.encode_descriptor(
+            "cp_observer_flow_table_entries",
+            "Connections in the kernel flow table now.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(i64::from(c.flow_capacity)).encode(encoder.encode_descriptor(
+            "cp_observer_flow_table_capacity",
+            "Capacity of the kernel flow table (--flow-table-capacity).",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstCounter::new(stat(Stat::FlowTableFull)).encode(encoder.encode_descriptor(
+            "cp_observer_events_lost",
+            "Tracked connections or events dropped for lack of room (flow table full).",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(stat(Stat::ReadErrors)).encode(encoder.encode_descriptor(
+            "cp_observer_datapath_read_errors",
+            "Packets the kernel programs could not read; they were passed untouched.",
+            None,
+            MetricType::Counter,
+        )?)?;
+
+        let mut m = encoder.encode_descriptor(
+            "cp_observer_build_info",
+            "Always 1; the version label names the running build.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(1i64).encode(m.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
+        Ok(())
+    }
+}
