@@ -13,7 +13,11 @@ fn main() -> aya_build::Result<()> {
     println!("cargo:rerun-if-env-changed=CP_OBSERVER_BPF_TOOLCHAIN");
     println!("cargo:rerun-if-changed=../observer-common/src");
     let toolchain = env::var("CP_OBSERVER_BPF_TOOLCHAIN").unwrap_or_else(|_| {
-        if toolchain_exists(LINKED) { LINKED.to_owned() } else { "nightly".to_owned() }
+        if toolchain_exists(LINKED) {
+            LINKED.to_owned()
+        } else {
+            "nightly".to_owned()
+        }
     });
     if toolchain == LINKED {
         // Debian's compiler is a stable release: let it take `-Z build-std`.
@@ -21,7 +25,11 @@ fn main() -> aya_build::Result<()> {
         unsafe { env::set_var("RUSTC_BOOTSTRAP", "1") };
     }
     aya_build::build_ebpf(
-        [aya_build::Package { name: "observer-ebpf", root_dir: "../observer-ebpf", ..Default::default() }],
+        [aya_build::Package {
+            name: "observer-ebpf",
+            root_dir: "../observer-ebpf",
+            ..Default::default()
+        }],
         aya_build::Toolchain::Custom(&toolchain),
     )
 }

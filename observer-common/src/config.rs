@@ -43,7 +43,9 @@ impl Addr {
     /// The IPv4-mapped form of an IPv4 address given as its 4 bytes.
     #[inline(always)]
     pub const fn from_v4(octets: [u8; 4]) -> Self {
-        Self([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]])
+        Self([
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+        ])
     }
 
     /// The 4 bytes of an IPv4-mapped address, or `None` for a true IPv6 one.
@@ -81,7 +83,13 @@ const _: () = assert!(size_of::<Ports>() == 12);
 
 impl Default for Ports {
     fn default() -> Self {
-        Self { kubelet: 10250, kubelet_read_only: 10255, ssh: 22, konnectivity: 8132, _pad: 0 }
+        Self {
+            kubelet: 10250,
+            kubelet_read_only: 10255,
+            ssh: 22,
+            konnectivity: 8132,
+            _pad: 0,
+        }
     }
 }
 

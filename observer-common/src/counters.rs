@@ -78,6 +78,9 @@ mod tests {
             }
         }
         assert!(seen.iter().all(|s| *s));
-        assert_eq!(byte_index(Path::PodToApiserver as u8, Direction::Tx) as usize, BYTE_ENTRIES - 1);
+        assert_eq!(
+            byte_index(Path::PodToApiserver as u8, Direction::Tx) as usize,
+            BYTE_ENTRIES - 1
+        );
     }
 }

@@ -32,9 +32,25 @@ impl FlowKey {
     pub fn new(src: Addr, sport: u16, dst: Addr, dport: u16) -> (Self, bool) {
         let src_is_lo = (src.0, sport) <= (dst.0, dport);
         if src_is_lo {
-            (Self { lo: src, hi: dst, lo_port: sport, hi_port: dport }, true)
+            (
+                Self {
+                    lo: src,
+                    hi: dst,
+                    lo_port: sport,
+                    hi_port: dport,
+                },
+                true,
+            )
         } else {
-            (Self { lo: dst, hi: src, lo_port: dport, hi_port: sport }, false)
+            (
+                Self {
+                    lo: dst,
+                    hi: src,
+                    lo_port: dport,
+                    hi_port: sport,
+                },
+                false,
+            )
         }
     }
 }
@@ -120,7 +136,11 @@ impl Flow {
     /// The direction of a packet whose source is (or is not) the key's `lo`.
     #[inline(always)]
     pub const fn direction(&self, src_is_lo: bool) -> usize {
-        if src_is_lo == (self.flags & flags::CLIENT_IS_LO != 0) { C2S } else { S2C }
+        if src_is_lo == (self.flags & flags::CLIENT_IS_LO != 0) {
+            C2S
+        } else {
+            S2C
+        }
     }
 
     /// The decided protocol, if any.
@@ -159,7 +179,11 @@ impl Flow {
             return 0;
         }
         self.next_seq[d] = end;
-        if (seq.wrapping_sub(next) as i32) >= 0 { len } else { end.wrapping_sub(next) }
+        if (seq.wrapping_sub(next) as i32) >= 0 {
+            len
+        } else {
+            end.wrapping_sub(next)
+        }
     }
 
     /// Where a segment at `seq` in direction `dir` starts in the stream
@@ -169,7 +193,11 @@ impl Flow {
         let off = seq.wrapping_sub(self.start_seq[dir & 1]);
         // A segment beyond the bytes we have would leave a hole; wait for
         // the retransmission that fills it.
-        if off < PREFIX_LEN as u32 && off <= self.prefix_len { Some(off as usize) } else { None }
+        if off < PREFIX_LEN as u32 && off <= self.prefix_len {
+            Some(off as usize)
+        } else {
+            None
+        }
     }
 
     /// Adds `n` bytes (`bytes`, packed), which start at stream offset `off`,
@@ -177,7 +205,11 @@ impl Flow {
     #[inline(always)]
     pub fn merge_prefix(&mut self, off: usize, bytes: &Prefix, n: usize) {
         let have = self.prefix_len as usize;
-        let end = if off + n > PREFIX_LEN { PREFIX_LEN } else { off + n };
+        let end = if off + n > PREFIX_LEN {
+            PREFIX_LEN
+        } else {
+            off + n
+        };
         if end <= have {
             return;
         }
@@ -197,7 +229,10 @@ fn shift_up(w: &Prefix, off: usize) -> Prefix {
     if off == 0 {
         *w
     } else if off < 8 {
-        [w[0].wrapping_shl(bits), w[1].wrapping_shl(bits) | w[0].wrapping_shr(64 - bits)]
+        [
+            w[0].wrapping_shl(bits),
+            w[1].wrapping_shl(bits) | w[0].wrapping_shr(64 - bits),
+        ]
     } else if off < PREFIX_LEN {
         [0, w[0].wrapping_shl(bits - 64)]
     } else {
@@ -207,7 +242,11 @@ fn shift_up(w: &Prefix, off: usize) -> Prefix {
 
 #[inline(always)]
 const fn started_bit(dir: usize) -> u32 {
-    if dir & 1 == C2S { flags::STARTED_C2S } else { flags::STARTED_S2C }
+    if dir & 1 == C2S {
+        flags::STARTED_C2S
+    } else {
+        flags::STARTED_S2C
+    }
 }
 
 #[cfg(test)]

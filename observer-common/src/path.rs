@@ -153,29 +153,69 @@ mod tests {
     const NONE: Roles = Roles::EMPTY;
 
     fn end(roles: Roles, port: u16) -> End {
-        End { roles, port, apiserver: false }
+        End {
+            roles,
+            port,
+            apiserver: false,
+        }
     }
 
     fn api(roles: Roles, port: u16) -> End {
-        End { roles, port, apiserver: true }
+        End {
+            roles,
+            port,
+            apiserver: true,
+        }
     }
 
     #[test]
     fn every_row_of_the_table() {
         let p = Ports::default();
         let cases = [
-            (end(NONE, 40000), end(NODE, 10255), Some(Path::KubeletReadOnly)),
-            (end(POD, 40000), end(NODE, 10255), Some(Path::KubeletReadOnly)),
-            (end(CP, 40000), end(NODE, 10255), Some(Path::KubeletReadOnly)),
-            (end(CP, 40000), end(NODE, 10250), Some(Path::ApiserverToKubelet)),
+            (
+                end(NONE, 40000),
+                end(NODE, 10255),
+                Some(Path::KubeletReadOnly),
+            ),
+            (
+                end(POD, 40000),
+                end(NODE, 10255),
+                Some(Path::KubeletReadOnly),
+            ),
+            (
+                end(CP, 40000),
+                end(NODE, 10255),
+                Some(Path::KubeletReadOnly),
+            ),
+            (
+                end(CP, 40000),
+                end(NODE, 10250),
+                Some(Path::ApiserverToKubelet),
+            ),
             (end(CP, 40000), end(NODE, 22), Some(Path::SshTunnel)),
-            (end(CP, 40000), end(POD, 8080), Some(Path::ApiserverProxyToPod)),
-            (end(CP, 40000), end(POD, 10250), Some(Path::ApiserverProxyToPod)),
-            (end(CP, 40000), end(NODE, 9100), Some(Path::ApiserverProxyToNode)),
+            (
+                end(CP, 40000),
+                end(POD, 8080),
+                Some(Path::ApiserverProxyToPod),
+            ),
+            (
+                end(CP, 40000),
+                end(POD, 10250),
+                Some(Path::ApiserverProxyToPod),
+            ),
+            (
+                end(CP, 40000),
+                end(NODE, 9100),
+                Some(Path::ApiserverProxyToNode),
+            ),
             (end(NODE, 40000), end(CP, 8132), Some(Path::Konnectivity)),
             (end(POD, 40000), end(CP, 8132), Some(Path::Konnectivity)),
             (end(NODE, 40000), api(CP, 6443), Some(Path::NodeToApiserver)),
-            (end(NODE, 40000), api(NONE, 443), Some(Path::NodeToApiserver)),
+            (
+                end(NODE, 40000),
+                api(NONE, 443),
+                Some(Path::NodeToApiserver),
+            ),
             (end(POD, 40000), api(NONE, 443), Some(Path::PodToApiserver)),
             (end(POD, 40000), api(CP, 6443), Some(Path::PodToApiserver)),
         ];
@@ -203,11 +243,29 @@ mod tests {
 
     #[test]
     fn ports_are_configurable() {
-        let p = Ports { kubelet: 11250, kubelet_read_only: 0, ssh: 2222, konnectivity: 9132, _pad: 0 };
-        assert_eq!(classify(&end(CP, 1), &end(NODE, 11250), &p), Some(Path::ApiserverToKubelet));
-        assert_eq!(classify(&end(CP, 1), &end(NODE, 10250), &p), Some(Path::ApiserverProxyToNode));
-        assert_eq!(classify(&end(CP, 1), &end(NODE, 2222), &p), Some(Path::SshTunnel));
-        assert_eq!(classify(&end(POD, 1), &end(CP, 9132), &p), Some(Path::Konnectivity));
+        let p = Ports {
+            kubelet: 11250,
+            kubelet_read_only: 0,
+            ssh: 2222,
+            konnectivity: 9132,
+            _pad: 0,
+        };
+        assert_eq!(
+            classify(&end(CP, 1), &end(NODE, 11250), &p),
+            Some(Path::ApiserverToKubelet)
+        );
+        assert_eq!(
+            classify(&end(CP, 1), &end(NODE, 10250), &p),
+            Some(Path::ApiserverProxyToNode)
+        );
+        assert_eq!(
+            classify(&end(CP, 1), &end(NODE, 2222), &p),
+            Some(Path::SshTunnel)
+        );
+        assert_eq!(
+            classify(&end(POD, 1), &end(CP, 9132), &p),
+            Some(Path::Konnectivity)
+        );
         // Port 0 never matches a real connection, so it disables the row.
         assert_eq!(classify(&end(NONE, 1), &end(NODE, 10255), &p), None);
     }

@@ -100,12 +100,30 @@ mod tests {
     #[test]
     fn defaults_follow_the_spec() {
         use Protocol::*;
-        assert_eq!(Action::default_for(Path::ApiserverProxyToPod, Http), Action::Alert);
-        assert_eq!(Action::default_for(Path::ApiserverProxyToPod, Tls), Action::Allow);
-        assert_eq!(Action::default_for(Path::ApiserverToKubelet, Other), Action::Alert);
-        assert_eq!(Action::default_for(Path::NodeToApiserver, Http2), Action::Alert);
-        assert_eq!(Action::default_for(Path::NodeToApiserver, None), Action::Allow);
-        assert_eq!(Action::default_for(Path::KubeletReadOnly, Tls), Action::Alert);
+        assert_eq!(
+            Action::default_for(Path::ApiserverProxyToPod, Http),
+            Action::Alert
+        );
+        assert_eq!(
+            Action::default_for(Path::ApiserverProxyToPod, Tls),
+            Action::Allow
+        );
+        assert_eq!(
+            Action::default_for(Path::ApiserverToKubelet, Other),
+            Action::Alert
+        );
+        assert_eq!(
+            Action::default_for(Path::NodeToApiserver, Http2),
+            Action::Alert
+        );
+        assert_eq!(
+            Action::default_for(Path::NodeToApiserver, None),
+            Action::Allow
+        );
+        assert_eq!(
+            Action::default_for(Path::KubeletReadOnly, Tls),
+            Action::Alert
+        );
         assert_eq!(Action::default_for(Path::SshTunnel, Ssh), Action::Alert);
         assert_eq!(Action::default_for(Path::Konnectivity, Tls), Action::Allow);
     }

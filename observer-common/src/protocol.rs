@@ -23,8 +23,14 @@ impl Protocol {
     pub const COUNT: usize = 6;
 
     /// All protocols, in table order.
-    pub const ALL: [Self; Self::COUNT] =
-        [Self::Tls, Self::Http, Self::Http2, Self::Ssh, Self::Other, Self::None];
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::Tls,
+        Self::Http,
+        Self::Http2,
+        Self::Ssh,
+        Self::Other,
+        Self::None,
+    ];
 
     /// The `protocol` label value.
     pub const fn name(self) -> &'static str {
@@ -45,7 +51,11 @@ impl Protocol {
 
     /// Converts a table index back to a protocol.
     pub const fn from_u8(v: u8) -> Option<Self> {
-        if (v as usize) < Self::COUNT { Some(Self::ALL[v as usize]) } else { None }
+        if (v as usize) < Self::COUNT {
+            Some(Self::ALL[v as usize])
+        } else {
+            None
+        }
     }
 
     /// Plaintext protocols: the ones the default policy alerts on.
@@ -78,7 +88,11 @@ pub const fn pack(bytes: &[u8]) -> Prefix {
 /// The mask of the first `n` bytes (`n` in `0..=16`).
 #[inline(always)]
 pub const fn first_bytes(n: usize) -> Prefix {
-    let lo = if n >= 8 { u64::MAX } else { (1u64 << (8 * n)) - 1 };
+    let lo = if n >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * n)) - 1
+    };
     let hi = if n >= 16 {
         u64::MAX
     } else if n <= 8 {
@@ -108,7 +122,12 @@ struct Signature {
 }
 
 const fn sig(bytes: &[u8], protocol: Protocol) -> Signature {
-    Signature { bytes: pack(bytes), mask: first_bytes(bytes.len()), len: bytes.len(), protocol }
+    Signature {
+        bytes: pack(bytes),
+        mask: first_bytes(bytes.len()),
+        len: bytes.len(),
+        protocol,
+    }
 }
 
 /// Signatures besides TLS's (whose version byte is a range). HTTP methods
@@ -133,7 +152,11 @@ const SIGNATURES: [Signature; 11] = [
 #[inline(always)]
 pub fn detect(prefix: &Prefix, len: usize, closed: bool) -> Detection {
     if len == 0 {
-        return if closed { Detection::Decided(Protocol::None) } else { Detection::NeedMore };
+        return if closed {
+            Detection::Decided(Protocol::None)
+        } else {
+            Detection::NeedMore
+        };
     }
     let final_ = closed || len >= PREFIX_LEN;
     let have = first_bytes(if len > PREFIX_LEN { PREFIX_LEN } else { len });
@@ -142,7 +165,11 @@ pub fn detect(prefix: &Prefix, len: usize, closed: bool) -> Detection {
     // version 0 (SSL 3.0) to 4.
     if w & 0xff == 0x16 {
         if len < 3 {
-            return if final_ { Detection::Decided(Protocol::Other) } else { Detection::NeedMore };
+            return if final_ {
+                Detection::Decided(Protocol::Other)
+            } else {
+                Detection::NeedMore
+            };
         }
         let tls = (w >> 8) & 0xff == 3 && (w >> 16) & 0xff <= 4;
         return Detection::Decided(if tls { Protocol::Tls } else { Protocol::Other });
@@ -162,7 +189,11 @@ pub fn detect(prefix: &Prefix, len: usize, closed: bool) -> Detection {
         }
         s += 1;
     }
-    if need_more && !final_ { Detection::NeedMore } else { Detection::Decided(Protocol::Other) }
+    if need_more && !final_ {
+        Detection::NeedMore
+    } else {
+        Detection::Decided(Protocol::Other)
+    }
 }
 
 #[cfg(test)]
@@ -185,12 +216,21 @@ mod tests {
 
     #[test]
     fn signatures() {
-        assert_eq!(decided(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), Protocol::Http);
+        assert_eq!(
+            decided(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Protocol::Http
+        );
         assert_eq!(decided(b"POST /api HTTP/1.1\r\n"), Protocol::Http);
         assert_eq!(decided(b"OPTIONS * HTTP/1.1\r\n"), Protocol::Http);
-        assert_eq!(decided(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Protocol::Http2);
+        assert_eq!(
+            decided(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Protocol::Http2
+        );
         assert_eq!(decided(b"SSH-2.0-OpenSSH_9.2p1\r\n"), Protocol::Ssh);
-        assert_eq!(decided(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]), Protocol::Tls);
+        assert_eq!(
+            decided(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]),
+            Protocol::Tls
+        );
         assert_eq!(decided(&[0x16, 0x03, 0x03]), Protocol::Tls);
         assert_eq!(decided(&[0x16, 0x03, 0x09]), Protocol::Other);
         assert_eq!(decided(&[0x17, 0x03, 0x03]), Protocol::Other);

@@ -5,8 +5,8 @@
 //! passed untouched and cost as little as possible.
 
 use aya_ebpf::{helpers::bpf_skb_load_bytes, programs::SkBuffContext};
-use observer_common::protocol::{PREFIX_LEN, Prefix};
 use observer_common::config::Addr;
+use observer_common::protocol::{PREFIX_LEN, Prefix};
 
 /// TCP flag bits (byte 13 of the header).
 pub const FIN: u8 = 0x01;
@@ -37,10 +37,14 @@ pub struct Segment {
 #[inline(never)]
 pub fn parse(ctx: &SkBuffContext) -> Option<Segment> {
     // A header we cannot read is a truncated packet: not a segment of ours.
-    let Ok(first) = ctx.load::<u8>(0) else { return None };
+    let Ok(first) = ctx.load::<u8>(0) else {
+        return None;
+    };
     let (src, dst, l4_off) = match first >> 4 {
         4 => {
-            let Ok(ip) = ctx.load::<[u8; 20]>(0) else { return None };
+            let Ok(ip) = ctx.load::<[u8; 20]>(0) else {
+                return None;
+            };
             let ihl = u32::from(ip[0] & 0x0f) * 4;
             let frag_off = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff;
             if ip[9] != IPPROTO_TCP || ihl < 20 || frag_off != 0 {
@@ -51,15 +55,23 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Segment> {
             (src, dst, ihl)
         }
         6 => {
-            let Ok(next) = ctx.load::<u8>(6) else { return None };
-            let Ok(src) = ctx.load::<Addr>(8) else { return None };
-            let Ok(dst) = ctx.load::<Addr>(24) else { return None };
+            let Ok(next) = ctx.load::<u8>(6) else {
+                return None;
+            };
+            let Ok(src) = ctx.load::<Addr>(8) else {
+                return None;
+            };
+            let Ok(dst) = ctx.load::<Addr>(24) else {
+                return None;
+            };
             (src, dst, skip_v6_ext_headers(ctx, next)?)
         }
         _ => return None,
     };
     let len = ctx.len();
-    let Ok(tcp) = ctx.load::<[u8; 20]>(l4_off as usize) else { return None };
+    let Ok(tcp) = ctx.load::<[u8; 20]>(l4_off as usize) else {
+        return None;
+    };
     let doff = u32::from(tcp[12] >> 4) * 4;
     let payload_off = l4_off + doff;
     if doff < 20 || payload_off > len {
@@ -92,12 +104,16 @@ fn skip_v6_ext_headers(ctx: &SkBuffContext, mut next: u8) -> Option<u32> {
         match next {
             IPPROTO_TCP => return Some(off),
             HOP_BY_HOP | ROUTING | DEST_OPTS => {
-                let Ok(h) = ctx.load::<[u8; 2]>(off as usize) else { return None };
+                let Ok(h) = ctx.load::<[u8; 2]>(off as usize) else {
+                    return None;
+                };
                 next = h[0];
                 off += (u32::from(h[1]) + 1) * 8;
             }
             FRAGMENT => {
-                let Ok(h) = ctx.load::<[u8; 4]>(off as usize) else { return None };
+                let Ok(h) = ctx.load::<[u8; 4]>(off as usize) else {
+                    return None;
+                };
                 if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
                     return None; // not the first fragment: no TCP header
                 }
@@ -105,7 +121,9 @@ fn skip_v6_ext_headers(ctx: &SkBuffContext, mut next: u8) -> Option<u32> {
                 off += 8;
             }
             AUTH => {
-                let Ok(h) = ctx.load::<[u8; 2]>(off as usize) else { return None };
+                let Ok(h) = ctx.load::<[u8; 2]>(off as usize) else {
+                    return None;
+                };
                 next = h[0];
                 off += (u32::from(h[1]) + 2) * 4;
             }
@@ -127,6 +145,13 @@ pub fn load_prefix(ctx: &SkBuffContext, seg: &Segment, buf: &mut Prefix) -> Resu
         return Ok(0);
     }
     // SAFETY: `buf` has room for `n <= PREFIX_LEN` bytes.
-    let ret = unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), seg.payload_off, buf.as_mut_ptr().cast(), n) };
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            seg.payload_off,
+            buf.as_mut_ptr().cast(),
+            n,
+        )
+    };
     if ret == 0 { Ok(n as usize) } else { Err(()) }
 }

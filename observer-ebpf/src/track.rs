@@ -15,8 +15,9 @@
 //!    policy gives (path, protocol). A FIN/RST before any payload decides
 //!    `none`. The entry goes away with the RST or the second FIN.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key,
-    programs::SkBuffContext};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::SkBuffContext,
+};
 use observer_common::{
     config::{Addr, Endpoint, Roles},
     counters::{Direction, Stat, byte_index, connection_index},
@@ -38,13 +39,17 @@ const EEXIST: i32 = 17;
 /// passes, the failure is counted).
 #[inline(always)]
 pub fn on_packet(ctx: &SkBuffContext) -> Result<i32, ()> {
-    let Some(seg) = packet::parse(ctx) else { return Ok(PASS) };
+    let Some(seg) = packet::parse(ctx) else {
+        return Ok(PASS);
+    };
     let (key, src_is_lo) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
     if seg.flags & (SYN | ACK) == SYN {
         open(&seg, &key, src_is_lo);
         return Ok(PASS);
     }
-    let Some(flow) = FLOWS.get_ptr_mut(&key) else { return Ok(PASS) };
+    let Some(flow) = FLOWS.get_ptr_mut(&key) else {
+        return Ok(PASS);
+    };
     // SAFETY: the entry stays valid for the whole program run (RCU); racing
     // updates from the connection's other end can at worst skew one counter.
     let flow = unsafe { &mut *flow };
@@ -76,14 +81,24 @@ pub fn on_packet(ctx: &SkBuffContext) -> Result<i32, ()> {
 #[inline(never)]
 fn open(seg: &Segment, key: &FlowKey, src_is_lo: bool) {
     let Some(ports) = PORTS.get(0) else { return };
-    let client = End { roles: roles_of(seg.src), port: seg.sport, apiserver: false };
-    let endpoint = Endpoint { addr: seg.dst, port: seg.dport, _pad: 0 };
+    let client = End {
+        roles: roles_of(seg.src),
+        port: seg.sport,
+        apiserver: false,
+    };
+    let endpoint = Endpoint {
+        addr: seg.dst,
+        port: seg.dport,
+        _pad: 0,
+    };
     let server = End {
         roles: roles_of(seg.dst),
         port: seg.dport,
         apiserver: APISERVERS.get_ptr(&endpoint).is_some(),
     };
-    let Some(path) = classify(&client, &server, ports) else { return };
+    let Some(path) = classify(&client, &server, ports) else {
+        return;
+    };
     // SAFETY: a plain helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let flow = Flow::new(path as u8, src_is_lo, seg.seq, now);
@@ -97,21 +112,34 @@ fn open(seg: &Segment, key: &FlowKey, src_is_lo: bool) {
 
 #[inline(always)]
 fn roles_of(addr: Addr) -> Roles {
-    ROLES.get(Key::new(128, addr)).map_or(Roles::EMPTY, |r| Roles(*r))
+    ROLES
+        .get(Key::new(128, addr))
+        .map_or(Roles::EMPTY, |r| Roles(*r))
 }
 
 /// Adds this segment's leading bytes to the first speaker's prefix and
 /// decides the protocol once the prefix is conclusive.
 #[inline(never)]
-fn feed_detection(ctx: &SkBuffContext, flow: &mut Flow, dir: usize, seg: &Segment) -> Result<(), ()> {
+fn feed_detection(
+    ctx: &SkBuffContext,
+    flow: &mut Flow,
+    dir: usize,
+    seg: &Segment,
+) -> Result<(), ()> {
     if flow.flags & flags::SPOKE == 0 {
         flow.flags |= flags::SPOKE | if dir == C2S { 0 } else { flags::SPEAKER_S2C };
     }
-    let speaker = if flow.flags & flags::SPEAKER_S2C == 0 { C2S } else { 1 };
+    let speaker = if flow.flags & flags::SPEAKER_S2C == 0 {
+        C2S
+    } else {
+        1
+    };
     if dir != speaker {
         return Ok(());
     }
-    let Some(off) = flow.prefix_offset(dir, seg.seq) else { return Ok(()) };
+    let Some(off) = flow.prefix_offset(dir, seg.seq) else {
+        return Ok(());
+    };
     let mut bytes = [0u64; 2];
     let n = packet::load_prefix(ctx, seg, &mut bytes)?;
     flow.merge_prefix(off, &bytes, n);
@@ -130,7 +158,11 @@ fn decide(flow: &mut Flow, protocol: u8) {
     let verdict = Verdict::of(action) as u8;
     flow.protocol = protocol;
     flow.verdict = verdict;
-    maps::add(&CONNECTIONS, connection_index(flow.path, protocol, verdict), 1);
+    maps::add(
+        &CONNECTIONS,
+        connection_index(flow.path, protocol, verdict),
+        1,
+    );
 }
 
 /// A FIN or RST: decide `none`/`other` if nothing was decided yet, and drop
@@ -142,7 +174,11 @@ fn close(flow: &mut Flow, key: &FlowKey, dir: usize, reset: bool) {
             decide(flow, p as u8);
         }
     }
-    flow.flags |= if dir == C2S { flags::FIN_C2S } else { flags::FIN_S2C };
+    flow.flags |= if dir == C2S {
+        flags::FIN_C2S
+    } else {
+        flags::FIN_S2C
+    };
     let both = flags::FIN_C2S | flags::FIN_S2C;
     if (reset || flow.flags & both == both) && FLOWS.remove(key).is_ok() {
         maps::add(&STATS, Stat::FlowsClosed as u32, 1);

@@ -21,12 +21,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings::from_args(&args)?;
     let cgroup = cgroup::resolve(settings.cgroup.as_deref())?;
     check_kernel()?;
-    if settings.control_plane.is_empty() && settings.apiservers.is_empty() && settings.apiserver_vip.is_none() {
-        tracing::warn!("no --control-plane, --apiserver or --apiserver-vip: only kubelet-read-only can be seen");
+    if settings.control_plane.is_empty()
+        && settings.apiservers.is_empty()
+        && settings.apiserver_vip.is_none()
+    {
+        tracing::warn!(
+            "no --control-plane, --apiserver or --apiserver-vip: only kubelet-read-only can be seen"
+        );
     }
     let listener = TcpListener::bind(settings.metrics_addr)
         .with_context(|| format!("cannot listen on --metrics-addr {}", settings.metrics_addr))?;
-    listener.set_nonblocking(true).context("cannot make the metrics socket non-blocking")?;
+    listener
+        .set_nonblocking(true)
+        .context("cannot make the metrics socket non-blocking")?;
 
     let (mut datapath, counters) = Datapath::load(&settings)?;
     datapath.attach(&cgroup)?;

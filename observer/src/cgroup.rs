@@ -60,11 +60,17 @@ fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 fn is_cgroup2(path: &Path) -> Result<bool, CgroupError> {
-    let inaccessible = |source| CgroupError::Inaccessible { path: path.to_owned(), source };
+    let inaccessible = |source| CgroupError::Inaccessible {
+        path: path.to_owned(),
+        source,
+    };
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| inaccessible(std::io::Error::other(e)))?;
     let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
@@ -75,7 +81,10 @@ fn is_cgroup2(path: &Path) -> Result<bool, CgroupError> {
     }
     // SAFETY: statfs succeeded and filled the buffer.
     let st = unsafe { st.assume_init() };
-    #[allow(clippy::unnecessary_cast, reason = "f_type's type differs between libcs")]
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type's type differs between libcs"
+    )]
     Ok(st.f_type as i64 == CGROUP2_SUPER_MAGIC)
 }
 
@@ -91,8 +100,14 @@ mod tests {
 36 35 0:31 / /sys/fs/cgroup/unified rw shared:10 - cgroup2 cgroup2 rw,nsdelegate
 37 35 0:32 / /sys/fs/cgroup/systemd rw shared:11 - cgroup cgroup rw,name=systemd
 ";
-        assert_eq!(find_cgroup2(info), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        assert_eq!(find_cgroup2("25 30 0:23 / /sys rw - sysfs sysfs rw\n"), None);
+        assert_eq!(
+            find_cgroup2(info),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            find_cgroup2("25 30 0:23 / /sys rw - sysfs sysfs rw\n"),
+            None
+        );
         let spaced = "36 35 0:31 / /my\\040cgroup rw - cgroup2 cgroup2 rw\n";
         assert_eq!(find_cgroup2(spaced), Some(PathBuf::from("/my cgroup")));
     }
@@ -102,6 +117,9 @@ mod tests {
         let err = resolve(Some(Path::new("/proc"))).unwrap_err();
         assert_eq!(err.to_string(), "--cgroup /proc is not a cgroup v2 mount");
         let err = resolve(Some(Path::new("/nonexistent/cg"))).unwrap_err();
-        assert!(err.to_string().starts_with("--cgroup /nonexistent/cg: "), "{err}");
+        assert!(
+            err.to_string().starts_with("--cgroup /nonexistent/cg: "),
+            "{err}"
+        );
     }
 }

@@ -114,11 +114,26 @@ mod tests {
 
     #[test]
     fn cidrs() {
-        assert_eq!("10.0.0.0/8".parse::<Cidr>().unwrap().to_string(), "10.0.0.0/8");
-        assert_eq!("10.1.2.3/8".parse::<Cidr>().unwrap().to_string(), "10.0.0.0/8");
-        assert_eq!("10.1.2.3".parse::<Cidr>().unwrap().to_string(), "10.1.2.3/32");
-        assert_eq!("fd00::1".parse::<Cidr>().unwrap().to_string(), "fd00::1/128");
-        assert_eq!("::ffff:10.1.0.0/112".parse::<Cidr>().unwrap().to_string(), "10.1.0.0/16");
+        assert_eq!(
+            "10.0.0.0/8".parse::<Cidr>().unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            "10.1.2.3/8".parse::<Cidr>().unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            "10.1.2.3".parse::<Cidr>().unwrap().to_string(),
+            "10.1.2.3/32"
+        );
+        assert_eq!(
+            "fd00::1".parse::<Cidr>().unwrap().to_string(),
+            "fd00::1/128"
+        );
+        assert_eq!(
+            "::ffff:10.1.0.0/112".parse::<Cidr>().unwrap().to_string(),
+            "10.1.0.0/16"
+        );
         let err = "banana".parse::<Cidr>().unwrap_err();
         assert!(err.contains("'banana'"), "{err}");
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
@@ -128,6 +143,9 @@ mod tests {
     fn bad_flag_names_flag_and_value() {
         let err = Cli::try_parse_from(["cp-observer", "run", "--pod-cidr", "banana"]).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("--pod-cidr") && msg.contains("banana"), "{msg}");
+        assert!(
+            msg.contains("--pod-cidr") && msg.contains("banana"),
+            "{msg}"
+        );
     }
 }

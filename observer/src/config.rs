@@ -123,7 +123,10 @@ impl Settings {
         }
         let defaults = Ports::default();
         let ports = Ports {
-            kubelet: args.kubelet_port.or(file.kubelet_port).unwrap_or(defaults.kubelet),
+            kubelet: args
+                .kubelet_port
+                .or(file.kubelet_port)
+                .unwrap_or(defaults.kubelet),
             kubelet_read_only: args
                 .kubelet_read_only_port
                 .or(file.kubelet_read_only_port)
@@ -143,7 +146,9 @@ impl Settings {
             apiserver_vip: args.apiserver_vip.or(file.apiserver_vip),
             ports,
             metrics_addr: args.metrics_addr.or(file.metrics_addr).unwrap_or_else(|| {
-                DEFAULT_METRICS_ADDR.parse().expect("the default address parses")
+                DEFAULT_METRICS_ADDR
+                    .parse()
+                    .expect("the default address parses")
             }),
             cgroup: args.cgroup.clone().or(file.cgroup),
             flow_table_capacity: args
@@ -228,11 +233,21 @@ struct Parsed {
 }
 
 fn load_file(path: &Path) -> Result<Parsed, ConfigError> {
-    let text = fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     let raw: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
         path: path.to_owned(),
-        message: e.message().to_owned(),
+        message: match e.span() {
+            // Name the offending line: the message alone omits the key.
+            Some(span) => {
+                let line_no = text[..span.start].matches('\n').count() + 1;
+                let line = text.lines().nth(line_no - 1).unwrap_or_default().trim();
+                format!("line {line_no} `{line}`: {}", e.message())
+            }
+            None => e.message().to_owned(),
+        },
     })?;
     let one = |key: &'static str, v: &str| parse_value(path, key, v);
     Ok(Parsed {
@@ -240,12 +255,20 @@ fn load_file(path: &Path) -> Result<Parsed, ConfigError> {
         node_ip: parse_values(path, "node_ip", &raw.node_ip)?,
         pod_cidr: parse_values(path, "pod_cidr", &raw.pod_cidr)?,
         apiserver: parse_values(path, "apiserver", &raw.apiserver)?,
-        apiserver_vip: raw.apiserver_vip.as_deref().map(|v| one("apiserver_vip", v)).transpose()?,
+        apiserver_vip: raw
+            .apiserver_vip
+            .as_deref()
+            .map(|v| one("apiserver_vip", v))
+            .transpose()?,
         kubelet_port: raw.kubelet_port,
         kubelet_read_only_port: raw.kubelet_read_only_port,
         ssh_port: raw.ssh_port,
         konnectivity_port: raw.konnectivity_port,
-        metrics_addr: raw.metrics_addr.as_deref().map(|v| one("metrics_addr", v)).transpose()?,
+        metrics_addr: raw
+            .metrics_addr
+            .as_deref()
+            .map(|v| one("metrics_addr", v))
+            .transpose()?,
         cgroup: raw.cgroup,
         flow_table_capacity: raw.flow_table_capacity,
     })
@@ -278,7 +301,10 @@ mod tests {
 
     fn file(text: &str) -> (tempfile_path::TempPath, RunArgs) {
         let tmp = tempfile_path::TempPath::with(text);
-        let args = RunArgs { config: Some(tmp.0.clone()), ..RunArgs::default() };
+        let args = RunArgs {
+            config: Some(tmp.0.clone()),
+            ..RunArgs::default()
+        };
         (tmp, args)
     }
 
@@ -341,6 +367,20 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/cp-observer.toml");
+        let args = RunArgs {
+            config: Some(path.into()),
+            ..RunArgs::default()
+        };
+        let s = Settings::from_args(&args).unwrap();
+        assert_eq!(s.control_plane.len(), 2);
+        assert_eq!(s.apiservers.len(), 2);
+        assert_eq!(s.apiserver_vip, Some("10.96.0.1:443".parse().unwrap()));
+        assert_eq!(s.ports, Ports::default());
+    }
+
+    #[test]
     fn errors_name_the_culprit() {
         let (_tmp, args) = file("pod_cidr = [\"banana\"]\n");
         let msg = Settings::from_args(&args).unwrap_err().to_string();
@@ -350,15 +390,31 @@ mod tests {
         let msg = Settings::from_args(&args).unwrap_err().to_string();
         assert!(msg.contains("pod_cidrs"), "{msg}");
 
-        let args = RunArgs { pod_cidr: vec!["::/0".parse().unwrap()], ..RunArgs::default() };
+        let (_tmp, args) = file("\ncontrol_plane = \"10.0.0.1\"\n");
+        let msg = Settings::from_args(&args).unwrap_err().to_string();
+        assert!(
+            msg.contains("line 2 `control_plane = \"10.0.0.1\"`"),
+            "{msg}"
+        );
+
+        let args = RunArgs {
+            pod_cidr: vec!["::/0".parse().unwrap()],
+            ..RunArgs::default()
+        };
         let msg = Settings::from_args(&args).unwrap_err().to_string();
         assert!(msg.contains("--pod-cidr ::/0"), "{msg}");
 
-        let args = RunArgs { flow_table_capacity: Some(0), ..RunArgs::default() };
+        let args = RunArgs {
+            flow_table_capacity: Some(0),
+            ..RunArgs::default()
+        };
         let msg = Settings::from_args(&args).unwrap_err().to_string();
         assert!(msg.contains("--flow-table-capacity"), "{msg}");
 
-        let args = RunArgs { config: Some("/nonexistent/cp.toml".into()), ..RunArgs::default() };
+        let args = RunArgs {
+            config: Some("/nonexistent/cp.toml".into()),
+            ..RunArgs::default()
+        };
         let msg = Settings::from_args(&args).unwrap_err().to_string();
         assert!(msg.contains("/nonexistent/cp.toml"), "{msg}");
     }

@@ -23,8 +23,10 @@ use crate::{config::Settings, roles};
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
 
 /// The two programs and where each attaches.
-pub const PROGRAMS: [(&str, CgroupSkbAttachType); 2] =
-    [("ingress", CgroupSkbAttachType::Ingress), ("egress", CgroupSkbAttachType::Egress)];
+pub const PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
+    ("ingress", CgroupSkbAttachType::Ingress),
+    ("egress", CgroupSkbAttachType::Egress),
+];
 
 /// A failure to load, configure or attach, naming the map or program.
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +94,9 @@ impl Datapath {
             .map_err(DatapathError::Object)?;
         configure(&mut ebpf, settings)?;
         for (name, _) in PROGRAMS {
-            program_mut(&mut ebpf, name)?.load().map_err(prog_err(name))?;
+            program_mut(&mut ebpf, name)?
+                .load()
+                .map_err(prog_err(name))?;
         }
         let counters = Counters {
             connections: take_per_cpu(&mut ebpf, "CONNECTIONS")?,
@@ -120,9 +124,8 @@ impl Datapath {
                 Err(source) => {
                     for (name, link) in attached {
                         // Best effort: the link also goes when the program is dropped.
-                        let _ = program_mut(&mut self.ebpf, name).and_then(|p| {
-                            p.detach(link).map_err(prog_err(name))
-                        });
+                        let _ = program_mut(&mut self.ebpf, name)
+                            .and_then(|p| p.detach(link).map_err(prog_err(name)));
                     }
                     return Err(DatapathError::Program { name, source });
                 }
@@ -144,13 +147,18 @@ impl Datapath {
     pub fn flows(&self) -> Result<HashMap<&MapData, FlowKey, Flow>, DatapathError> {
         let map = self.ebpf.map("FLOWS").ok_or(DatapathError::Map {
             name: "FLOWS",
-            source: MapError::InvalidName { name: "FLOWS".into() },
+            source: MapError::InvalidName {
+                name: "FLOWS".into(),
+            },
         })?;
         HashMap::try_from(map).map_err(map_err("FLOWS"))
     }
 }
 
-fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSkb, DatapathError> {
+fn program_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSkb, DatapathError> {
     let prog = ebpf.program_mut(name).ok_or(DatapathError::Program {
         name,
         source: ProgramError::InvalidName { name: name.into() },
@@ -158,16 +166,25 @@ fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Cgr
     prog.try_into().map_err(prog_err(name))
 }
 
-fn take_per_cpu(ebpf: &mut Ebpf, name: &'static str) -> Result<PerCpuArray<MapData, u64>, DatapathError> {
-    let map = ebpf
-        .take_map(name)
-        .ok_or(DatapathError::Map { name, source: MapError::InvalidName { name: name.into() } })?;
+fn take_per_cpu(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<PerCpuArray<MapData, u64>, DatapathError> {
+    let map = ebpf.take_map(name).ok_or(DatapathError::Map {
+        name,
+        source: MapError::InvalidName { name: name.into() },
+    })?;
     PerCpuArray::try_from(map).map_err(map_err(name))
 }
 
-fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map, DatapathError> {
-    ebpf.map_mut(name)
-        .ok_or(DatapathError::Map { name, source: MapError::InvalidName { name: name.into() } })
+fn map_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut aya::maps::Map, DatapathError> {
+    ebpf.map_mut(name).ok_or(DatapathError::Map {
+        name,
+        source: MapError::InvalidName { name: name.into() },
+    })
 }
 
 /// Writes the settings into the configuration maps.
@@ -175,13 +192,20 @@ fn configure(ebpf: &mut Ebpf, settings: &Settings) -> Result<(), DatapathError> 
     let mut trie: LpmTrie<_, observer_common::config::Addr, u32> =
         LpmTrie::try_from(map_mut(ebpf, "ROLES")?).map_err(map_err("ROLES"))?;
     for e in roles::role_entries(settings) {
-        trie.insert(&Key::new(e.prefix_len, e.addr), e.roles.0, 0).map_err(map_err("ROLES"))?;
+        trie.insert(&Key::new(e.prefix_len, e.addr), e.roles.0, 0)
+            .map_err(map_err("ROLES"))?;
     }
 
     let mut apiservers: HashMap<_, Endpoint, u32> =
         HashMap::try_from(map_mut(ebpf, "APISERVERS")?).map_err(map_err("APISERVERS"))?;
-    for ep in settings.apiservers.iter().chain(settings.apiserver_vip.iter()) {
-        apiservers.insert(endpoint(ep), 1, 0).map_err(map_err("APISERVERS"))?;
+    for ep in settings
+        .apiservers
+        .iter()
+        .chain(settings.apiserver_vip.iter())
+    {
+        apiservers
+            .insert(endpoint(ep), 1, 0)
+            .map_err(map_err("APISERVERS"))?;
     }
 
     let mut ports: Array<_, observer_common::config::Ports> =
@@ -203,12 +227,18 @@ fn configure(ebpf: &mut Ebpf, settings: &Settings) -> Result<(), DatapathError> 
 
 /// The kernel key of an endpoint.
 pub fn endpoint(ep: &SocketAddr) -> Endpoint {
-    Endpoint { addr: roles::addr(ep.ip()), port: ep.port(), _pad: 0 }
+    Endpoint {
+        addr: roles::addr(ep.ip()),
+        port: ep.port(),
+        _pad: 0,
+    }
 }
 
 impl std::fmt::Debug for Counters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Counters").field("flow_capacity", &self.flow_capacity).finish_non_exhaustive()
+        f.debug_struct("Counters")
+            .field("flow_capacity", &self.flow_capacity)
+            .finish_non_exhaustive()
     }
 }
 
@@ -235,7 +265,11 @@ impl Counters {
 }
 
 fn sum(map: &PerCpuArray<MapData, u64>, index: u32) -> Result<u64, MapError> {
-    Ok(map.get(&index, 0)?.iter().copied().fold(0u64, u64::wrapping_add))
+    Ok(map
+        .get(&index, 0)?
+        .iter()
+        .copied()
+        .fold(0u64, u64::wrapping_add))
 }
 
 fn sum_all(map: &PerCpuArray<MapData, u64>, n: usize) -> Result<Vec<u64>, MapError> {

@@ -16,11 +16,7 @@ use observer_common::{
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
-    metrics::{
-        MetricType,
-        counter::ConstCounter,
-        gauge::ConstGauge,
-    },
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
 
@@ -66,8 +62,13 @@ impl Collector for DatapathCollector {
         for path in Path::ALL {
             for protocol in Protocol::ALL {
                 for verdict in Verdict::ALL {
-                    let v = connections[connection_index(path as u8, protocol as u8, verdict as u8) as usize];
-                    let labels = [("path", path.name()), ("protocol", protocol.name()), ("verdict", verdict.name())];
+                    let v = connections
+                        [connection_index(path as u8, protocol as u8, verdict as u8) as usize];
+                    let labels = [
+                        ("path", path.name()),
+                        ("protocol", protocol.name()),
+                        ("verdict", verdict.name()),
+                    ];
                     ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
                 }
             }
@@ -81,9 +82,15 @@ impl Collector for DatapathCollector {
         )?;
         for path in Path::ALL {
             for protocol in Protocol::ALL {
-                for (verdict, action) in [(Verdict::Alerted, "alert"), (Verdict::Blocked, "block")] {
-                    let v = connections[connection_index(path as u8, protocol as u8, verdict as u8) as usize];
-                    let labels = [("path", path.name()), ("protocol", protocol.name()), ("action", action)];
+                for (verdict, action) in [(Verdict::Alerted, "alert"), (Verdict::Blocked, "block")]
+                {
+                    let v = connections
+                        [connection_index(path as u8, protocol as u8, verdict as u8) as usize];
+                    let labels = [
+                        ("path", path.name()),
+                        ("protocol", protocol.name()),
+                        ("action", action),
+                    ];
                     ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
                 }
             }
@@ -104,12 +111,14 @@ impl Collector for DatapathCollector {
         }
 
         let entries = stat(Stat::FlowsCreated).saturating_sub(stat(Stat::FlowsClosed));
-        ConstGauge::new(i64::try_from(entries).unwrap_or(i64::MAX)).encode(encoder.encode_descriptor(
-            "cp_observer_flow_table_entries",
-            "Connections in the kernel flow table now.",
-            None,
-            MetricType::Gauge,
-        )?)?;
+        ConstGauge::new(i64::try_from(entries).unwrap_or(i64::MAX)).encode(
+            encoder.encode_descriptor(
+                "cp_observer_flow_table_entries",
+                "Connections in the kernel flow table now.",
+                None,
+                MetricType::Gauge,
+            )?,
+        )?;
         ConstGauge::new(i64::from(c.flow_capacity)).encode(encoder.encode_descriptor(
             "cp_observer_flow_table_capacity",
             "Capacity of the kernel flow table (--flow-table-capacity).",
@@ -135,7 +144,8 @@ impl Collector for DatapathCollector {
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new(1i64).encode(m.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
+        ConstGauge::new(1i64)
+            .encode(m.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
         Ok(())
     }
 }

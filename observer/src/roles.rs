@@ -33,7 +33,10 @@ pub fn addr(ip: IpAddr) -> Addr {
 
 fn entry_key(net: IpNet) -> (u32, Addr) {
     match net {
-        IpNet::V4(n) => (u32::from(n.prefix_len()) + V4_MAPPED_PREFIX, addr(n.network().into())),
+        IpNet::V4(n) => (
+            u32::from(n.prefix_len()) + V4_MAPPED_PREFIX,
+            addr(n.network().into()),
+        ),
         IpNet::V6(n) => (u32::from(n.prefix_len()), addr(n.network().into())),
     }
 }
@@ -44,7 +47,12 @@ pub fn role_entries(settings: &Settings) -> Vec<RoleEntry> {
         .control_plane
         .iter()
         .map(|c| (c.0, Roles::CONTROL_PLANE))
-        .chain(settings.node_ips.iter().map(|ip| (IpNet::from(ip.to_canonical()), Roles::NODE)))
+        .chain(
+            settings
+                .node_ips
+                .iter()
+                .map(|ip| (IpNet::from(ip.to_canonical()), Roles::NODE)),
+        )
         .chain(settings.pod_cidrs.iter().map(|c| (c.0, Roles::POD)));
     fold(nets)
 }
@@ -65,7 +73,11 @@ pub fn fold(nets: impl IntoIterator<Item = (IpNet, Roles)>) -> Vec<RoleEntry> {
                 .iter()
                 .filter(|(outer, _)| outer.contains(&net))
                 .fold(own, |acc, (_, r)| acc.union(*r));
-            RoleEntry { prefix_len, addr, roles }
+            RoleEntry {
+                prefix_len,
+                addr,
+                roles,
+            }
         })
         .collect()
 }
@@ -100,15 +112,24 @@ mod tests {
     fn families_do_not_mix() {
         // Settings refuse IPv6 ranges that cover ::ffff:0:0/96, so an IPv6
         // prefix never encloses an IPv4 one and nothing is folded across.
-        let entries = fold([(net("fd00::/8"), Roles::POD), (net("10.0.0.0/8"), Roles::NODE)]);
+        let entries = fold([
+            (net("fd00::/8"), Roles::POD),
+            (net("10.0.0.0/8"), Roles::NODE),
+        ]);
         let v4 = entries.iter().find(|e| e.prefix_len == 104).unwrap();
         assert_eq!(v4.roles, Roles::NODE);
     }
 
     #[test]
     fn mapped_addresses() {
-        assert_eq!(addr("::ffff:1.2.3.4".parse().unwrap()), Addr::from_v4([1, 2, 3, 4]));
-        assert_eq!(addr("1.2.3.4".parse().unwrap()), Addr::from_v4([1, 2, 3, 4]));
+        assert_eq!(
+            addr("::ffff:1.2.3.4".parse().unwrap()),
+            Addr::from_v4([1, 2, 3, 4])
+        );
+        assert_eq!(
+            addr("1.2.3.4".parse().unwrap()),
+            Addr::from_v4([1, 2, 3, 4])
+        );
         assert_eq!(addr("fd00::1".parse().unwrap()).as_v4(), None);
     }
 }

@@ -1,1 +1,91 @@
-fn main() {}
+//! Developer commands: `cargo xtask <command>`.
+//!
+//! - `build-ebpf`: make sure the eBPF toolchain is here (installing it if
+//!   not), then build the agent with its kernel programs.
+//! - `lab`: build, then run the lab: a simulated node and control plane in
+//!   network namespaces, with the real agent watching real traffic.
+//! - `test`: build, then run every test, privileged ones included (root).
+
+mod cargo;
+mod toolchain;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "cp-observer developer commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the eBPF toolchain if missing and build the kernel programs.
+    BuildEbpf,
+    /// Run the lab (root): simulated node and control plane, real agent, real traffic.
+    Lab {
+        /// Arguments passed to the lab program (see `--help` there).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test (root): unit, kernel (BPF_PROG_TEST_RUN) and integration.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::BuildEbpf => {
+            toolchain::ensure()?;
+            cargo::build_agent(false)?;
+        }
+        Command::Lab { args } => {
+            require_root("the lab")?;
+            toolchain::ensure()?;
+            toolchain::ensure_lab_tools()?;
+            let agent = cargo::build_agent(false)?;
+            let lab = cargo::build_bin("cp-observer-tests", "cp-observer-lab")?;
+            cargo::run_checked(
+                std::process::Command::new(lab)
+                    .arg("--agent")
+                    .arg(agent)
+                    .args(args),
+            )?;
+        }
+        Command::Test { args } => {
+            require_root("the tests (BPF and network namespaces)")?;
+            toolchain::ensure()?;
+            toolchain::ensure_lab_tools()?;
+            let agent = cargo::build_agent(false)?;
+            cargo::test(&agent, &args)?;
+        }
+    }
+    Ok(())
+}
+
+fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        anyhow::bail!("{what} need root: run `sudo -E cargo xtask ...`");
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}

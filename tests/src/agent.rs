@@ -1,0 +1,243 @@
+//! The real agent as a child process.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use crate::metrics::Metrics;
+
+/// How long the agent may take to load, verify and attach.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a clean shutdown may take.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `cp-observer` binary under test: `CP_OBSERVER_BIN`, which
+/// `cargo xtask test` and `cargo xtask lab` set.
+pub fn binary() -> PathBuf {
+    std::env::var_os("CP_OBSERVER_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        panic!("CP_OBSERVER_BIN is not set: run the tests with `cargo xtask test` (it builds the agent and sets it)")
+    })
+}
+
+/// A running agent. Stopped with SIGTERM on drop.
+#[derive(Debug)]
+pub struct Agent {
+    child: Child,
+    /// Where it serves `/metrics`.
+    pub metrics_addr: SocketAddr,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+/// Process ids of agents alive in this process, for [`terminate_all`].
+static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Sends SIGTERM to every agent this process started and still holds. For
+/// signal handling threads, where `Drop` will not run.
+pub fn terminate_all() {
+    for pid in std::mem::take(
+        &mut *RUNNING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    ) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+}
+
+/// A free TCP port on loopback (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("loopback port")
+        .port()
+}
+
+impl Agent {
+    /// Starts `cp-observer run ARGS --metrics-addr 127.0.0.1:<free>` and waits
+    /// for `/healthz`. Panics with the agent's stderr if it does not come up.
+    pub fn start(args: &[String]) -> Self {
+        let metrics_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let mut cmd = Command::new(binary());
+        // The lab blocks SIGINT/SIGTERM to take them on one thread; the agent
+        // must start with them unblocked, as under a real init.
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .arg("run")
+            .args(args)
+            .arg("--metrics-addr")
+            .arg(metrics_addr.to_string())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the agent binary starts");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (out, err) = (stdout.clone(), stderr.clone());
+        let child_out = child.stdout.take().expect("piped stdout");
+        let mut child_err = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(child_out).lines().map_while(Result::ok) {
+                out.lock().expect("lock").push(line);
+            }
+        });
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = child_err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                err.lock()
+                    .expect("lock")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        RUNNING.lock().expect("lock").push(child.id());
+        let mut agent = Self {
+            child,
+            metrics_addr,
+            stdout,
+            stderr,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = agent.child.try_wait().expect("wait on the agent") {
+                std::thread::sleep(Duration::from_millis(100)); // let stderr drain
+                panic!(
+                    "the agent exited with {status} before serving /healthz; stderr:\n{}",
+                    agent.stderr()
+                );
+            }
+            if agent.get("/healthz").is_some_and(|(code, _)| code == 200) {
+                return agent;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not serve /healthz within {START_TIMEOUT:?}; stderr:\n{}",
+                agent.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `GET path` on the metrics address: status code and body.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect_timeout(&self.metrics_addr, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.metrics_addr
+        )
+        .ok()?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).ok()?;
+        let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Some((code, dechunk(&body)))
+    }
+
+    /// Scrapes and parses `/metrics`.
+    pub fn scrape(&self) -> Metrics {
+        let (code, body) = self.get("/metrics").expect("the agent answers /metrics");
+        assert_eq!(code, 200, "/metrics answered {code}: {body}");
+        Metrics::parse(&body)
+    }
+
+    /// Lines the agent printed on stdout (events) so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().expect("lock").clone()
+    }
+
+    /// What the agent printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("lock").clone()
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit (SIGKILL after a timeout).
+    pub fn stop(mut self) -> ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> ExitStatus {
+        RUNNING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|p| *p != self.child.id());
+        if let Some(status) = self.child.try_wait().expect("wait on the agent") {
+            return status;
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("wait on the agent") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        self.child.wait().expect("wait on the agent")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// Undoes `Transfer-Encoding: chunked` if the body looks chunked.
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((size, after)) = rest.split_once("\r\n") else {
+            return body.to_owned();
+        };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            return body.to_owned();
+        };
+        if n == 0 {
+            return out;
+        }
+        if after.len() < n {
+            return body.to_owned();
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+}
+
+/// How many cp-observer programs (`cgroup_skb` named `ingress`/`egress`)
+/// are loaded in the kernel now. Each agent holds one of each.
+pub fn loaded_observer_programs() -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| matches!(p.name_as_str(), Some("ingress" | "egress")))
+        .filter(|p| format!("{:?}", p.program_type()).ends_with("CGROUP_SKB"))
+        .count()
+}

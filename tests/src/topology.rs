@@ -1,0 +1,145 @@
+//! The simulated node and control plane.
+//!
+//! ```text
+//!  control plane ns            node ns                     pod ns
+//!  198.18.0.1      eth0 ── to-cp  198.18.0.2
+//!  2001:db8:cafe::1             2001:db8:cafe::2
+//!                               to-pod 198.18.16.1 ── eth0  198.18.16.2
+//!                                      2001:db8:16::1       2001:db8:16::2
+//! ```
+//!
+//! The node namespace routes between the other two, as a real node routes
+//! between its NIC and its pods' veths. The agent runs in the host's own
+//! namespace: its cgroup programs see the sockets of every namespace.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::netns::NetNs;
+
+/// Addresses of the lab, IPv4 and IPv6.
+pub mod addrs {
+    use super::{Ipv4Addr, Ipv6Addr};
+
+    /// The control plane host (plays the apiserver).
+    pub const CP4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+    /// The node's address facing the control plane.
+    pub const NODE4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+    /// The node's address facing its pods (the pods' gateway).
+    pub const NODE_GW4: Ipv4Addr = Ipv4Addr::new(198, 18, 16, 1);
+    /// The pod.
+    pub const POD4: Ipv4Addr = Ipv4Addr::new(198, 18, 16, 2);
+    /// The pod CIDR.
+    pub const POD_CIDR4: &str = "198.18.16.0/24";
+
+    /// IPv6 twins of the above.
+    pub const CP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xcafe, 0, 0, 0, 0, 1);
+    /// The node, facing the control plane.
+    pub const NODE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xcafe, 0, 0, 0, 0, 2);
+    /// The node, facing its pods.
+    pub const NODE_GW6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x16, 0, 0, 0, 0, 1);
+    /// The pod.
+    pub const POD6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x16, 0, 0, 0, 0, 2);
+    /// The pod CIDR.
+    pub const POD_CIDR6: &str = "2001:db8:16::/64";
+}
+
+/// The three namespaces, wired and addressed. Dropping it removes them
+/// (and with them their veths).
+#[derive(Debug)]
+pub struct Topology {
+    /// The control plane: where the apiserver's proxy connections come from.
+    pub cp: NetNs,
+    /// The node itself.
+    pub node: NetNs,
+    /// A pod on the node.
+    pub pod: NetNs,
+}
+
+impl Topology {
+    /// Builds the lab; `tag` keeps namespace names of concurrent users apart.
+    pub fn new(tag: &str) -> Self {
+        use addrs::*;
+        let cp = NetNs::new(&format!("cpo-{tag}-cp"));
+        let node = NetNs::new(&format!("cpo-{tag}-node"));
+        let pod = NetNs::new(&format!("cpo-{tag}-pod"));
+
+        node.ip(&[
+            "link",
+            "add",
+            "to-cp",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            cp.name(),
+        ]);
+        node.ip(&[
+            "link",
+            "add",
+            "to-pod",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            pod.name(),
+        ]);
+        for (ns, dev, v4, v6) in [
+            (&cp, "eth0", CP4, CP6),
+            (&node, "to-cp", NODE4, NODE6),
+            (&node, "to-pod", NODE_GW4, NODE_GW6),
+            (&pod, "eth0", POD4, POD6),
+        ] {
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
+            // nodad: usable at once, no duplicate-address-detection delay.
+            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
+            ns.ip(&["link", "set", dev, "up"]);
+        }
+        cp.ip(&["route", "add", "default", "via", &NODE4.to_string()]);
+        cp.ip(&["-6", "route", "add", "default", "via", &NODE6.to_string()]);
+        pod.ip(&["route", "add", "default", "via", &NODE_GW4.to_string()]);
+        pod.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &NODE_GW6.to_string(),
+        ]);
+        node.sysctl("net.ipv4.ip_forward", "1");
+        node.sysctl("net.ipv6.conf.all.forwarding", "1");
+        Self { cp, node, pod }
+    }
+
+    /// Agent flags describing this lab: who is control plane, node, pod.
+    pub fn agent_args() -> Vec<String> {
+        use addrs::*;
+        let mut args = Vec::new();
+        for (flag, value) in [
+            ("--control-plane", CP4.to_string()),
+            ("--control-plane", CP6.to_string()),
+            ("--node-ip", NODE4.to_string()),
+            ("--node-ip", NODE_GW4.to_string()),
+            ("--node-ip", NODE6.to_string()),
+            ("--node-ip", NODE_GW6.to_string()),
+            ("--pod-cidr", POD_CIDR4.to_owned()),
+            ("--pod-cidr", POD_CIDR6.to_owned()),
+        ] {
+            args.push(flag.to_owned());
+            args.push(value);
+        }
+        args
+    }
+
+    /// The pod's address of the given family.
+    pub fn pod_ip(v6: bool) -> IpAddr {
+        if v6 {
+            addrs::POD6.into()
+        } else {
+            addrs::POD4.into()
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! Servers and clients that talk across the lab, counting what they send
+//! and receive so tests can compare with what the agent counted.
+
+use std::{
+    io::{self, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use rustls::{ClientConnection, ServerConnection, StreamOwned, pki_types::ServerName};
+
+use crate::{netns::NetNs, tls::Tls};
+
+/// Socket timeouts: every exchange in the lab is local and small.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+const BODY: &str = "hello from the lab pod\n";
+
+/// What the server side does with a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// HTTP/1.1 over plain TCP.
+    Http,
+    /// HTTP/1.1 over TLS.
+    Https,
+}
+
+/// A server in a namespace, answering every request with 200 and logging
+/// the request lines it received. Stops on drop.
+#[derive(Debug)]
+pub struct Server {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    requests: Arc<Mutex<Vec<String>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts a server of `kind` on `addr` inside `ns`.
+    pub fn start(ns: &NetNs, addr: SocketAddr, kind: Kind, tls: &Tls) -> Self {
+        let listener =
+            ns.run(move || TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")));
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, requests2, config) = (stop.clone(), requests.clone(), tls.server.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let log = requests2.clone();
+                        let config = config.clone();
+                        std::thread::spawn(move || {
+                            // A client that fails or is blocked mid-way is not an error here.
+                            let _ = serve(stream, kind, config, &log);
+                        });
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => panic!("accept on {addr}: {e}"),
+                }
+            }
+        });
+        Self {
+            addr,
+            stop,
+            requests,
+            thread: Some(thread),
+        }
+    }
+
+    /// Request lines received so far (complete requests only).
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    kind: Kind,
+    config: Arc<rustls::ServerConfig>,
+    log: &Mutex<Vec<String>>,
+) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    match kind {
+        Kind::Http => handle(stream, log),
+        Kind::Https => {
+            let conn = ServerConnection::new(config).map_err(io::Error::other)?;
+            handle(StreamOwned::new(conn, stream), log)
+        }
+    }
+}
+
+fn handle(mut s: impl Read + Write, log: &Mutex<Vec<String>>) -> io::Result<()> {
+    let head = read_head(&mut s)?;
+    let line = head.lines().next().unwrap_or_default().to_owned();
+    log.lock().expect("lock").push(line);
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    s.write_all(resp.as_bytes())?;
+    s.flush()
+}
+
+/// Reads up to the end of an HTTP head (`\r\n\r\n`).
+fn read_head(s: &mut impl Read) -> io::Result<String> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed before the end of the head",
+            ));
+        }
+        buf.push(byte[0]);
+        if buf.len() > 16 * 1024 {
+            return Err(io::Error::other("head too long"));
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// One finished client exchange, with the TCP payload bytes each way.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Exchange {
+    /// The response's status line.
+    pub status: String,
+    /// Payload bytes the client sent (TLS records included).
+    pub sent: u64,
+    /// Payload bytes the client received.
+    pub received: u64,
+}
+
+/// A TCP stream that counts bytes.
+struct Counting {
+    inner: TcpStream,
+    sent: u64,
+    received: u64,
+}
+
+impl Read for Counting {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.received += n as u64;
+        Ok(n)
+    }
+}
+
+impl Write for Counting {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sent += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn connect(to: SocketAddr) -> io::Result<Counting> {
+    let inner = TcpStream::connect_timeout(&to, IO_TIMEOUT)?;
+    inner.set_read_timeout(Some(IO_TIMEOUT))?;
+    inner.set_write_timeout(Some(IO_TIMEOUT))?;
+    inner.set_nodelay(true)?;
+    Ok(Counting {
+        inner,
+        sent: 0,
+        received: 0,
+    })
+}
+
+fn request(host: SocketAddr) -> String {
+    format!(
+        "GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: cp-observer-lab\r\nConnection: close\r\n\r\n"
+    )
+}
+
+/// `GET /` over plain HTTP from inside `ns`.
+pub fn http_get(ns: &NetNs, to: SocketAddr) -> io::Result<Exchange> {
+    ns.run(move || {
+        let mut s = connect(to)?;
+        s.write_all(request(to).as_bytes())?;
+        finish(s)
+    })
+}
+
+/// `GET /` over plain HTTP, the request written `chunk` bytes per TCP
+/// segment with a pause between segments (Nagle off), as a client trying to
+/// slip past detection would.
+pub fn http_get_split(ns: &NetNs, to: SocketAddr, chunk: usize) -> io::Result<Exchange> {
+    ns.run(move || {
+        let mut s = connect(to)?;
+        for part in request(to).as_bytes().chunks(chunk) {
+            s.write_all(part)?;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        finish(s)
+    })
+}
+
+/// `GET /` over TLS from inside `ns`.
+pub fn https_get(ns: &NetNs, to: SocketAddr, tls: &Tls) -> io::Result<Exchange> {
+    let config = tls.client.clone();
+    ns.run(move || {
+        let name = ServerName::IpAddress(to.ip().into());
+        let conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
+        let mut s = StreamOwned::new(conn, connect(to)?);
+        s.write_all(request(to).as_bytes())?;
+        s.flush()?;
+        let mut resp = Vec::new();
+        read_to_end_lenient(&mut s, &mut resp)?;
+        s.conn.send_close_notify();
+        let _ = s.conn.complete_io(&mut s.sock);
+        let _ = s.sock.inner.shutdown(Shutdown::Both);
+        Ok(Exchange {
+            status: status_line(&resp),
+            sent: s.sock.sent,
+            received: s.sock.received,
+        })
+    })
+}
+
+fn finish(mut s: Counting) -> io::Result<Exchange> {
+    let mut resp = Vec::new();
+    read_to_end_lenient(&mut s, &mut resp)?;
+    let _ = s.inner.shutdown(Shutdown::Both);
+    Ok(Exchange {
+        status: status_line(&resp),
+        sent: s.sent,
+        received: s.received,
+    })
+}
+
+/// Reads to EOF; a TLS peer that closes without close_notify still ends the read.
+fn read_to_end_lenient(s: &mut impl Read, out: &mut Vec<u8>) -> io::Result<()> {
+    match s.read_to_end(out) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !out.is_empty() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn status_line(resp: &[u8]) -> String {
+    String::from_utf8_lossy(resp)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}

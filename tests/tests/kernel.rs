@@ -1,0 +1,287 @@
+//! The kernel programs on crafted packets, through BPF_PROG_TEST_RUN: the
+//! classification, detection and counting the kernel does, without any
+//! network. Needs root (loading BPF).
+
+use std::net::SocketAddr;
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use lab::packets::{ETH_LEN, Tcp};
+use observer::{
+    cli::RunArgs,
+    config::Settings,
+    ebpf::{Counters, Datapath},
+};
+use observer_common::{
+    counters::{Direction, byte_index, connection_index},
+    path::Path,
+    policy::Verdict,
+    protocol::Protocol,
+};
+
+const CP: &str = "198.18.0.1";
+const NODE: &str = "198.18.0.2";
+const POD: &str = "198.18.16.2";
+const CP6: &str = "2001:db8:cafe::1";
+const POD6: &str = "2001:db8:16::2";
+
+struct Kernel {
+    datapath: Datapath,
+    counters: Counters,
+}
+
+fn kernel() -> Kernel {
+    let args = RunArgs {
+        control_plane: vec![CP.parse().unwrap(), CP6.parse().unwrap()],
+        node_ip: vec![NODE.parse().unwrap()],
+        pod_cidr: vec![
+            "198.18.16.0/24".parse().unwrap(),
+            "2001:db8:16::/64".parse().unwrap(),
+        ],
+        apiserver: vec![format!("{CP}:6443").parse().unwrap()],
+        ..RunArgs::default()
+    };
+    let settings = Settings::from_args(&args).expect("valid settings");
+    let (datapath, counters) = Datapath::load(&settings).expect("the programs load (root needed)");
+    Kernel { datapath, counters }
+}
+
+fn sa(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+impl Kernel {
+    fn run(&self, prog: &'static str, packet: &[u8]) -> u32 {
+        let prog = self.datapath.program(prog).expect("program exists");
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            ..TestRunOptions::default()
+        };
+        prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
+    }
+
+    /// A packet as the sender's egress hook sees it, then (both ends local)
+    /// as the receiver's ingress hook does. Both must pass it.
+    fn both(&self, p: &Tcp) {
+        let bytes = p.build();
+        assert_eq!(self.run("egress", &bytes), 1, "egress passes {p:?}");
+        assert_eq!(self.run("ingress", &bytes), 1, "ingress passes {p:?}");
+    }
+
+    fn connections(&self, path: Path, protocol: Protocol, verdict: Verdict) -> u64 {
+        self.counters.connections().unwrap()
+            [connection_index(path as u8, protocol as u8, verdict as u8) as usize]
+    }
+
+    fn total(&self) -> u64 {
+        self.counters.connections().unwrap().iter().sum()
+    }
+
+    fn bytes(&self, path: Path, dir: Direction) -> u64 {
+        self.counters.bytes().unwrap()[byte_index(path as u8, dir) as usize]
+    }
+
+    fn flows(&self) -> usize {
+        self.datapath.flows().unwrap().keys().count()
+    }
+
+    /// SYN, SYN-ACK and the handshake's last ACK of `c` → `s`.
+    fn handshake(&self, c: SocketAddr, s: SocketAddr) {
+        self.both(&Tcp::new(c, s).syn(1000));
+        self.both(&Tcp::new(s, c).syn_ack(5000));
+        self.both(&Tcp::new(c, s).seq(1001));
+    }
+}
+
+const GET: &[u8] = b"GET /api/v1/namespaces/default/pods HTTP/1.1\r\nHost: x\r\n\r\n";
+/// The start of a TLS 1.2/1.3 ClientHello record.
+const CLIENT_HELLO: &[u8] = &[
+    0x16, 0x03, 0x01, 0x00, 0xf1, 0x01, 0x00, 0x00, 0xed, 0x03, 0x03, 0xaa,
+];
+
+#[test]
+fn plaintext_proxy_request_is_http_and_counted_once() {
+    let k = kernel();
+    let (c, s) = (sa(CP, 40000), sa(POD, 8080));
+    k.handshake(c, s);
+    assert_eq!(k.flows(), 1, "the SYN created one flow for both sightings");
+    assert_eq!(
+        k.total(),
+        0,
+        "nothing is counted before the protocol is known"
+    );
+    k.both(&Tcp::new(c, s).seq(1001).payload(GET));
+    assert_eq!(
+        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Alerted),
+        1
+    );
+    assert_eq!(k.total(), 1);
+    assert_eq!(
+        k.bytes(Path::ApiserverProxyToPod, Direction::Rx),
+        GET.len() as u64,
+        "seen twice, counted once"
+    );
+    // A retransmission changes nothing.
+    k.both(&Tcp::new(c, s).seq(1001).payload(GET));
+    assert_eq!(k.total(), 1);
+    assert_eq!(
+        k.bytes(Path::ApiserverProxyToPod, Direction::Rx),
+        GET.len() as u64
+    );
+    // The response is tx for the node.
+    k.both(&Tcp::new(s, c).seq(5001).payload(b"HTTP/1.1 200 OK\r\n\r\n"));
+    assert_eq!(k.bytes(Path::ApiserverProxyToPod, Direction::Tx), 19);
+    // FIN both ways closes the flow.
+    k.both(&Tcp::new(c, s).seq(1001 + GET.len() as u32).fin());
+    assert_eq!(k.flows(), 1);
+    k.both(&Tcp::new(s, c).seq(5020).fin());
+    assert_eq!(k.flows(), 0, "the second FIN removes the flow");
+    assert_eq!(k.total(), 1);
+}
+
+#[test]
+fn tls_and_other_payloads() {
+    let k = kernel();
+    let (c, s) = (sa(CP, 40001), sa(POD, 8443));
+    k.handshake(c, s);
+    k.both(&Tcp::new(c, s).seq(1001).payload(CLIENT_HELLO));
+    assert_eq!(
+        k.connections(Path::ApiserverProxyToPod, Protocol::Tls, Verdict::Allowed),
+        1
+    );
+
+    let (c, s) = (sa(CP, 40002), sa(POD, 9000));
+    k.handshake(c, s);
+    k.both(
+        &Tcp::new(c, s)
+            .seq(1001)
+            .payload(b"\x00\x00\x00\x10binary-protocol!"),
+    );
+    assert_eq!(
+        k.connections(Path::ApiserverProxyToPod, Protocol::Other, Verdict::Alerted),
+        1
+    );
+    assert_eq!(k.total(), 2);
+}
+
+#[test]
+fn request_line_split_into_one_byte_segments_is_still_http() {
+    let k = kernel();
+    let (c, s) = (sa(CP, 40003), sa(POD, 8080));
+    k.handshake(c, s);
+    for (i, b) in GET.iter().enumerate().take(3) {
+        k.both(&Tcp::new(c, s).seq(1001 + i as u32).payload(&[*b]));
+        assert_eq!(k.total(), 0, "{} byte(s) decide nothing", i + 1);
+    }
+    // Out of order: a segment beyond a hole is not taken as the start.
+    k.both(&Tcp::new(c, s).seq(1005).payload(b"X"));
+    assert_eq!(k.total(), 0);
+    k.both(&Tcp::new(c, s).seq(1004).payload(b" "));
+    assert_eq!(
+        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Alerted),
+        1
+    );
+    assert_eq!(k.total(), 1);
+}
+
+#[test]
+fn ipv6_proxy_request() {
+    let k = kernel();
+    let (c, s) = (sa(CP6, 40004), sa(POD6, 8080));
+    k.handshake(c, s);
+    k.both(&Tcp::new(c, s).seq(1001).payload(GET));
+    assert_eq!(
+        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Alerted),
+        1
+    );
+    assert_eq!(k.total(), 1);
+}
+
+#[test]
+fn server_speaks_first_over_ssh() {
+    let k = kernel();
+    let (c, s) = (sa(CP, 40005), sa(NODE, 22));
+    k.handshake(c, s);
+    k.both(
+        &Tcp::new(s, c)
+            .seq(5001)
+            .payload(b"SSH-2.0-OpenSSH_9.2p1\r\n"),
+    );
+    assert_eq!(
+        k.connections(Path::SshTunnel, Protocol::Ssh, Verdict::Alerted),
+        1
+    );
+}
+
+#[test]
+fn closed_without_payload_is_none() {
+    let k = kernel();
+    let (c, s) = (sa(CP, 40006), sa(POD, 8080));
+    k.handshake(c, s);
+    k.both(&Tcp::new(c, s).seq(1001).rst());
+    assert_eq!(
+        k.connections(Path::ApiserverProxyToPod, Protocol::None, Verdict::Allowed),
+        1
+    );
+    assert_eq!(k.flows(), 0, "a reset removes the flow");
+}
+
+#[test]
+fn untracked_traffic_leaves_no_trace() {
+    let k = kernel();
+    for (c, s) in [
+        (sa(NODE, 40007), sa(POD, 8080)), // node → pod: no path
+        (sa(POD, 40008), sa(NODE, 9100)), // pod → node: no path
+        (sa("192.0.2.1", 40009), sa(POD, 8080)),
+    ] {
+        k.handshake(c, s);
+        k.both(&Tcp::new(c, s).seq(1001).payload(GET));
+    }
+    assert_eq!(k.flows(), 0);
+    assert_eq!(k.total(), 0);
+    assert!(k.counters.bytes().unwrap().iter().all(|b| *b == 0));
+}
+
+#[test]
+fn truncated_and_malformed_packets_pass_untouched() {
+    let k = kernel();
+    let (c, s) = (sa(CP, 40010), sa(POD, 8080));
+    let syn = Tcp::new(c, s).syn(1000).build();
+    // Cut inside the IP header: the kernel refuses to build such an skb
+    // (it pulls a full IP header first), as it never delivers one to the
+    // hooks. Cut inside the TCP header: the program must pass it.
+    let prog = k.datapath.program("egress").unwrap();
+    for cut in [ETH_LEN + 1, ETH_LEN + 10] {
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(&syn[..cut]),
+            ..TestRunOptions::default()
+        });
+        assert!(
+            r.is_err(),
+            "cut at {cut}: the kernel should refuse, got {r:?}"
+        );
+    }
+    for cut in [ETH_LEN + 20, ETH_LEN + 30] {
+        assert_eq!(k.run("egress", &syn[..cut]), 1, "cut at {cut}");
+    }
+    let syn6 = Tcp::new(sa(CP6, 40010), sa(POD6, 8080)).syn(1000).build();
+    for cut in [ETH_LEN + 40, ETH_LEN + 50] {
+        assert_eq!(k.run("ingress", &syn6[..cut]), 1, "IPv6 cut at {cut}");
+    }
+    // A TCP data offset below the minimum (2 words) and beyond the packet.
+    for doff in [2u8, 15] {
+        let mut bad = syn.clone();
+        bad[ETH_LEN + 20 + 12] = doff << 4;
+        assert_eq!(k.run("egress", &bad), 1, "data offset {doff}");
+    }
+    // Not TCP: UDP (protocol 17).
+    let mut udp = syn.clone();
+    udp[ETH_LEN + 9] = 17;
+    assert_eq!(k.run("egress", &udp), 1);
+    assert_eq!(k.flows(), 0, "none of these opened a flow");
+    assert_eq!(k.total(), 0);
+    assert_eq!(
+        k.counters.stats().unwrap().iter().sum::<u64>(),
+        0,
+        "nor counted anything"
+    );
+}
