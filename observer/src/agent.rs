@@ -23,7 +23,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     check_kernel()?;
     if settings.control_plane.is_empty()
         && settings.apiservers.is_empty()
-        && settings.apiserver_vip.is_none()
+        && settings.apiserver_vips.is_empty()
     {
         tracing::warn!(
             "no --control-plane, --apiserver or --apiserver-vip: only kubelet-read-only can be seen"

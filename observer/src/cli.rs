@@ -40,9 +40,9 @@ pub struct RunArgs {
     /// Apiserver endpoints.
     #[arg(long = "apiserver", value_name = "IP:PORT")]
     pub apiserver: Vec<SocketAddr>,
-    /// The `kubernetes` service VIP.
+    /// The `kubernetes` service VIP (repeatable: one per family on dual-stack clusters).
     #[arg(long = "apiserver-vip", value_name = "IP:PORT")]
-    pub apiserver_vip: Option<SocketAddr>,
+    pub apiserver_vip: Vec<SocketAddr>,
     /// Kubelet API port [default: 10250].
     #[arg(long, value_name = "PORT")]
     pub kubelet_port: Option<u16>,

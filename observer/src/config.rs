@@ -30,7 +30,7 @@ pub struct Settings {
     /// `--apiserver`.
     pub apiservers: Vec<SocketAddr>,
     /// `--apiserver-vip`.
-    pub apiserver_vip: Option<SocketAddr>,
+    pub apiserver_vips: Vec<SocketAddr>,
     /// The four port flags.
     pub ports: Ports,
     /// `--metrics-addr`.
@@ -97,7 +97,7 @@ struct FileConfig {
     pod_cidr: Vec<String>,
     #[serde(default)]
     apiserver: Vec<String>,
-    apiserver_vip: Option<String>,
+    apiserver_vip: Option<OneOrMany>,
     kubelet_port: Option<u16>,
     kubelet_read_only_port: Option<u16>,
     ssh_port: Option<u16>,
@@ -105,6 +105,23 @@ struct FileConfig {
     metrics_addr: Option<String>,
     cgroup: Option<PathBuf>,
     flow_table_capacity: Option<u32>,
+}
+
+/// A key that takes one value or a list (`apiserver_vip`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(v) => vec![v],
+            Self::Many(v) => v,
+        }
+    }
 }
 
 impl Settings {
@@ -143,7 +160,7 @@ impl Settings {
             node_ips: pick(&args.node_ip, file.node_ip),
             pod_cidrs: pick(&args.pod_cidr, file.pod_cidr),
             apiservers: pick(&args.apiserver, file.apiserver),
-            apiserver_vip: args.apiserver_vip.or(file.apiserver_vip),
+            apiserver_vips: pick(&args.apiserver_vip, file.apiserver_vip),
             ports,
             metrics_addr: args.metrics_addr.or(file.metrics_addr).unwrap_or_else(|| {
                 DEFAULT_METRICS_ADDR
@@ -201,7 +218,7 @@ impl Settings {
             .apiservers
             .iter()
             .map(|ep| ("--apiserver", ep))
-            .chain(self.apiserver_vip.iter().map(|ep| ("--apiserver-vip", ep)))
+            .chain(self.apiserver_vips.iter().map(|ep| ("--apiserver-vip", ep)))
         {
             if ep.port() == 0 || ep.ip().is_unspecified() {
                 return Err(ConfigError::Invalid {
@@ -222,7 +239,7 @@ struct Parsed {
     node_ip: Vec<IpAddr>,
     pod_cidr: Vec<Cidr>,
     apiserver: Vec<SocketAddr>,
-    apiserver_vip: Option<SocketAddr>,
+    apiserver_vip: Vec<SocketAddr>,
     kubelet_port: Option<u16>,
     kubelet_read_only_port: Option<u16>,
     ssh_port: Option<u16>,
@@ -255,11 +272,13 @@ fn load_file(path: &Path) -> Result<Parsed, ConfigError> {
         node_ip: parse_values(path, "node_ip", &raw.node_ip)?,
         pod_cidr: parse_values(path, "pod_cidr", &raw.pod_cidr)?,
         apiserver: parse_values(path, "apiserver", &raw.apiserver)?,
-        apiserver_vip: raw
-            .apiserver_vip
-            .as_deref()
-            .map(|v| one("apiserver_vip", v))
-            .transpose()?,
+        apiserver_vip: parse_values(
+            path,
+            "apiserver_vip",
+            &raw.apiserver_vip
+                .map(OneOrMany::into_vec)
+                .unwrap_or_default(),
+        )?,
         kubelet_port: raw.kubelet_port,
         kubelet_read_only_port: raw.kubelet_read_only_port,
         ssh_port: raw.ssh_port,
@@ -358,7 +377,7 @@ mod tests {
         assert_eq!(s.control_plane, vec!["10.0.0.0/24".parse().unwrap()]);
         assert_eq!(s.pod_cidrs.len(), 2);
         assert_eq!(s.ports.kubelet, 11250);
-        assert_eq!(s.apiserver_vip, Some("10.96.0.1:443".parse().unwrap()));
+        assert_eq!(s.apiserver_vips, vec!["10.96.0.1:443".parse().unwrap()]);
         args.control_plane = vec!["192.0.2.0/24".parse().unwrap()];
         args.kubelet_port = Some(10250);
         let s = Settings::from_args(&args).unwrap();
@@ -376,7 +395,7 @@ mod tests {
         let s = Settings::from_args(&args).unwrap();
         assert_eq!(s.control_plane.len(), 2);
         assert_eq!(s.apiservers.len(), 2);
-        assert_eq!(s.apiserver_vip, Some("10.96.0.1:443".parse().unwrap()));
+        assert_eq!(s.apiserver_vips.len(), 2);
         assert_eq!(s.ports, Ports::default());
     }
 

@@ -198,11 +198,7 @@ fn configure(ebpf: &mut Ebpf, settings: &Settings) -> Result<(), DatapathError> 
 
     let mut apiservers: HashMap<_, Endpoint, u32> =
         HashMap::try_from(map_mut(ebpf, "APISERVERS")?).map_err(map_err("APISERVERS"))?;
-    for ep in settings
-        .apiservers
-        .iter()
-        .chain(settings.apiserver_vip.iter())
-    {
+    for ep in settings.apiservers.iter().chain(&settings.apiserver_vips) {
         apiservers
             .insert(endpoint(ep), 1, 0)
             .map_err(map_err("APISERVERS"))?;

@@ -109,3 +109,61 @@ impl Tcp {
 
 /// Ethernet header length: where the IP header starts in a built packet.
 pub const ETH_LEN: usize = 14;
+
+/// `packet` (IPv4) with `words` 4-byte words of NOP options after the IP
+/// header: IHL and total length adjusted.
+pub fn with_ipv4_options(packet: &[u8], words: usize) -> Vec<u8> {
+    assert!(words <= 10, "IHL is at most 15 words");
+    let ip = ETH_LEN;
+    assert_eq!(packet[ip] >> 4, 4, "an IPv4 packet");
+    let mut out = packet[..ip + 20].to_vec();
+    out.extend(std::iter::repeat_n(1u8, words * 4)); // NOP
+    out.extend_from_slice(&packet[ip + 20..]);
+    out[ip] = 0x40 | (5 + words) as u8;
+    let total = u16::from_be_bytes([out[ip + 2], out[ip + 3]]) + (words * 4) as u16;
+    out[ip + 2..ip + 4].copy_from_slice(&total.to_be_bytes());
+    out
+}
+
+/// IPv6 extension header types.
+pub mod ext {
+    /// Hop-by-hop options.
+    pub const HOP_BY_HOP: u8 = 0;
+    /// Routing.
+    pub const ROUTING: u8 = 43;
+    /// Fragment.
+    pub const FRAGMENT: u8 = 44;
+    /// Destination options.
+    pub const DEST_OPTS: u8 = 60;
+}
+
+/// `packet` (IPv6) with 8-byte extension headers of the given types inserted
+/// between the IPv6 header and TCP. A fragment header gets `frag_offset`
+/// (in 8-byte units) and the more-fragments bit.
+pub fn with_ipv6_ext_headers(packet: &[u8], types: &[u8], frag_offset: u16) -> Vec<u8> {
+    let ip = ETH_LEN;
+    assert_eq!(packet[ip] >> 4, 6, "an IPv6 packet");
+    let transport = packet[ip + 6];
+    let mut headers = Vec::new();
+    for (i, t) in types.iter().enumerate() {
+        let next = types.get(i + 1).copied().unwrap_or(transport);
+        let mut h = [0u8; 8];
+        h[0] = next;
+        if *t == ext::FRAGMENT {
+            h[2..4].copy_from_slice(&((frag_offset << 3) | 1).to_be_bytes());
+            h[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        } else {
+            h[1] = 0; // (0 + 1) * 8 bytes
+            h[2] = 1; // PadN option covering the rest
+            h[3] = 4;
+        }
+        headers.extend_from_slice(&h);
+    }
+    let mut out = packet[..ip + 40].to_vec();
+    out.extend_from_slice(&headers);
+    out.extend_from_slice(&packet[ip + 40..]);
+    out[ip + 6] = types.first().copied().unwrap_or(transport);
+    let len = u16::from_be_bytes([out[ip + 4], out[ip + 5]]) + headers.len() as u16;
+    out[ip + 4..ip + 6].copy_from_slice(&len.to_be_bytes());
+    out
+}

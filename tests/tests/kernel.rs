@@ -5,24 +5,27 @@
 use std::net::SocketAddr;
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use lab::packets::{ETH_LEN, Tcp};
+use lab::packets::{ETH_LEN, Tcp, ext, with_ipv4_options, with_ipv6_ext_headers};
 use observer::{
     cli::RunArgs,
     config::Settings,
     ebpf::{Counters, Datapath},
 };
 use observer_common::{
-    counters::{Direction, byte_index, connection_index},
+    counters::{Direction, Stat, byte_index, connection_index},
     path::Path,
-    policy::Verdict,
+    policy::{Action, Verdict},
     protocol::Protocol,
 };
 
 const CP: &str = "198.18.0.1";
 const NODE: &str = "198.18.0.2";
 const POD: &str = "198.18.16.2";
+const VIP: &str = "198.18.96.1";
 const CP6: &str = "2001:db8:cafe::1";
+const NODE6: &str = "2001:db8:cafe::2";
 const POD6: &str = "2001:db8:16::2";
+const VIP6: &str = "2001:db8:96::1";
 
 struct Kernel {
     datapath: Datapath,
@@ -32,12 +35,13 @@ struct Kernel {
 fn kernel() -> Kernel {
     let args = RunArgs {
         control_plane: vec![CP.parse().unwrap(), CP6.parse().unwrap()],
-        node_ip: vec![NODE.parse().unwrap()],
+        node_ip: vec![NODE.parse().unwrap(), NODE6.parse().unwrap()],
         pod_cidr: vec![
             "198.18.16.0/24".parse().unwrap(),
             "2001:db8:16::/64".parse().unwrap(),
         ],
-        apiserver: vec![format!("{CP}:6443").parse().unwrap()],
+        apiserver: vec![sa(CP, 6443), sa(CP6, 6443)],
+        apiserver_vip: vec![sa(VIP, 443), sa(VIP6, 443)],
         ..RunArgs::default()
     };
     let settings = Settings::from_args(&args).expect("valid settings");
@@ -284,4 +288,261 @@ fn truncated_and_malformed_packets_pass_untouched() {
         0,
         "nor counted anything"
     );
+}
+
+/// One row of SPEC §1: a representative (client, server) per family.
+struct Row {
+    path: Path,
+    v4: (&'static str, &'static str, u16),
+    v6: (&'static str, &'static str, u16),
+}
+
+/// Every row of the table, some twice (both kinds of client or server).
+const ROWS: &[Row] = &[
+    Row {
+        path: Path::KubeletReadOnly,
+        v4: (POD, NODE, 10255),
+        v6: (POD6, NODE6, 10255),
+    },
+    Row {
+        path: Path::KubeletReadOnly,
+        v4: (CP, NODE, 10255),
+        v6: (CP6, NODE6, 10255),
+    },
+    Row {
+        path: Path::ApiserverToKubelet,
+        v4: (CP, NODE, 10250),
+        v6: (CP6, NODE6, 10250),
+    },
+    Row {
+        path: Path::SshTunnel,
+        v4: (CP, NODE, 22),
+        v6: (CP6, NODE6, 22),
+    },
+    Row {
+        path: Path::ApiserverProxyToPod,
+        v4: (CP, POD, 8080),
+        v6: (CP6, POD6, 8080),
+    },
+    Row {
+        path: Path::ApiserverProxyToNode,
+        v4: (CP, NODE, 9100),
+        v6: (CP6, NODE6, 9100),
+    },
+    Row {
+        path: Path::Konnectivity,
+        v4: (POD, CP, 8132),
+        v6: (POD6, CP6, 8132),
+    },
+    Row {
+        path: Path::Konnectivity,
+        v4: (NODE, CP, 8132),
+        v6: (NODE6, CP6, 8132),
+    },
+    Row {
+        path: Path::NodeToApiserver,
+        v4: (NODE, CP, 6443),
+        v6: (NODE6, CP6, 6443),
+    },
+    Row {
+        path: Path::NodeToApiserver,
+        v4: (NODE, VIP, 443),
+        v6: (NODE6, VIP6, 443),
+    },
+    Row {
+        path: Path::PodToApiserver,
+        v4: (POD, VIP, 443),
+        v6: (POD6, VIP6, 443),
+    },
+    Row {
+        path: Path::PodToApiserver,
+        v4: (POD, CP, 6443),
+        v6: (POD6, CP6, 6443),
+    },
+];
+
+/// The first bytes of each protocol, and who speaks first.
+fn opening(protocol: Protocol) -> Option<(&'static [u8], bool)> {
+    match protocol {
+        Protocol::Tls => Some((CLIENT_HELLO, false)),
+        Protocol::Http => Some((GET, false)),
+        Protocol::Http2 => Some((b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", false)),
+        Protocol::Ssh => Some((b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n", true)),
+        Protocol::Other => Some((b"\x00\x00\x00\x10binary-protocol!", false)),
+        Protocol::None => None,
+    }
+}
+
+/// Every row × every protocol × both families: exactly one connection, on
+/// the right path, with the protocol and the default policy's verdict.
+#[test]
+fn every_path_every_protocol_both_families() {
+    let k = kernel();
+    let mut port = 41000;
+    for row in ROWS {
+        for protocol in Protocol::ALL {
+            for (family, (c, s, sport)) in [("IPv4", row.v4), ("IPv6", row.v6)] {
+                port += 1;
+                let (c, s) = (sa(c, port), sa(s, sport));
+                let verdict = Verdict::of(Action::default_for(row.path, protocol));
+                let before = k.connections(row.path, protocol, verdict);
+                let total = k.total();
+                k.handshake(c, s);
+                match opening(protocol) {
+                    Some((bytes, false)) => k.both(&Tcp::new(c, s).seq(1001).payload(bytes)),
+                    Some((bytes, true)) => k.both(&Tcp::new(s, c).seq(5001).payload(bytes)),
+                    None => k.both(&Tcp::new(c, s).seq(1001).fin()),
+                }
+                let case = format!("{:?} {protocol:?} {family} {c} -> {s}", row.path);
+                assert_eq!(
+                    k.connections(row.path, protocol, verdict),
+                    before + 1,
+                    "{case}"
+                );
+                assert_eq!(k.total(), total + 1, "{case}: counted once, nowhere else");
+                // Close so the table does not fill up across cases.
+                k.both(&Tcp::new(c, s).seq(3000).rst());
+            }
+        }
+    }
+    assert_eq!(k.flows(), 0, "every case cleaned up after itself");
+    assert_eq!(k.total(), (ROWS.len() * Protocol::COUNT * 2) as u64);
+}
+
+#[test]
+fn ipv4_options_do_not_hide_the_tcp_header() {
+    let k = kernel();
+    for words in [1, 4, 10] {
+        let (c, s) = (sa(CP, 42000 + words as u16), sa(POD, 8080));
+        for p in [
+            Tcp::new(c, s).syn(1000),
+            Tcp::new(s, c).syn_ack(5000),
+            Tcp::new(c, s).seq(1001).payload(GET),
+        ] {
+            let bytes = with_ipv4_options(&p.build(), words);
+            assert_eq!(k.run("egress", &bytes), 1);
+            assert_eq!(k.run("ingress", &bytes), 1);
+        }
+    }
+    assert_eq!(
+        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Alerted),
+        3
+    );
+    assert_eq!(
+        k.bytes(Path::ApiserverProxyToPod, Direction::Rx),
+        3 * GET.len() as u64,
+        "options are not payload"
+    );
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked() {
+    let k = kernel();
+    let chains: [&[u8]; 4] = [
+        &[ext::HOP_BY_HOP],
+        &[ext::HOP_BY_HOP, ext::ROUTING, ext::DEST_OPTS],
+        &[ext::DEST_OPTS, ext::FRAGMENT], // first fragment: offset 0
+        &[
+            ext::HOP_BY_HOP,
+            ext::DEST_OPTS,
+            ext::ROUTING,
+            ext::DEST_OPTS,
+            ext::HOP_BY_HOP,
+        ],
+    ];
+    for (i, chain) in chains.iter().enumerate() {
+        let (c, s) = (sa(CP6, 43000 + i as u16), sa(POD6, 8080));
+        for p in [
+            Tcp::new(c, s).syn(1000),
+            Tcp::new(s, c).syn_ack(5000),
+            Tcp::new(c, s).seq(1001).payload(GET),
+        ] {
+            let bytes = with_ipv6_ext_headers(&p.build(), chain, 0);
+            assert_eq!(k.run("egress", &bytes), 1, "chain {chain:?}");
+            assert_eq!(k.run("ingress", &bytes), 1, "chain {chain:?}");
+        }
+    }
+    assert_eq!(
+        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Alerted),
+        chains.len() as u64
+    );
+    assert_eq!(
+        k.bytes(Path::ApiserverProxyToPod, Direction::Rx),
+        chains.len() as u64 * GET.len() as u64
+    );
+
+    // A later fragment has no TCP header; a chain longer than the programs
+    // walk is given up on. Neither may open a flow or count anything.
+    let (c, s) = (sa(CP6, 43100), sa(POD6, 8080));
+    let syn = Tcp::new(c, s).syn(1000).build();
+    let later_fragment = with_ipv6_ext_headers(&syn, &[ext::FRAGMENT], 4);
+    let too_long = with_ipv6_ext_headers(&syn, &[ext::DEST_OPTS; 7], 0);
+    for bytes in [later_fragment, too_long] {
+        assert_eq!(k.run("egress", &bytes), 1);
+    }
+    assert_eq!(
+        k.flows(),
+        chains.len(),
+        "only the well-formed flows (still open) are in the table"
+    );
+}
+
+#[test]
+fn zero_length_segments_and_pure_acks_count_nothing() {
+    let k = kernel();
+    let (c, s) = (sa(CP, 44000), sa(POD, 8080));
+    k.handshake(c, s);
+    for _ in 0..5 {
+        k.both(&Tcp::new(c, s).seq(1001));
+        k.both(&Tcp::new(s, c).seq(5001));
+    }
+    assert_eq!(k.total(), 0, "no payload: nothing decided yet");
+    assert!(k.counters.bytes().unwrap().iter().all(|b| *b == 0));
+    assert_eq!(k.flows(), 1);
+}
+
+/// A flow table smaller than the tracked connections: the ones that fit are
+/// counted exactly, the others are counted as lost, nothing breaks; and a
+/// flood of untracked connections never touches the table.
+#[test]
+fn full_flow_table_loses_visibly() {
+    let args = RunArgs {
+        control_plane: vec![CP.parse().unwrap()],
+        pod_cidr: vec!["198.18.16.0/24".parse().unwrap()],
+        flow_table_capacity: Some(8),
+        ..RunArgs::default()
+    };
+    let (datapath, counters) = Datapath::load(&Settings::from_args(&args).unwrap()).unwrap();
+    let k = Kernel { datapath, counters };
+    for i in 0..200 {
+        k.handshake(sa(NODE, 45000 + i), sa(POD, 8080)); // untracked: node → pod
+    }
+    assert_eq!(k.flows(), 0);
+    for i in 0..20 {
+        k.handshake(sa(CP, 46000 + i), sa(POD, 8080));
+    }
+    assert_eq!(k.flows(), 8, "the table holds its capacity");
+    let stat = |s: Stat| k.counters.stat(s).unwrap();
+    assert_eq!(stat(Stat::FlowsCreated), 8);
+    // Each refused connection is counted at each sighting of its SYN
+    // (egress and ingress here, as both ends are local).
+    assert_eq!(stat(Stat::FlowTableFull), 2 * 12);
+    for i in 0..20 {
+        k.both(
+            &Tcp::new(sa(CP, 46000 + i), sa(POD, 8080))
+                .seq(1001)
+                .payload(GET),
+        );
+    }
+    assert_eq!(
+        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Alerted),
+        8
+    );
+    // Closing makes room again.
+    for i in 0..8 {
+        k.both(&Tcp::new(sa(CP, 46000 + i), sa(POD, 8080)).seq(2000).rst());
+    }
+    assert_eq!(k.flows(), 0);
+    k.handshake(sa(CP, 47000), sa(POD, 8080));
+    assert_eq!(k.flows(), 1);
 }
