@@ -11,6 +11,7 @@ pub mod agent;
 pub mod metrics;
 pub mod netns;
 pub mod packets;
+pub mod scenario;
 pub mod tls;
 pub mod topology;
 pub mod traffic;

@@ -4,6 +4,7 @@
 //!  control plane ns            node ns                     pod ns
 //!  198.18.0.1      eth0 ── to-cp  198.18.0.2
 //!  2001:db8:cafe::1             2001:db8:cafe::2
+//!  VIP 198.18.96.1, 2001:db8:96::1
 //!                               to-pod 198.18.16.1 ── eth0  198.18.16.2
 //!                                      2001:db8:16::1       2001:db8:16::2
 //! ```
@@ -41,6 +42,16 @@ pub mod addrs {
     pub const POD6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x16, 0, 0, 0, 0, 2);
     /// The pod CIDR.
     pub const POD_CIDR6: &str = "2001:db8:16::/64";
+
+    /// The `kubernetes` service VIP (answered by the control plane, as if
+    /// kube-proxy had translated it).
+    pub const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 96, 1);
+    /// The IPv6 VIP.
+    pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x96, 0, 0, 0, 0, 1);
+    /// The apiserver's secure port.
+    pub const APISERVER_PORT: u16 = 6443;
+    /// The VIP's port.
+    pub const VIP_PORT: u16 = 443;
 }
 
 /// The three namespaces, wired and addressed. Dropping it removes them
@@ -98,6 +109,36 @@ impl Topology {
             ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
             ns.ip(&["link", "set", dev, "up"]);
         }
+        // The VIP lives on the control plane, reached through the node. It
+        // sits on `lo` and is deprecated (preferred_lft 0) so that it is
+        // never picked as a source address: IPv6 source selection would
+        // otherwise prefer it for pod destinations (longer common prefix).
+        cp.ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "lo"]);
+        cp.ip(&[
+            "addr",
+            "add",
+            &format!("{VIP6}/128"),
+            "dev",
+            "lo",
+            "nodad",
+            "preferred_lft",
+            "0",
+        ]);
+        node.ip(&[
+            "route",
+            "add",
+            &format!("{VIP4}/32"),
+            "via",
+            &CP4.to_string(),
+        ]);
+        node.ip(&[
+            "-6",
+            "route",
+            "add",
+            &format!("{VIP6}/128"),
+            "via",
+            &CP6.to_string(),
+        ]);
         cp.ip(&["route", "add", "default", "via", &NODE4.to_string()]);
         cp.ip(&["-6", "route", "add", "default", "via", &NODE6.to_string()]);
         pod.ip(&["route", "add", "default", "via", &NODE_GW4.to_string()]);
@@ -127,6 +168,10 @@ impl Topology {
             ("--node-ip", NODE_GW6.to_string()),
             ("--pod-cidr", POD_CIDR4.to_owned()),
             ("--pod-cidr", POD_CIDR6.to_owned()),
+            ("--apiserver", format!("{CP4}:{APISERVER_PORT}")),
+            ("--apiserver", format!("[{CP6}]:{APISERVER_PORT}")),
+            ("--apiserver-vip", format!("{VIP4}:{VIP_PORT}")),
+            ("--apiserver-vip", format!("[{VIP6}]:{VIP_PORT}")),
         ] {
             args.push(flag.to_owned());
             args.push(value);

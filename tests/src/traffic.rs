@@ -27,7 +27,19 @@ pub enum Kind {
     Http,
     /// HTTP/1.1 over TLS.
     Https,
+    /// Cleartext HTTP/2 with prior knowledge: reads the preface, answers
+    /// with an empty SETTINGS frame.
+    H2c,
+    /// An SSH server's opening: sends its identification string first.
+    Ssh,
 }
+
+/// The h2c connection preface (RFC 9113 §3.4).
+pub const H2C_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+const H2_SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+const SSH_SERVER_BANNER: &[u8] = b"SSH-2.0-cp-observer-lab\r\n";
+const SSH_CLIENT_BANNER: &[u8] = b"SSH-2.0-cp-observer-lab-client\r\n";
 
 /// A server in a namespace, answering every request with 200 and logging
 /// the request lines it received. Stops on drop.
@@ -107,7 +119,38 @@ fn serve(
             let conn = ServerConnection::new(config).map_err(io::Error::other)?;
             handle(StreamOwned::new(conn, stream), log)
         }
+        Kind::H2c => {
+            let mut s = stream;
+            let mut preface = [0u8; 24];
+            s.read_exact(&mut preface)?;
+            if preface != H2C_PREFACE {
+                return Err(io::Error::other("not an h2c preface"));
+            }
+            log.lock().expect("lock").push("h2c preface".to_owned());
+            s.write_all(&H2_SETTINGS)?;
+            // Drain the client's frames: closing with unread data would reset.
+            io::copy(&mut s, &mut io::sink()).map(|_| ())
+        }
+        Kind::Ssh => {
+            let mut s = stream;
+            s.write_all(SSH_SERVER_BANNER)?;
+            let line = read_line(&mut s)?;
+            log.lock().expect("lock").push(line);
+            Ok(())
+        }
     }
+}
+
+fn read_line(s: &mut impl Read) -> io::Result<String> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\n") && buf.len() < 256 {
+        if s.read(&mut byte)? == 0 {
+            break;
+        }
+        buf.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&buf).trim_end().to_owned())
 }
 
 fn handle(mut s: impl Read + Write, log: &Mutex<Vec<String>>) -> io::Result<()> {
@@ -267,4 +310,73 @@ fn status_line(resp: &[u8]) -> String {
         .next()
         .unwrap_or_default()
         .to_owned()
+}
+
+/// The h2c preface and a SETTINGS frame; reads the server's answer.
+pub fn h2c_hello(ns: &NetNs, to: SocketAddr) -> io::Result<Exchange> {
+    ns.run(move || {
+        let mut s = connect(to)?;
+        s.write_all(H2C_PREFACE)?;
+        s.write_all(&H2_SETTINGS)?;
+        s.inner.shutdown(Shutdown::Write)?;
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp)?;
+        let status = if resp.starts_with(&H2_SETTINGS[..4]) {
+            "SETTINGS"
+        } else {
+            "no SETTINGS"
+        };
+        Ok(Exchange {
+            status: status.to_owned(),
+            sent: s.sent,
+            received: s.received,
+        })
+    })
+}
+
+/// An SSH client's opening: waits for the server's identification string
+/// (the server speaks first), answers with its own, closes.
+pub fn ssh_hello(ns: &NetNs, to: SocketAddr) -> io::Result<Exchange> {
+    ns.run(move || {
+        let mut s = connect(to)?;
+        let banner = read_line(&mut s)?;
+        s.write_all(SSH_CLIENT_BANNER)?;
+        s.inner.shutdown(Shutdown::Write)?;
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest)?;
+        Ok(Exchange {
+            status: banner,
+            sent: s.sent,
+            received: s.received,
+        })
+    })
+}
+
+/// Sends `bytes` (not a protocol the lab knows), half-closes, reads to EOF.
+pub fn raw(ns: &NetNs, to: SocketAddr, bytes: &'static [u8]) -> io::Result<Exchange> {
+    ns.run(move || {
+        let mut s = connect(to)?;
+        s.write_all(bytes)?;
+        s.inner.shutdown(Shutdown::Write)?;
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest)?;
+        Ok(Exchange {
+            status: "sent".to_owned(),
+            sent: s.sent,
+            received: s.received,
+        })
+    })
+}
+
+/// Connects and closes without a byte of payload.
+pub fn connect_close(ns: &NetNs, to: SocketAddr) -> io::Result<Exchange> {
+    ns.run(move || {
+        let s = connect(to)?;
+        s.inner.shutdown(Shutdown::Both)?;
+        Ok(Exchange {
+            status: "closed".to_owned(),
+            sent: 0,
+            received: 0,
+        })
+    })
 }

@@ -9,46 +9,14 @@ use std::{
 
 use lab::{
     agent::{self, Agent},
-    tls::Tls,
-    topology::{Topology, addrs},
-    traffic::{self, Kind, Server},
+    scenario::Lab,
+    topology::Topology,
+    traffic,
 };
 
 const CONNECTIONS: &str = "cp_observer_connections_total";
 const BYTES: &str = "cp_observer_bytes_total";
 const PROXY: (&str, &str) = ("path", "apiserver-proxy-to-pod");
-
-struct Lab {
-    topo: Topology,
-    tls: Tls,
-    _servers: Vec<Server>,
-}
-
-fn lab(tag: &str) -> Lab {
-    let topo = Topology::new(tag);
-    let tls = Tls::self_signed(&[addrs::POD4.to_string(), addrs::POD6.to_string()]);
-    let mut servers = Vec::new();
-    for v6 in [false, true] {
-        let ip = Topology::pod_ip(v6);
-        servers.push(Server::start(
-            &topo.pod,
-            SocketAddr::new(ip, 8080),
-            Kind::Http,
-            &tls,
-        ));
-        servers.push(Server::start(
-            &topo.pod,
-            SocketAddr::new(ip, 8443),
-            Kind::Https,
-            &tls,
-        ));
-    }
-    Lab {
-        topo,
-        tls,
-        _servers: servers,
-    }
-}
 
 /// Polls `f` until it holds or a generous deadline passes (kernel state
 /// settles asynchronously, e.g. the last FIN of a connection).
@@ -62,7 +30,7 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn proxy_requests_are_classified_and_counted_once_per_family() {
-    let lab = lab("t-proxy");
+    let lab = Lab::new("t-proxy");
     let agent = Agent::start(&Topology::agent_args());
     assert_eq!(
         agent.scrape().sum(CONNECTIONS, &[]),

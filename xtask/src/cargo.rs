@@ -88,10 +88,15 @@ fn json_string(line: &str, key: &str) -> Option<String> {
 /// they run one at a time.
 pub fn test(agent: &std::path::Path, extra: &[String]) -> Result<()> {
     let mut cmd = cargo();
-    cmd.arg("test")
-        .env("CP_OBSERVER_BIN", agent)
-        .args(extra)
-        .args(["--", "--test-threads=1"]);
+    cmd.arg("test").env("CP_OBSERVER_BIN", agent);
+    // Test-binary arguments go after a single `--`, ours and the caller's.
+    match extra.iter().position(|a| a == "--") {
+        Some(i) => cmd
+            .args(&extra[..=i])
+            .arg("--test-threads=1")
+            .args(&extra[i + 1..]),
+        None => cmd.args(extra).args(["--", "--test-threads=1"]),
+    };
     run_checked(&mut cmd)
 }
 

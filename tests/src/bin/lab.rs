@@ -1,17 +1,16 @@
 //! `cargo xtask lab`: a throwaway simulated node and control plane, the real
-//! agent attached, a plaintext and a TLS apiserver-proxy request to a pod
-//! plus one connection that matches no path, and the agent's per-path table.
+//! agent attached, one connection on every path of the Kubernetes page (and
+//! two on no path), and the agent's per-path table checked against the plan.
 //! Everything is removed on exit, also on Ctrl-C or failure.
 
-use std::{net::SocketAddr, process::ExitCode};
+use std::process::ExitCode;
 
 use lab::{
     agent::{self, Agent},
     metrics::Metrics,
     netns,
-    tls::Tls,
-    topology::{Topology, addrs},
-    traffic::{self, Kind, Server},
+    scenario::{self, Lab},
+    topology::Topology,
 };
 
 fn main() -> ExitCode {
@@ -38,138 +37,153 @@ fn main() -> ExitCode {
 
 /// Returns whether every expectation held.
 fn run() -> bool {
-    say("building the topology: control plane, node and pod namespaces");
-    let topo = Topology::new("lab");
-    let tls = Tls::self_signed(&[addrs::POD4.to_string(), addrs::POD6.to_string()]);
-    let pod = |ip: std::net::IpAddr, port| SocketAddr::new(ip, port);
-    let servers: Vec<Server> = [false, true]
-        .into_iter()
-        .flat_map(|v6| {
-            [
-                Server::start(&topo.pod, pod(Topology::pod_ip(v6), 8080), Kind::Http, &tls),
-                Server::start(
-                    &topo.pod,
-                    pod(Topology::pod_ip(v6), 8443),
-                    Kind::Https,
-                    &tls,
-                ),
-            ]
-        })
-        .collect();
+    say("building the lab: control plane, node and pod namespaces, and their servers");
+    let lab = Lab::new("lab");
 
     say("starting the agent");
     let args = Topology::agent_args();
     println!("    {} run {}", agent::binary().display(), args.join(" "));
     let agent = Agent::start(&args);
 
-    let mut expected_http = 0.0;
-    let mut expected_tls = 0.0;
-    for v6 in [false, true] {
-        let ip = Topology::pod_ip(v6);
-        say(&format!("apiserver proxy → pod {ip}:8080, plain HTTP"));
-        report(traffic::http_get(&topo.cp, pod(ip, 8080)));
-        expected_http += 1.0;
-        say(&format!("apiserver proxy → pod {ip}:8443, HTTPS"));
-        report(traffic::https_get(&topo.cp, pod(ip, 8443), &tls));
-        expected_tls += 1.0;
-        say(&format!(
-            "node → pod {ip}:8080 (matches no path: must not be counted)"
-        ));
-        report(traffic::http_get(&topo.node, pod(ip, 8080)));
+    say("driving one connection per path (IPv4 and IPv6)");
+    let plan = scenario::plan();
+    let mut ok = true;
+    let mut before = agent.scrape();
+    for step in &plan {
+        let expect = step.expect.map_or("no path".to_owned(), |(p, q)| {
+            format!("{}/{}", p.name(), q.name())
+        });
+        let result = lab.run(step);
+        let after = agent.scrape();
+        let seen = counted(&before, &after);
+        before = after;
+        match result {
+            Ok(x) => println!(
+                "    {:<60} {:<44} expect {expect}, agent counted {seen}",
+                step.what,
+                format!("{} ({})", step.to, x.status)
+            ),
+            Err(e) => {
+                ok = false;
+                println!(
+                    "    {:<60} {:<44} FAILED: {e}",
+                    step.what,
+                    step.to.to_string()
+                );
+            }
+        }
     }
 
-    let m = agent.scrape();
+    let m = before;
     print_table(&m);
-    let mut ok = true;
-    let mut expect = |what: &str, got: f64, want: f64| {
-        let mark = if got == want { "ok" } else { "MISMATCH" };
-        println!("  {mark:8} {what}: {got} (want {want})");
-        ok &= got == want;
-    };
-    println!("\nchecks:");
+    println!("\nchecks against the plan:");
+    let expected = scenario::expected_connections(&plan);
     let c = "cp_observer_connections_total";
-    expect(
-        "plaintext proxy connections",
-        m.sum(
+    for ((path, protocol, verdict), want) in &expected {
+        let got = m.sum(
             c,
-            &[("path", "apiserver-proxy-to-pod"), ("protocol", "http")],
-        ),
-        expected_http,
-    );
-    expect(
-        "TLS proxy connections",
-        m.sum(
-            c,
-            &[("path", "apiserver-proxy-to-pod"), ("protocol", "tls")],
-        ),
-        expected_tls,
-    );
-    expect(
+            &[("path", path), ("protocol", protocol), ("verdict", verdict)],
+        );
+        ok &= check(&format!("{path}/{protocol}/{verdict}"), got, *want as f64);
+    }
+    ok &= check(
         "all tracked connections",
         m.sum(c, &[]),
-        expected_http + expected_tls,
+        expected.values().sum::<u64>() as f64,
     );
-    expect(
-        "pod servers saw requests",
-        servers.iter().map(|s| s.requests().len() as f64).sum(),
-        expected_http + expected_tls + 2.0,
+    ok &= check(
+        "lost events",
+        m.sum("cp_observer_events_lost_total", &[]),
+        0.0,
     );
 
     say("stopping the agent and removing the lab");
     let status = agent.stop();
-    drop(servers);
-    drop(topo);
+    drop(lab);
     println!(
-        "agent exited with {status}; programs still loaded by cp-observer: {}",
+        "agent exited with {status}; cp-observer programs still loaded: {}",
         agent::loaded_observer_programs()
     );
     ok && status.success()
+}
+
+/// The connection series that grew between two scrapes, as `path/protocol`.
+fn counted(before: &Metrics, after: &Metrics) -> String {
+    let c = "cp_observer_connections_total";
+    let grown: Vec<String> = after
+        .nonzero(c)
+        .into_iter()
+        .filter(|s| {
+            let labels: Vec<(&str, &str)> = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            s.value > before.sum(c, &labels)
+        })
+        .map(|s| format!("{}/{}", s.labels["path"], s.labels["protocol"]))
+        .collect();
+    if grown.is_empty() {
+        "nothing".to_owned()
+    } else {
+        grown.join(" + ")
+    }
+}
+
+fn check(what: &str, got: f64, want: f64) -> bool {
+    let mark = if got == want { "ok" } else { "MISMATCH" };
+    println!("  {mark:8} {what}: {got} (want {want})");
+    got == want
 }
 
 fn say(what: &str) {
     println!("\n== {what}");
 }
 
-fn report(r: std::io::Result<traffic::Exchange>) {
-    match r {
-        Ok(x) => println!(
-            "    {} ({} bytes sent, {} received)",
-            x.status, x.sent, x.received
-        ),
-        Err(e) => println!("    failed: {e}"),
-    }
-}
-
+/// One row per path with its protocols; bytes per path.
 fn print_table(m: &Metrics) {
     println!(
-        "\n{:<26} {:<9} {:<9} {:>11} {:>9} {:>9}",
-        "PATH", "PROTOCOL", "VERDICT", "CONNECTIONS", "RX BYTES", "TX BYTES"
+        "\n{:<24} {:<72} {:>11} {:>9} {:>9}",
+        "PATH", "PROTOCOL:VERDICT=CONNECTIONS", "CONNECTIONS", "RX BYTES", "TX BYTES"
     );
-    for s in m.nonzero("cp_observer_connections_total") {
-        let path = s.labels["path"].as_str();
+    for path in observer_common::path::Path::ALL {
+        let name = path.name();
+        let c = "cp_observer_connections_total";
+        let parts: Vec<String> = m
+            .nonzero(c)
+            .into_iter()
+            .filter(|s| s.labels["path"] == name)
+            .map(|s| {
+                format!(
+                    "{}:{}={}",
+                    s.labels["protocol"], s.labels["verdict"], s.value
+                )
+            })
+            .collect();
         let bytes = |d| {
             m.sum(
                 "cp_observer_bytes_total",
-                &[("path", path), ("direction", d)],
+                &[("path", name), ("direction", d)],
             )
         };
         println!(
-            "{:<26} {:<9} {:<9} {:>11} {:>9} {:>9}",
-            path,
-            s.labels["protocol"],
-            s.labels["verdict"],
-            s.value,
+            "{:<24} {:<72} {:>11} {:>9} {:>9}",
+            name,
+            if parts.is_empty() {
+                "-".to_owned()
+            } else {
+                parts.join(" ")
+            },
+            m.sum(c, &[("path", name)]),
             bytes("rx"),
             bytes("tx")
         );
     }
-    println!("(bytes are per path, all protocols)");
 }
 
-/// Ctrl-C or SIGTERM: remove the namespaces (Drop will not run), then exit.
-/// The signals are blocked in every thread and taken by one waiting thread,
-/// so the cleanup runs outside signal-handler context. Children (the agent)
-/// start with an empty mask and get the terminal's Ctrl-C themselves.
+/// Ctrl-C or SIGTERM: stop the agent and remove the namespaces (Drop will
+/// not run), then exit. The signals are blocked in every thread and taken by
+/// one waiting thread, so the cleanup runs outside signal-handler context.
 fn cleanup_on_signals() {
     // SAFETY: plain libc signal-set manipulation on a local set.
     let set = unsafe {
