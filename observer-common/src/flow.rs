@@ -107,11 +107,16 @@ pub struct Flow {
     pub _pad2: u32,
     /// The first speaker's first bytes, in stream order, for detection.
     pub prefix: Prefix,
-    /// `bpf_ktime_get_ns` when the connection was first seen.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC) when the connection was
+    /// first seen.
     pub created_ns: u64,
+    /// The same clock at the connection's last segment; the agent removes
+    /// entries idle for longer than `--flow-idle-timeout` (connections that
+    /// vanished without a FIN or RST passing our hooks).
+    pub last_ns: u64,
 }
 
-const _: () = assert!(size_of::<Flow>() == 56);
+const _: () = assert!(size_of::<Flow>() == 64);
 
 impl Flow {
     /// A new entry for a connection seen at its SYN with sequence `isn`.
@@ -130,6 +135,7 @@ impl Flow {
             _pad2: 0,
             prefix: [0; 2],
             created_ns: now_ns,
+            last_ns: now_ns,
         }
     }
 

@@ -16,7 +16,8 @@
 //!    `none`. The entry goes away with the RST or the second FIN.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::SkBuffContext,
+    bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key,
+    programs::SkBuffContext,
 };
 use observer_common::{
     config::{Addr, Endpoint, Roles},
@@ -53,6 +54,7 @@ pub fn on_packet(ctx: &SkBuffContext) -> Result<i32, ()> {
     // SAFETY: the entry stays valid for the whole program run (RCU); racing
     // updates from the connection's other end can at worst skew one counter.
     let flow = unsafe { &mut *flow };
+    flow.last_ns = now();
     let dir = flow.direction(src_is_lo);
     if seg.flags & SYN != 0 {
         flow.start(dir, seg.seq); // SYN-ACK: the server's ISN
@@ -99,15 +101,21 @@ fn open(seg: &Segment, key: &FlowKey, src_is_lo: bool) {
     let Some(path) = classify(&client, &server, ports) else {
         return;
     };
-    // SAFETY: a plain helper call without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let flow = Flow::new(path as u8, src_is_lo, seg.seq, now);
+    let flow = Flow::new(path as u8, src_is_lo, seg.seq, now());
     match FLOWS.insert(key, &flow, u64::from(BPF_NOEXIST)) {
         Ok(()) => maps::count_stat(Stat::FlowsCreated),
         // The other end's sighting of this SYN, or a retransmitted SYN.
         Err(e) if e == -EEXIST => {}
         Err(_) => maps::count_stat(Stat::FlowTableFull),
     }
+}
+
+/// CLOCK_MONOTONIC at tick resolution: cheaper than the precise clock,
+/// and idle timeouts are counted in seconds.
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: a plain helper call without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]

@@ -11,7 +11,7 @@ use aya::util::KernelVersion;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
-use crate::{cgroup, cli::RunArgs, config::Settings, ebpf::Datapath, metrics, server};
+use crate::{cgroup, cli::RunArgs, config::Settings, ebpf::Datapath, flows, metrics, server};
 
 /// Oldest kernel the programs are written for (bpf_link cgroup attach, BTF).
 const MIN_KERNEL: (u8, u8) = (5, 8);
@@ -35,7 +35,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .set_nonblocking(true)
         .context("cannot make the metrics socket non-blocking")?;
 
-    let (mut datapath, counters) = Datapath::load(&settings)?;
+    let (mut datapath, counters, flows) = Datapath::load(&settings)?;
     datapath.attach(&cgroup)?;
     info!(
         cgroup = %cgroup.display(),
@@ -46,7 +46,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "attached"
     );
 
-    let registry = Arc::new(metrics::registry(Arc::new(counters)));
+    let counters = Arc::new(counters);
+    let (stop_expiry, stop_rx) = std::sync::mpsc::channel();
+    let expiry = flows::spawn_expiry(flows, settings.flow_idle_timeout, counters.clone(), stop_rx);
+    let registry = Arc::new(metrics::registry(counters));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -59,6 +62,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     // Detach before reporting anything else: the programs go with `datapath`.
     drop(datapath);
+    drop(stop_expiry);
+    let _ = expiry.join();
     info!("detached; bye");
     served.context("metrics server failed")
 }

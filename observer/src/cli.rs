@@ -64,6 +64,9 @@ pub struct RunArgs {
     /// Maximum number of connections tracked at once [default: 65536].
     #[arg(long, value_name = "N")]
     pub flow_table_capacity: Option<u32>,
+    /// Forget a tracked connection after this many seconds without a segment [default: 3600].
+    #[arg(long, value_name = "SECONDS")]
+    pub flow_idle_timeout: Option<u64>,
 }
 
 /// An address prefix. A bare address means a single host (/32 or /128);

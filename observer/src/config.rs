@@ -17,6 +17,8 @@ use crate::cli::{Cidr, RunArgs};
 pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9090";
 /// Default `--flow-table-capacity`.
 pub const DEFAULT_FLOW_TABLE_CAPACITY: u32 = 65536;
+/// Default `--flow-idle-timeout`, seconds.
+pub const DEFAULT_FLOW_IDLE_TIMEOUT: u64 = 3600;
 
 /// Everything `cp-observer run` needs, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +41,8 @@ pub struct Settings {
     pub cgroup: Option<PathBuf>,
     /// `--flow-table-capacity`.
     pub flow_table_capacity: u32,
+    /// `--flow-idle-timeout`.
+    pub flow_idle_timeout: std::time::Duration,
 }
 
 /// A setting that cannot be used, with the flag or key it came from.
@@ -105,6 +109,7 @@ struct FileConfig {
     metrics_addr: Option<String>,
     cgroup: Option<PathBuf>,
     flow_table_capacity: Option<u32>,
+    flow_idle_timeout: Option<u64>,
 }
 
 /// A key that takes one value or a list (`apiserver_vip`).
@@ -172,12 +177,24 @@ impl Settings {
                 .flow_table_capacity
                 .or(file.flow_table_capacity)
                 .unwrap_or(DEFAULT_FLOW_TABLE_CAPACITY),
+            flow_idle_timeout: std::time::Duration::from_secs(
+                args.flow_idle_timeout
+                    .or(file.flow_idle_timeout)
+                    .unwrap_or(DEFAULT_FLOW_IDLE_TIMEOUT),
+            ),
         };
         settings.validate()?;
         Ok(settings)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.flow_idle_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                setting: "--flow-idle-timeout",
+                value: "0".into(),
+                message: "connections need at least a second of idleness before they are forgotten",
+            });
+        }
         if self.flow_table_capacity == 0 {
             return Err(ConfigError::Invalid {
                 setting: "--flow-table-capacity",
@@ -247,6 +264,7 @@ struct Parsed {
     metrics_addr: Option<SocketAddr>,
     cgroup: Option<PathBuf>,
     flow_table_capacity: Option<u32>,
+    flow_idle_timeout: Option<u64>,
 }
 
 fn load_file(path: &Path) -> Result<Parsed, ConfigError> {
@@ -290,6 +308,7 @@ fn load_file(path: &Path) -> Result<Parsed, ConfigError> {
             .transpose()?,
         cgroup: raw.cgroup,
         flow_table_capacity: raw.flow_table_capacity,
+        flow_idle_timeout: raw.flow_idle_timeout,
     })
 }
 

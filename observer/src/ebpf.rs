@@ -11,13 +11,12 @@ use aya::{
 use observer_common::{
     config::Endpoint,
     counters::{BYTE_ENTRIES, CONNECTION_ENTRIES, STAT_ENTRIES, Stat},
-    flow::{Flow, FlowKey},
     path::Path as CpPath,
     policy::{Action, policy_index},
     protocol::Protocol,
 };
 
-use crate::{config::Settings, roles};
+use crate::{config::Settings, flows::FlowTable, roles};
 
 /// The kernel object built by `build.rs`.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
@@ -81,13 +80,16 @@ pub struct Counters {
     stats: PerCpuArray<MapData, u64>,
     /// Capacity of the flow table.
     pub flow_capacity: u32,
+    /// Flow entries removed by the agent's idle expiry.
+    pub flows_expired: std::sync::atomic::AtomicU64,
 }
 
 impl Datapath {
     /// Loads the object, fills the configuration maps from `settings` and
     /// loads the programs into the kernel (the verifier runs here). Nothing
-    /// is attached yet.
-    pub fn load(settings: &Settings) -> Result<(Self, Counters), DatapathError> {
+    /// is attached yet. The counters and the flow table are handed out
+    /// separately so that the metrics server and the expiry can own them.
+    pub fn load(settings: &Settings) -> Result<(Self, Counters, FlowTable), DatapathError> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("FLOWS", settings.flow_table_capacity)
             .load(OBJECT)
@@ -103,8 +105,16 @@ impl Datapath {
             bytes: take_per_cpu(&mut ebpf, "BYTES")?,
             stats: take_per_cpu(&mut ebpf, "STATS")?,
             flow_capacity: settings.flow_table_capacity,
+            flows_expired: std::sync::atomic::AtomicU64::new(0),
         };
-        Ok((Self { ebpf }, counters))
+        let flows = ebpf.take_map("FLOWS").ok_or(DatapathError::Map {
+            name: "FLOWS",
+            source: MapError::InvalidName {
+                name: "FLOWS".into(),
+            },
+        })?;
+        let flows = FlowTable::new(HashMap::try_from(flows).map_err(map_err("FLOWS"))?);
+        Ok((Self { ebpf }, counters, flows))
     }
 
     /// Attaches both programs to `cgroup`. On failure nothing stays attached.
@@ -141,17 +151,6 @@ impl Datapath {
             source: ProgramError::InvalidName { name: name.into() },
         })?;
         prog.try_into().map_err(prog_err(name))
-    }
-
-    /// The flow table, read-only view (tests, debugging).
-    pub fn flows(&self) -> Result<HashMap<&MapData, FlowKey, Flow>, DatapathError> {
-        let map = self.ebpf.map("FLOWS").ok_or(DatapathError::Map {
-            name: "FLOWS",
-            source: MapError::InvalidName {
-                name: "FLOWS".into(),
-            },
-        })?;
-        HashMap::try_from(map).map_err(map_err("FLOWS"))
     }
 }
 

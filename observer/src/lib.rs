@@ -8,6 +8,7 @@
 //! - [`roles`]: turning CIDRs and addresses into the kernel's role trie;
 //! - [`cgroup`]: finding and checking the cgroup v2 mount;
 //! - [`ebpf`]: loading, configuring and attaching the kernel programs;
+//! - [`flows`]: the flow table seen from userspace, and idle expiry;
 //! - [`metrics`]: the OpenMetrics view of the kernel's counters;
 //! - [`server`]: `/metrics` and `/healthz`;
 //! - [`agent`]: `cp-observer run` from start to clean shutdown.
@@ -17,6 +18,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod ebpf;
+pub mod flows;
 pub mod metrics;
 pub mod roles;
 pub mod server;

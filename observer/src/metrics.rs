@@ -110,7 +110,10 @@ impl Collector for DatapathCollector {
             }
         }
 
-        let entries = stat(Stat::FlowsCreated).saturating_sub(stat(Stat::FlowsClosed));
+        let expired = c.flows_expired.load(std::sync::atomic::Ordering::Relaxed);
+        let entries = stat(Stat::FlowsCreated)
+            .saturating_sub(stat(Stat::FlowsClosed))
+            .saturating_sub(expired);
         ConstGauge::new(i64::try_from(entries).unwrap_or(i64::MAX)).encode(
             encoder.encode_descriptor(
                 "cp_observer_flow_table_entries",
@@ -128,6 +131,12 @@ impl Collector for DatapathCollector {
         ConstCounter::new(stat(Stat::FlowTableFull)).encode(encoder.encode_descriptor(
             "cp_observer_events_lost",
             "Tracked connections or events dropped for lack of room (flow table full).",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(expired).encode(encoder.encode_descriptor(
+            "cp_observer_flows_expired",
+            "Flow entries removed after --flow-idle-timeout without a FIN or RST seen.",
             None,
             MetricType::Counter,
         )?)?;

@@ -207,3 +207,28 @@ fn sigterm_detaches_and_exits_cleanly() {
         "nothing stays loaded after SIGTERM"
     );
 }
+
+#[test]
+fn idle_connections_are_forgotten_after_the_timeout() {
+    let lab = Lab::new("t-idle");
+    let mut args = Topology::agent_args();
+    args.extend(["--flow-idle-timeout".to_owned(), "1".to_owned()]);
+    let agent = Agent::start(&args);
+    let pod = SocketAddr::new(lab::topology::addrs::POD4.into(), 8080);
+    let held = lab
+        .topo
+        .cp
+        .run(move || std::net::TcpStream::connect(pod).expect("connect"));
+    assert_eq!(
+        agent.scrape().sum("cp_observer_flow_table_entries", &[]),
+        1.0
+    );
+    eventually("the idle connection leaves the table", || {
+        agent.scrape().sum("cp_observer_flow_table_entries", &[]) == 0.0
+    });
+    assert_eq!(
+        agent.scrape().sum("cp_observer_flows_expired_total", &[]),
+        1.0
+    );
+    drop(held);
+}

@@ -10,6 +10,7 @@ use observer::{
     cli::RunArgs,
     config::Settings,
     ebpf::{Counters, Datapath},
+    flows::{FlowTable, monotonic_ns},
 };
 use observer_common::{
     counters::{Direction, Stat, byte_index, connection_index},
@@ -30,6 +31,7 @@ const VIP6: &str = "2001:db8:96::1";
 struct Kernel {
     datapath: Datapath,
     counters: Counters,
+    flows: FlowTable,
 }
 
 fn kernel() -> Kernel {
@@ -45,8 +47,13 @@ fn kernel() -> Kernel {
         ..RunArgs::default()
     };
     let settings = Settings::from_args(&args).expect("valid settings");
-    let (datapath, counters) = Datapath::load(&settings).expect("the programs load (root needed)");
-    Kernel { datapath, counters }
+    let (datapath, counters, flows) =
+        Datapath::load(&settings).expect("the programs load (root needed)");
+    Kernel {
+        datapath,
+        counters,
+        flows,
+    }
 }
 
 fn sa(ip: &str, port: u16) -> SocketAddr {
@@ -85,7 +92,7 @@ impl Kernel {
     }
 
     fn flows(&self) -> usize {
-        self.datapath.flows().unwrap().keys().count()
+        self.flows.len()
     }
 
     /// SYN, SYN-ACK and the handshake's last ACK of `c` → `s`.
@@ -512,8 +519,12 @@ fn full_flow_table_loses_visibly() {
         flow_table_capacity: Some(8),
         ..RunArgs::default()
     };
-    let (datapath, counters) = Datapath::load(&Settings::from_args(&args).unwrap()).unwrap();
-    let k = Kernel { datapath, counters };
+    let (datapath, counters, flows) = Datapath::load(&Settings::from_args(&args).unwrap()).unwrap();
+    let k = Kernel {
+        datapath,
+        counters,
+        flows,
+    };
     for i in 0..200 {
         k.handshake(sa(NODE, 45000 + i), sa(POD, 8080)); // untracked: node → pod
     }
@@ -545,4 +556,44 @@ fn full_flow_table_loses_visibly() {
     assert_eq!(k.flows(), 0);
     k.handshake(sa(CP, 47000), sa(POD, 8080));
     assert_eq!(k.flows(), 1);
+}
+
+/// Entries carry the time of their last segment; expiry removes the idle
+/// ones and only those.
+#[test]
+fn idle_flows_expire_and_active_ones_stay() {
+    let mut k = kernel();
+    let idle = (sa(CP, 48000), sa(POD, 8080));
+    let active = (sa(CP, 48001), sa(POD, 8080));
+    k.handshake(idle.0, idle.1);
+    k.handshake(active.0, active.1);
+    let t0 = monotonic_ns();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    k.both(&Tcp::new(active.0, active.1).seq(1001).payload(GET));
+    let entries = k.flows.entries();
+    let last = |c: SocketAddr| {
+        entries
+            .iter()
+            .find(|(key, _)| key.lo_port == c.port() || key.hi_port == c.port())
+            .unwrap()
+            .1
+            .last_ns
+    };
+    assert!(
+        last(active.0) > last(idle.0),
+        "the active flow's clock moved"
+    );
+    // Coarse kernel clock: allow a tick of slack around t0.
+    assert!(
+        last(idle.0).abs_diff(t0) < 50_000_000,
+        "last_ns is CLOCK_MONOTONIC"
+    );
+    let removed = k
+        .flows
+        .expire_idle(std::time::Duration::from_millis(150), monotonic_ns())
+        .unwrap();
+    assert_eq!(removed, 1);
+    let left = k.flows.entries();
+    assert_eq!(left.len(), 1);
+    assert!(left[0].0.lo_port == active.0.port() || left[0].0.hi_port == active.0.port());
 }

@@ -1,0 +1,141 @@
+//! The flow table as the agent sees it: inspection, and removal of entries
+//! whose connection went away without a FIN or RST passing our hooks (a pod
+//! deleted with its network namespace, a peer that vanished). Without this,
+//! such entries would fill the table over weeks.
+
+use std::{
+    sync::{Arc, atomic::Ordering, mpsc},
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use aya::maps::{HashMap, MapData, MapError};
+use observer_common::flow::{Flow, FlowKey};
+
+use crate::ebpf::Counters;
+
+/// The kernel's `FLOWS` map, owned by whoever maintains it.
+pub struct FlowTable {
+    map: HashMap<MapData, FlowKey, Flow>,
+}
+
+impl std::fmt::Debug for FlowTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowTable").finish_non_exhaustive()
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `Flow::last_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+impl FlowTable {
+    pub(crate) fn new(map: HashMap<MapData, FlowKey, Flow>) -> Self {
+        Self { map }
+    }
+
+    /// Every entry now (a snapshot; the kernel keeps changing it).
+    pub fn entries(&self) -> Vec<(FlowKey, Flow)> {
+        self.map.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Number of entries now.
+    pub fn len(&self) -> usize {
+        self.map.keys().filter_map(Result::ok).count()
+    }
+
+    /// True when the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes entries whose last segment is older than `idle` at `now_ns`
+    /// and returns how many it removed.
+    pub fn expire_idle(&mut self, idle: Duration, now_ns: u64) -> Result<usize, MapError> {
+        let idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
+        let stale: Vec<FlowKey> = self
+            .map
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, f)| now_ns.saturating_sub(f.last_ns) > idle_ns)
+            .map(|(k, _)| k)
+            .collect();
+        let mut removed = 0;
+        for key in stale {
+            // The kernel may have removed it meanwhile (the connection closed).
+            if self.map.remove(&key).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// How often the expiry runs for a given idle timeout: often enough that an
+/// entry lives at most ~1.5 timeouts, never more than twice a second.
+pub fn sweep_interval(idle: Duration) -> Duration {
+    (idle / 2).clamp(Duration::from_millis(500), Duration::from_secs(60))
+}
+
+/// Runs the expiry on its own thread until `stop` is dropped or sent to.
+/// Removed entries are added to `counters`' expired count.
+pub fn spawn_expiry(
+    mut table: FlowTable,
+    idle: Duration,
+    counters: Arc<Counters>,
+    stop: mpsc::Receiver<()>,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("flow-expiry".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(sweep_interval(idle))
+            {
+                match table.expire_idle(idle, monotonic_ns()) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        counters
+                            .flows_expired
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                        tracing::debug!(removed = n, "expired idle flows");
+                    }
+                    Err(e) => tracing::warn!("cannot sweep map FLOWS: {e}"),
+                }
+            }
+        })
+        .expect("a thread can be spawned")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals() {
+        assert_eq!(
+            sweep_interval(Duration::from_secs(3600)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            sweep_interval(Duration::from_secs(10)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            sweep_interval(Duration::from_millis(100)),
+            Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn monotonic_advances() {
+        let a = monotonic_ns();
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(monotonic_ns() > a);
+    }
+}
