@@ -56,10 +56,14 @@ pub enum Stat {
     FlowTableFull = 2,
     /// Packets the programs could not read (helper errors); passed untouched.
     ReadErrors = 3,
+    /// Violation events dropped because the ring buffer was full.
+    EventsLost = 4,
+    /// Payload segments of blocked connections dropped.
+    SegmentsDropped = 5,
 }
 
 /// Number of [`Stat`] entries.
-pub const STAT_ENTRIES: usize = 4;
+pub const STAT_ENTRIES: usize = 6;
 
 #[cfg(test)]
 mod tests {

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod counters;
+pub mod event;
 pub mod flow;
 pub mod path;
 pub mod policy;
@@ -31,6 +32,7 @@ user_pod!(
     config::Addr,
     config::Ports,
     config::Endpoint,
+    event::Event,
     flow::FlowKey,
     flow::Flow,
 );

@@ -84,18 +84,82 @@ impl Verdict {
     }
 }
 
-/// Number of entries of the `POLICY` array.
+/// Entries of one policy table: one per (path, protocol).
 pub const POLICY_ENTRIES: usize = Path::COUNT * Protocol::COUNT;
 
-/// Index of (path, protocol) in the `POLICY` array.
+/// The `POLICY` array holds two tables; `POLICY_SLOT[0]` says which one is
+/// in force. The agent writes the other one and then flips the slot, so a
+/// packet sees the old policy or the new one, never a mix.
+pub const POLICY_SLOTS: usize = 2;
+
+/// Index of (path, protocol) in table `slot` of the `POLICY` array.
 #[inline(always)]
-pub const fn policy_index(path: u8, protocol: u8) -> u32 {
-    path as u32 * Protocol::COUNT as u32 + protocol as u32
+pub const fn policy_index(slot: u32, path: u8, protocol: u8) -> u32 {
+    (slot & 1) * POLICY_ENTRIES as u32 + path as u32 * Protocol::COUNT as u32 + protocol as u32
+}
+
+/// Bit of a `POLICY` entry: report a `block` instead of enforcing it.
+pub const DRY_RUN: u32 = 1 << 8;
+
+/// A `POLICY` entry: the action, and the dry-run bit.
+pub const fn encode(action: Action, dry_run: bool) -> u32 {
+    action as u32 | if dry_run { DRY_RUN } else { 0 }
+}
+
+/// The action and dry-run bit of a `POLICY` entry.
+#[inline(always)]
+pub const fn decode(entry: u32) -> (Action, bool) {
+    (Action::from_u32(entry & 0xff), entry & DRY_RUN != 0)
+}
+
+/// What happens to a connection given its (path, protocol) entry.
+#[inline(always)]
+pub const fn verdict(action: Action, dry_run: bool) -> Verdict {
+    match action {
+        Action::Block if !dry_run => Verdict::Blocked,
+        Action::Block | Action::Alert => Verdict::Alerted,
+        Action::Allow => Verdict::Allowed,
+    }
+}
+
+/// Entries of `VIOLATIONS`: per (path, protocol), alerts and blocks (as
+/// configured: a dry-run block counts as a block that was not enforced).
+pub const VIOLATION_ENTRIES: usize = POLICY_ENTRIES * 2;
+
+/// Index in `VIOLATIONS`; `None` for `allow`, which is no violation.
+#[inline(always)]
+pub const fn violation_index(path: u8, protocol: u8, action: Action) -> Option<u32> {
+    let base = (path as u32 * Protocol::COUNT as u32 + protocol as u32) * 2;
+    match action {
+        Action::Allow => None,
+        Action::Alert => Some(base),
+        Action::Block => Some(base + 1),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_round_trip_and_give_verdicts() {
+        for a in [Action::Allow, Action::Alert, Action::Block] {
+            for d in [false, true] {
+                assert_eq!(decode(encode(a, d)), (a, d));
+            }
+        }
+        assert_eq!(verdict(Action::Block, false), Verdict::Blocked);
+        assert_eq!(verdict(Action::Block, true), Verdict::Alerted);
+        assert_eq!(verdict(Action::Alert, true), Verdict::Alerted);
+        assert_eq!(verdict(Action::Allow, true), Verdict::Allowed);
+        assert_eq!(policy_index(1, 0, 0), POLICY_ENTRIES as u32);
+        assert_eq!(policy_index(0, 7, 5), POLICY_ENTRIES as u32 - 1);
+        assert_eq!(
+            violation_index(7, 5, Action::Block),
+            Some(VIOLATION_ENTRIES as u32 - 1)
+        );
+        assert_eq!(violation_index(0, 0, Action::Allow), None);
+    }
 
     #[test]
     fn defaults_follow_the_spec() {

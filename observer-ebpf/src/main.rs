@@ -17,6 +17,8 @@ use observer_common::counters::Stat;
 
 /// `cgroup_skb` return value that lets the packet through.
 const PASS: i32 = 1;
+/// `cgroup_skb` return value that drops the packet.
+const DROP: i32 = 0;
 
 /// Packets delivered to a socket on this node.
 #[cgroup_skb(ingress)]

@@ -3,13 +3,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use observer_common::{
     config::{Addr, Endpoint, Ports},
     counters::{BYTE_ENTRIES, CONNECTION_ENTRIES, STAT_ENTRIES, Stat},
     flow::{Flow, FlowKey},
-    policy::POLICY_ENTRIES,
+    policy::{POLICY_ENTRIES, POLICY_SLOTS, VIOLATION_ENTRIES},
 };
 
 /// Tracked connections. The agent sets the capacity at load time
@@ -31,9 +31,23 @@ pub static APISERVERS: HashMap<Endpoint, u32> = HashMap::with_max_entries(256, 0
 #[map]
 pub static PORTS: Array<Ports> = Array::with_max_entries(1, 0);
 
-/// (path, protocol) → [`observer_common::policy::Action`].
+/// Two policy tables of (path, protocol) → encoded action
+/// (`observer_common::policy::encode`); `POLICY_SLOT` picks the one in force.
 #[map]
-pub static POLICY: Array<u32> = Array::with_max_entries(POLICY_ENTRIES as u32, 0);
+pub static POLICY: Array<u32> = Array::with_max_entries((POLICY_SLOTS * POLICY_ENTRIES) as u32, 0);
+
+/// Which `POLICY` table is in force (0 or 1).
+#[map]
+pub static POLICY_SLOT: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Violations per (path, protocol, configured action).
+#[map]
+pub static VIOLATIONS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(VIOLATION_ENTRIES as u32, 0);
+
+/// Violation events for the agent (`observer_common::event::Event`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// Connections per (path, protocol, verdict).
 #[map]

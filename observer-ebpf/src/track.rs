@@ -22,15 +22,19 @@ use aya_ebpf::{
 use observer_common::{
     config::{Addr, Endpoint, Roles},
     counters::{Direction, Stat, byte_index, connection_index},
+    event::{self, Event},
     flow::{C2S, Flow, FlowKey, UNDECIDED, flags},
     path::{End, Path, classify},
-    policy::{Action, Verdict, policy_index},
+    policy::{self, Action, Verdict, policy_index, violation_index},
     protocol::{Detection, detect},
 };
 
 use crate::{
-    PASS,
-    maps::{self, APISERVERS, BYTES, CONNECTIONS, FLOWS, POLICY, PORTS, ROLES, STATS},
+    DROP, PASS,
+    maps::{
+        self, APISERVERS, BYTES, CONNECTIONS, EVENTS, FLOWS, POLICY, POLICY_SLOT, PORTS, ROLES,
+        STATS, VIOLATIONS,
+    },
     packet::{self, ACK, FIN, RST, SYN, Segment},
 };
 
@@ -69,7 +73,13 @@ pub fn on_packet(ctx: &SkBuffContext) -> Result<i32, ()> {
             maps::add(&BYTES, byte_index(flow.path, d), u64::from(new));
         }
         if flow.protocol == UNDECIDED {
-            result = feed_detection(ctx, flow, dir, &seg);
+            result = feed_detection(ctx, flow, &key, dir, &seg);
+        }
+        // A blocked connection's payload goes no further, in either
+        // direction and at either end; the agent resets both ends.
+        if flow.verdict == Verdict::Blocked as u8 && flow.protocol != UNDECIDED {
+            maps::count_stat(Stat::SegmentsDropped);
+            return result.map(|()| DROP);
         }
     }
     if seg.flags & (FIN | RST) != 0 {
@@ -131,6 +141,7 @@ fn roles_of(addr: Addr) -> Roles {
 fn feed_detection(
     ctx: &SkBuffContext,
     flow: &mut Flow,
+    key: &FlowKey,
     dir: usize,
     seg: &Segment,
 ) -> Result<(), ()> {
@@ -152,18 +163,21 @@ fn feed_detection(
     let n = packet::load_prefix(ctx, seg, &mut bytes)?;
     flow.merge_prefix(off, &bytes, n);
     if let Detection::Decided(protocol) = detect(&flow.prefix, flow.prefix_len as usize, false) {
-        decide(flow, protocol as u8);
+        decide(flow, key, protocol as u8);
     }
     Ok(())
 }
 
-/// Records the protocol and counts the connection, once.
+/// Records the protocol and verdict, counts the connection once, and
+/// reports a violation.
 #[inline(always)]
-fn decide(flow: &mut Flow, protocol: u8) {
-    let action = POLICY
-        .get(policy_index(flow.path, protocol))
-        .map_or(Action::Allow, |a| Action::from_u32(*a));
-    let verdict = Verdict::of(action) as u8;
+fn decide(flow: &mut Flow, key: &FlowKey, protocol: u8) {
+    let slot = POLICY_SLOT.get(0).map_or(0, |s| *s);
+    let entry = POLICY
+        .get(policy_index(slot, flow.path, protocol))
+        .map_or(0, |a| *a);
+    let (action, dry_run) = policy::decode(entry);
+    let verdict = policy::verdict(action, dry_run) as u8;
     flow.protocol = protocol;
     flow.verdict = verdict;
     maps::add(
@@ -171,6 +185,40 @@ fn decide(flow: &mut Flow, protocol: u8) {
         connection_index(flow.path, protocol, verdict),
         1,
     );
+    if let Some(i) = violation_index(flow.path, protocol, action) {
+        maps::add(&VIOLATIONS, i, 1);
+        report(flow, key, action, dry_run);
+    }
+}
+
+/// Puts a violation event on the ring buffer, or counts it as lost.
+#[inline(never)]
+fn report(flow: &Flow, key: &FlowKey, action: Action, dry_run: bool) {
+    let client_is_lo = flow.flags & flags::CLIENT_IS_LO != 0;
+    let (client, server, client_port, server_port) = if client_is_lo {
+        (key.lo, key.hi, key.lo_port, key.hi_port)
+    } else {
+        (key.hi, key.lo, key.hi_port, key.lo_port)
+    };
+    let event = Event {
+        client,
+        server,
+        client_port,
+        server_port,
+        path: flow.path,
+        protocol: flow.protocol,
+        action: action as u8,
+        verdict: flow.verdict,
+        flags: if dry_run && matches!(action, Action::Block) {
+            event::DRY_RUN
+        } else {
+            0
+        },
+        _pad: 0,
+    };
+    if EVENTS.output::<Event>(&event, 0).is_err() {
+        maps::count_stat(Stat::EventsLost);
+    }
 }
 
 /// A FIN or RST: decide `none`/`other` if nothing was decided yet, and drop
@@ -179,7 +227,7 @@ fn decide(flow: &mut Flow, protocol: u8) {
 fn close(flow: &mut Flow, key: &FlowKey, dir: usize, reset: bool) {
     if flow.protocol == UNDECIDED {
         if let Detection::Decided(p) = detect(&flow.prefix, flow.prefix_len as usize, true) {
-            decide(flow, p as u8);
+            decide(flow, key, p as u8);
         }
     }
     flow.flags |= if dir == C2S {

@@ -11,7 +11,13 @@ use aya::util::KernelVersion;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
-use crate::{cgroup, cli::RunArgs, config::Settings, ebpf::Datapath, flows, metrics, server};
+use crate::{
+    cgroup,
+    cli::RunArgs,
+    config::Settings,
+    ebpf::{Datapath, Loaded},
+    enforce, events, flows, metrics, server,
+};
 
 /// Oldest kernel the programs are written for (bpf_link cgroup attach, BTF).
 const MIN_KERNEL: (u8, u8) = (5, 8);
@@ -35,7 +41,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .set_nonblocking(true)
         .context("cannot make the metrics socket non-blocking")?;
 
-    let (mut datapath, counters, flows) = Datapath::load(&settings)?;
+    let Loaded {
+        mut datapath,
+        counters,
+        flows,
+        events,
+    } = Datapath::load(&settings)?;
     datapath.attach(&cgroup)?;
     info!(
         cgroup = %cgroup.display(),
@@ -49,6 +60,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let counters = Arc::new(counters);
     let (stop_expiry, stop_rx) = std::sync::mpsc::channel();
     let expiry = flows::spawn_expiry(flows, settings.flow_idle_timeout, counters.clone(), stop_rx);
+    let (blocked, enforcer) = enforce::spawn(counters.clone());
     let registry = Arc::new(metrics::registry(counters));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -56,14 +68,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        axum::serve(listener, server::router(registry))
+        let printer = tokio::spawn(events::run(events, blocked));
+        let served = axum::serve(listener, server::router(registry))
             .with_graceful_shutdown(shutdown_signal())
-            .await
+            .await;
+        printer.abort();
+        served
     });
     // Detach before reporting anything else: the programs go with `datapath`.
     drop(datapath);
     drop(stop_expiry);
     let _ = expiry.join();
+    // The printer (and its sender) went with the runtime.
+    drop(runtime);
+    let _ = enforcer.join();
     info!("detached; bye");
     served.context("metrics server failed")
 }

@@ -55,6 +55,12 @@ pub struct RunArgs {
     /// Konnectivity server port [default: 8132].
     #[arg(long, value_name = "PORT")]
     pub konnectivity_port: Option<u16>,
+    /// Policy rule PATH:PROTOCOL=ACTION (repeatable; `*` for any path or protocol).
+    #[arg(long = "policy", value_name = "PATH:PROTOCOL=ACTION")]
+    pub policy: Vec<crate::policy::Rule>,
+    /// Report what `block` rules would block, without blocking.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Where to serve /metrics and /healthz [default: 0.0.0.0:9090].
     #[arg(long, value_name = "IP:PORT")]
     pub metrics_addr: Option<SocketAddr>,

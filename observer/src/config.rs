@@ -11,7 +11,10 @@ use std::{
 use observer_common::config::Ports;
 use serde::Deserialize;
 
-use crate::cli::{Cidr, RunArgs};
+use crate::{
+    cli::{Cidr, RunArgs},
+    policy::{Conflict, Policy, Rule},
+};
 
 /// Default `--metrics-addr`.
 pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9090";
@@ -43,6 +46,8 @@ pub struct Settings {
     pub flow_table_capacity: u32,
     /// `--flow-idle-timeout`.
     pub flow_idle_timeout: std::time::Duration,
+    /// `--policy` and `--dry-run`, resolved.
+    pub policy: Policy,
 }
 
 /// A setting that cannot be used, with the flag or key it came from.
@@ -76,6 +81,9 @@ pub enum ConfigError {
         /// Why.
         message: String,
     },
+    /// Policy rules contradict each other.
+    #[error(transparent)]
+    Policy(#[from] Conflict),
     /// A value is well-formed but unusable.
     #[error("{setting} {value} is invalid: {message}")]
     Invalid {
@@ -110,6 +118,10 @@ struct FileConfig {
     cgroup: Option<PathBuf>,
     flow_table_capacity: Option<u32>,
     flow_idle_timeout: Option<u64>,
+    #[serde(default)]
+    policy: Vec<String>,
+    #[serde(default)]
+    dry_run: bool,
 }
 
 /// A key that takes one value or a list (`apiserver_vip`).
@@ -182,6 +194,10 @@ impl Settings {
                     .or(file.flow_idle_timeout)
                     .unwrap_or(DEFAULT_FLOW_IDLE_TIMEOUT),
             ),
+            policy: Policy::new(
+                &pick(&args.policy, file.policy),
+                args.dry_run || file.dry_run,
+            )?,
         };
         settings.validate()?;
         Ok(settings)
@@ -265,6 +281,8 @@ struct Parsed {
     cgroup: Option<PathBuf>,
     flow_table_capacity: Option<u32>,
     flow_idle_timeout: Option<u64>,
+    policy: Vec<Rule>,
+    dry_run: bool,
 }
 
 fn load_file(path: &Path) -> Result<Parsed, ConfigError> {
@@ -309,6 +327,8 @@ fn load_file(path: &Path) -> Result<Parsed, ConfigError> {
         cgroup: raw.cgroup,
         flow_table_capacity: raw.flow_table_capacity,
         flow_idle_timeout: raw.flow_idle_timeout,
+        policy: parse_values(path, "policy", &raw.policy)?,
+        dry_run: raw.dry_run,
     })
 }
 

@@ -5,18 +5,16 @@ use std::{fs::File, net::SocketAddr, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError},
 };
 use observer_common::{
     config::Endpoint,
     counters::{BYTE_ENTRIES, CONNECTION_ENTRIES, STAT_ENTRIES, Stat},
-    path::Path as CpPath,
-    policy::{Action, policy_index},
-    protocol::Protocol,
+    policy::{POLICY_ENTRIES, VIOLATION_ENTRIES},
 };
 
-use crate::{config::Settings, flows::FlowTable, roles};
+use crate::{config::Settings, flows::FlowTable, policy::Policy, roles};
 
 /// The kernel object built by `build.rs`.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
@@ -73,15 +71,33 @@ pub struct Datapath {
     ebpf: Ebpf,
 }
 
+/// What [`Datapath::load`] hands out: the programs, and the maps that
+/// different parts of the agent own.
+pub struct Loaded {
+    /// The programs (attach, test runs); dropping it detaches them.
+    pub datapath: Datapath,
+    /// Counters, for the metrics endpoint.
+    pub counters: Counters,
+    /// The flow table, for idle expiry.
+    pub flows: FlowTable,
+    /// Violation events, for the event printer.
+    pub events: RingBuf<MapData>,
+}
+
 /// The counter maps, shared with the metrics endpoint.
 pub struct Counters {
     connections: PerCpuArray<MapData, u64>,
     bytes: PerCpuArray<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
+    violations: PerCpuArray<MapData, u64>,
     /// Capacity of the flow table.
     pub flow_capacity: u32,
     /// Flow entries removed by the agent's idle expiry.
     pub flows_expired: std::sync::atomic::AtomicU64,
+    /// Sockets of blocked connections destroyed by the enforcer.
+    pub sockets_reset: std::sync::atomic::AtomicU64,
+    /// Blocked connections the enforcer could not reset.
+    pub reset_errors: std::sync::atomic::AtomicU64,
 }
 
 impl Datapath {
@@ -89,7 +105,7 @@ impl Datapath {
     /// loads the programs into the kernel (the verifier runs here). Nothing
     /// is attached yet. The counters and the flow table are handed out
     /// separately so that the metrics server and the expiry can own them.
-    pub fn load(settings: &Settings) -> Result<(Self, Counters, FlowTable), DatapathError> {
+    pub fn load(settings: &Settings) -> Result<Loaded, DatapathError> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("FLOWS", settings.flow_table_capacity)
             .load(OBJECT)
@@ -104,8 +120,11 @@ impl Datapath {
             connections: take_per_cpu(&mut ebpf, "CONNECTIONS")?,
             bytes: take_per_cpu(&mut ebpf, "BYTES")?,
             stats: take_per_cpu(&mut ebpf, "STATS")?,
+            violations: take_per_cpu(&mut ebpf, "VIOLATIONS")?,
             flow_capacity: settings.flow_table_capacity,
             flows_expired: std::sync::atomic::AtomicU64::new(0),
+            sockets_reset: std::sync::atomic::AtomicU64::new(0),
+            reset_errors: std::sync::atomic::AtomicU64::new(0),
         };
         let flows = ebpf.take_map("FLOWS").ok_or(DatapathError::Map {
             name: "FLOWS",
@@ -114,7 +133,19 @@ impl Datapath {
             },
         })?;
         let flows = FlowTable::new(HashMap::try_from(flows).map_err(map_err("FLOWS"))?);
-        Ok((Self { ebpf }, counters, flows))
+        let events = ebpf.take_map("EVENTS").ok_or(DatapathError::Map {
+            name: "EVENTS",
+            source: MapError::InvalidName {
+                name: "EVENTS".into(),
+            },
+        })?;
+        let events = RingBuf::try_from(events).map_err(map_err("EVENTS"))?;
+        Ok(Loaded {
+            datapath: Self { ebpf },
+            counters,
+            flows,
+            events,
+        })
     }
 
     /// Attaches both programs to `cgroup`. On failure nothing stays attached.
@@ -207,17 +238,25 @@ fn configure(ebpf: &mut Ebpf, settings: &Settings) -> Result<(), DatapathError> 
         Array::try_from(map_mut(ebpf, "PORTS")?).map_err(map_err("PORTS"))?;
     ports.set(0, settings.ports, 0).map_err(map_err("PORTS"))?;
 
-    let mut policy: Array<_, u32> =
+    set_policy(ebpf, &settings.policy)
+}
+
+/// Writes `policy` into the table not in force, then makes it the one in
+/// force: each packet sees the old policy or the new one, never a mix.
+fn set_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), DatapathError> {
+    let slot: Array<_, u32> =
+        Array::try_from(map_mut(ebpf, "POLICY_SLOT")?).map_err(map_err("POLICY_SLOT"))?;
+    let next = (slot.get(&0, 0).map_err(map_err("POLICY_SLOT"))? + 1) & 1;
+    let mut table: Array<_, u32> =
         Array::try_from(map_mut(ebpf, "POLICY")?).map_err(map_err("POLICY"))?;
-    for path in CpPath::ALL {
-        for protocol in Protocol::ALL {
-            let action = Action::default_for(path, protocol);
-            policy
-                .set(policy_index(path as u8, protocol as u8), action as u32, 0)
-                .map_err(map_err("POLICY"))?;
-        }
+    for (i, entry) in policy.table().into_iter().enumerate() {
+        table
+            .set(next * POLICY_ENTRIES as u32 + i as u32, entry, 0)
+            .map_err(map_err("POLICY"))?;
     }
-    Ok(())
+    let mut slot: Array<_, u32> =
+        Array::try_from(map_mut(ebpf, "POLICY_SLOT")?).map_err(map_err("POLICY_SLOT"))?;
+    slot.set(0, next, 0).map_err(map_err("POLICY_SLOT"))
 }
 
 /// The kernel key of an endpoint.
@@ -246,6 +285,11 @@ impl Counters {
     /// Byte counts, indexed like `observer_common::counters::byte_index`.
     pub fn bytes(&self) -> Result<Vec<u64>, MapError> {
         sum_all(&self.bytes, BYTE_ENTRIES)
+    }
+
+    /// Violations, indexed like `observer_common::policy::violation_index`.
+    pub fn violations(&self) -> Result<Vec<u64>, MapError> {
+        sum_all(&self.violations, VIOLATION_ENTRIES)
     }
 
     /// One datapath health counter.

@@ -9,6 +9,9 @@
 //! - [`cgroup`]: finding and checking the cgroup v2 mount;
 //! - [`ebpf`]: loading, configuring and attaching the kernel programs;
 //! - [`flows`]: the flow table seen from userspace, and idle expiry;
+//! - [`events`]: violation events from the kernel to stdout as JSON;
+//! - [`enforce`]: resetting both ends of blocked connections;
+//! - [`policy`]: `--policy` rules resolved into the kernel's table;
 //! - [`metrics`]: the OpenMetrics view of the kernel's counters;
 //! - [`server`]: `/metrics` and `/healthz`;
 //! - [`agent`]: `cp-observer run` from start to clean shutdown.
@@ -18,7 +21,10 @@ pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod ebpf;
+pub mod enforce;
+pub mod events;
 pub mod flows;
 pub mod metrics;
+pub mod policy;
 pub mod roles;
 pub mod server;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use observer_common::{
     counters::{Direction, Stat, byte_index, connection_index},
     path::Path,
-    policy::Verdict,
+    policy::{Action, Verdict, violation_index},
     protocol::Protocol,
 };
 use prometheus_client::{
@@ -74,24 +74,26 @@ impl Collector for DatapathCollector {
             }
         }
 
+        let violations = c.violations().unwrap_or_else(|e| {
+            tracing::warn!("cannot read map VIOLATIONS: {e}");
+            vec![0; observer_common::policy::VIOLATION_ENTRIES]
+        });
         let mut m = encoder.encode_descriptor(
             "cp_observer_policy_violations",
-            "Connections the policy alerted on or blocked.",
+            "Connections the policy alerted on or blocked (action as configured: under --dry-run a block is counted as block, and not enforced).",
             None,
             MetricType::Counter,
         )?;
         for path in Path::ALL {
             for protocol in Protocol::ALL {
-                for (verdict, action) in [(Verdict::Alerted, "alert"), (Verdict::Blocked, "block")]
-                {
-                    let v = connections
-                        [connection_index(path as u8, protocol as u8, verdict as u8) as usize];
+                for action in [Action::Alert, Action::Block] {
+                    let i = violation_index(path as u8, protocol as u8, action).expect("not allow");
                     let labels = [
                         ("path", path.name()),
                         ("protocol", protocol.name()),
-                        ("action", action),
+                        ("action", action.name()),
                     ];
-                    ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+                    ConstCounter::new(violations[i as usize]).encode(m.encode_family(&labels)?)?;
                 }
             }
         }
@@ -128,9 +130,21 @@ impl Collector for DatapathCollector {
             None,
             MetricType::Gauge,
         )?)?;
-        ConstCounter::new(stat(Stat::FlowTableFull)).encode(encoder.encode_descriptor(
+        ConstCounter::new(stat(Stat::FlowTableFull) + stat(Stat::EventsLost)).encode(encoder.encode_descriptor(
             "cp_observer_events_lost",
-            "Tracked connections or events dropped for lack of room (flow table full).",
+            "Tracked connections not tracked (flow table full) plus violation events dropped (ring buffer full).",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(stat(Stat::FlowTableFull)).encode(encoder.encode_descriptor(
+            "cp_observer_flow_table_full",
+            "Tracked connections not tracked because the flow table was full (once per hook that saw the SYN).",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(stat(Stat::SegmentsDropped)).encode(encoder.encode_descriptor(
+            "cp_observer_blocked_segments",
+            "Payload segments of blocked connections dropped in the kernel.",
             None,
             MetricType::Counter,
         )?)?;
@@ -140,6 +154,22 @@ impl Collector for DatapathCollector {
             None,
             MetricType::Counter,
         )?)?;
+        ConstCounter::new(c.sockets_reset.load(std::sync::atomic::Ordering::Relaxed)).encode(
+            encoder.encode_descriptor(
+                "cp_observer_sockets_reset",
+                "Sockets of blocked connections destroyed (their peers get a RST).",
+                None,
+                MetricType::Counter,
+            )?,
+        )?;
+        ConstCounter::new(c.reset_errors.load(std::sync::atomic::Ordering::Relaxed)).encode(
+            encoder.encode_descriptor(
+                "cp_observer_reset_errors",
+                "Blocked connections whose sockets could not be destroyed.",
+                None,
+                MetricType::Counter,
+            )?,
+        )?;
         ConstCounter::new(stat(Stat::ReadErrors)).encode(encoder.encode_descriptor(
             "cp_observer_datapath_read_errors",
             "Packets the kernel programs could not read; they were passed untouched.",

@@ -119,6 +119,14 @@ impl Lab {
         Self { topo, tls, servers }
     }
 
+    /// The server listening on `port`.
+    pub fn server(&self, port: u16) -> &Server {
+        self.servers
+            .iter()
+            .find(|s| s.addr.port() == port)
+            .unwrap_or_else(|| panic!("no lab server on port {port}"))
+    }
+
     /// The namespace of a host.
     pub fn ns(&self, at: Where) -> &NetNs {
         topo_ns(&self.topo, at)

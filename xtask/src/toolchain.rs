@@ -29,6 +29,7 @@ const DEBIAN_LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 /// bpf-linker needs to build against LLVM 22.
 const DEBIAN_PACKAGES: &[&str] = &[
     "rustc-web",
+    "cargo-web",
     "rust-web-src",
     "llvm-22-dev",
     "libpolly-22-dev",

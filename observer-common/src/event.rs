@@ -1,0 +1,35 @@
+//! Violation events, from the kernel to the agent through a ring buffer.
+
+use crate::config::Addr;
+
+/// One `alert` or `block` (or dry-run block): what the agent prints as a
+/// JSON line. No payload is carried beyond the detected protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// The client (sent the SYN).
+    pub client: Addr,
+    /// The server.
+    pub server: Addr,
+    /// Client port, host byte order.
+    pub client_port: u16,
+    /// Server port, host byte order.
+    pub server_port: u16,
+    /// [`crate::path::Path`] discriminant.
+    pub path: u8,
+    /// [`crate::protocol::Protocol`] discriminant.
+    pub protocol: u8,
+    /// [`crate::policy::Action`] as configured (`alert` or `block`).
+    pub action: u8,
+    /// [`crate::policy::Verdict`]: what was done.
+    pub verdict: u8,
+    /// [`DRY_RUN`]: a `block` reported, not enforced.
+    pub flags: u32,
+    /// Explicit padding, always 0.
+    pub _pad: u32,
+}
+
+const _: () = assert!(size_of::<Event>() == 48);
+
+/// [`Event::flags`] bit: the action was `block` under `--dry-run`.
+pub const DRY_RUN: u32 = 1;

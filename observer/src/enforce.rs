@@ -1,0 +1,326 @@
+//! Resetting blocked connections.
+//!
+//! The kernel programs already drop every payload segment of a blocked
+//! connection, so no request reaches the server. To make both ends fail at
+//! once instead of retransmitting into the void until a timeout, the agent
+//! destroys the connection's sockets with the kernel's `SOCK_DESTROY`
+//! (sock_diag netlink, CONFIG_INET_DIAG_DESTROY): the kernel aborts the
+//! socket, its application gets ECONNABORTED, and its peer gets a RST with
+//! the right sequence number. This needs no extra kernel program and no
+//! kfunc, only a netlink request — in the network namespace of the socket,
+//! which is why each request is tried in every namespace the agent can see
+//! (`/run/netns`, `/var/run/netns`, and those of every process in `/proc`).
+
+use std::{
+    collections::HashSet,
+    fs::File,
+    io,
+    net::{IpAddr, SocketAddr},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::unix::fs::MetadataExt as _,
+    sync::{Arc, atomic::Ordering, mpsc},
+    thread::JoinHandle,
+};
+
+use crate::ebpf::Counters;
+
+/// Starts the enforcer thread; it resets the connection of every
+/// (client, server) pair sent to it, until the sender is dropped.
+pub fn spawn(counters: Arc<Counters>) -> (mpsc::Sender<(SocketAddr, SocketAddr)>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel::<(SocketAddr, SocketAddr)>();
+    let thread = std::thread::Builder::new()
+        .name("enforcer".into())
+        .spawn(move || {
+            for (client, server) in rx {
+                match reset(client, server) {
+                    Ok(0) => tracing::debug!(%client, %server, "blocked connection already gone"),
+                    Ok(n) => {
+                        counters
+                            .sockets_reset
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                        tracing::info!(%client, %server, sockets = n, "reset blocked connection");
+                    }
+                    Err(e) => {
+                        counters.reset_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%client, %server, "cannot reset blocked connection: {e}");
+                    }
+                }
+            }
+        })
+        .expect("a thread can be spawned");
+    (tx, thread)
+}
+
+/// Destroys both ends of `client` → `server` wherever they live; returns
+/// how many sockets went.
+pub fn reset(client: SocketAddr, server: SocketAddr) -> io::Result<usize> {
+    let home = File::open("/proc/thread-self/ns/net")?;
+    let mut destroyed = 0;
+    let mut last_err = None;
+    for ns in namespaces() {
+        if let Err(e) = setns(&ns) {
+            last_err = Some(e);
+            continue;
+        }
+        // The server's socket sees (local=server, remote=client); a local
+        // client's socket sees the reverse.
+        for (local, remote) in [(server, client), (client, server)] {
+            match destroy(local, remote) {
+                Ok(true) => destroyed += 1,
+                Ok(false) => {}
+                Err(e) => last_err = Some(e),
+            }
+        }
+    }
+    setns(&home)?;
+    match (destroyed, last_err) {
+        (0, Some(e)) => Err(e),
+        (n, _) => Ok(n),
+    }
+}
+
+fn setns(ns: &File) -> io::Result<()> {
+    // SAFETY: a namespace fd; only this thread changes namespace.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Every network namespace visible from here, once each, ours first.
+fn namespaces() -> Vec<File> {
+    let mut candidates = vec![std::path::PathBuf::from("/proc/self/ns/net")];
+    for dir in ["/run/netns", "/var/run/netns"] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            candidates.extend(entries.filter_map(Result::ok).map(|e| e.path()));
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        candidates.extend(
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                })
+                .map(|e| e.path().join("ns/net")),
+        );
+    }
+    let mut seen = HashSet::new();
+    candidates
+        .into_iter()
+        .filter_map(|p| File::open(p).ok())
+        .filter(|f| f.metadata().is_ok_and(|m| seen.insert((m.dev(), m.ino()))))
+        .collect()
+}
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const SOCK_DESTROY: u16 = 21;
+const NLMSG_ERROR: u16 = 2;
+
+/// `struct inet_diag_req_v2` with its socket id, as the kernel lays it out.
+#[repr(C)]
+struct DestroyRequest {
+    // struct nlmsghdr
+    len: u32,
+    ty: u16,
+    flags: u16,
+    seq: u32,
+    pid: u32,
+    // struct inet_diag_req_v2
+    family: u8,
+    protocol: u8,
+    ext: u8,
+    pad: u8,
+    states: u32,
+    // struct inet_diag_sockid
+    sport: [u8; 2],
+    dport: [u8; 2],
+    src: [u8; 16],
+    dst: [u8; 16],
+    ifindex: u32,
+    cookie: [u32; 2],
+}
+
+/// Puts an address in an `idiag_src`/`idiag_dst` field: IPv4 in the first
+/// four bytes, IPv6 (never IPv4-mapped: the kernel looks those up as IPv4).
+fn family_and_bytes(a: IpAddr) -> (u8, [u8; 16]) {
+    let mut out = [0u8; 16];
+    match a.to_canonical() {
+        IpAddr::V4(v4) => {
+            out[..4].copy_from_slice(&v4.octets());
+            (libc::AF_INET as u8, out)
+        }
+        IpAddr::V6(v6) => (libc::AF_INET6 as u8, v6.octets()),
+    }
+}
+
+/// `SOCK_DESTROY` of the TCP connection socket (local, remote) in the
+/// current network namespace: `Ok(false)` when there is none.
+///
+/// The kernel's exact lookup falls back to a *listening* socket when no
+/// connection matches; destroying that would take a server down. So the
+/// socket is first looked up (`SOCK_DIAG_BY_FAMILY`), listeners are left
+/// alone, and the destroy names the found socket by its cookie.
+fn destroy(local: SocketAddr, remote: SocketAddr) -> io::Result<bool> {
+    let Some(mut req) = request(local, remote) else {
+        return Ok(false);
+    };
+    let fd = netlink()?;
+    req.ty = SOCK_DIAG_BY_FAMILY;
+    req.flags = libc::NLM_F_REQUEST as u16;
+    let mut buf = [0u8; 1024];
+    let n = exchange(&fd, &req, &mut buf)?;
+    let ty = u16::from_ne_bytes([buf[4], buf[5]]);
+    if ty == NLMSG_ERROR {
+        return match errno(&buf[..n])? {
+            libc::ENOENT => Ok(false),
+            e => Err(io::Error::from_raw_os_error(e)),
+        };
+    }
+    if ty != SOCK_DIAG_BY_FAMILY || n < 16 + 72 {
+        return Err(io::Error::other("unexpected sock_diag answer"));
+    }
+    // struct inet_diag_msg after the 16-byte nlmsghdr: family, state, ...,
+    // then the socket id whose cookie ends at byte 16 + 4 + 48.
+    const TCP_LISTEN: u8 = 10;
+    if buf[17] == TCP_LISTEN {
+        return Ok(false);
+    }
+    req.cookie = [
+        u32::from_ne_bytes([buf[60], buf[61], buf[62], buf[63]]),
+        u32::from_ne_bytes([buf[64], buf[65], buf[66], buf[67]]),
+    ];
+    req.ty = SOCK_DESTROY;
+    req.flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+    let n = exchange(&fd, &req, &mut buf)?;
+    if u16::from_ne_bytes([buf[4], buf[5]]) != NLMSG_ERROR {
+        return Err(io::Error::other("unexpected sock_diag answer"));
+    }
+    match errno(&buf[..n])? {
+        0 => Ok(true),
+        // Gone in between (closed, or reset by its peer): nothing to do.
+        libc::ENOENT | libc::ESTALE => Ok(false),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// The request naming (local, remote), or `None` for mixed families.
+fn request(local: SocketAddr, remote: SocketAddr) -> Option<DestroyRequest> {
+    let (family, src) = family_and_bytes(local.ip());
+    let (family2, dst) = family_and_bytes(remote.ip());
+    (family == family2).then(|| DestroyRequest {
+        len: size_of::<DestroyRequest>() as u32,
+        ty: 0,
+        flags: 0,
+        seq: 1,
+        pid: 0,
+        family,
+        protocol: libc::IPPROTO_TCP as u8,
+        ext: 0,
+        pad: 0,
+        states: u32::MAX,
+        sport: local.port().to_be_bytes(),
+        dport: remote.port().to_be_bytes(),
+        src,
+        dst,
+        ifindex: 0,
+        cookie: [u32::MAX; 2], // INET_DIAG_NOCOOKIE
+    })
+}
+
+fn netlink() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends `req`, receives one answer into `buf`, returns its length.
+fn exchange(fd: &OwnedFd, req: &DestroyRequest, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: sending a fully initialised #[repr(C)] struct.
+    let sent = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            std::ptr::from_ref(req).cast(),
+            size_of::<DestroyRequest>(),
+            0,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: receiving into a buffer of the given size.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 20 {
+        return Err(if n < 0 {
+            io::Error::last_os_error()
+        } else {
+            io::Error::other("short sock_diag answer")
+        });
+    }
+    Ok(n as usize)
+}
+
+/// The errno of an `NLMSG_ERROR` answer (0 for an ack).
+fn errno(msg: &[u8]) -> io::Result<i32> {
+    let e = msg
+        .get(16..20)
+        .ok_or_else(|| io::Error::other("short sock_diag error"))?;
+    Ok(-i32::from_ne_bytes([e[0], e[1], e[2], e[3]]))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+
+    use super::*;
+
+    #[test]
+    fn request_layout() {
+        // nlmsghdr 16 + inet_diag_req_v2 (8 + sockid 48) = 72 bytes.
+        assert_eq!(size_of::<DestroyRequest>(), 72);
+    }
+
+    /// Needs CAP_NET_ADMIN (the test suite runs as root).
+    #[test]
+    fn destroys_a_loopback_connection_and_the_peer_sees_a_reset() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let (c, s) = (client.local_addr().unwrap(), server.local_addr().unwrap());
+        assert!(
+            destroy(s, c).unwrap(),
+            "the server's socket is found and destroyed"
+        );
+        let unknown: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert!(!destroy(unknown, c).unwrap(), "no such socket: Ok(false)");
+        // The connection is gone: the same tuple now only matches the
+        // listener, which must be left alone.
+        assert!(!destroy(s, c).unwrap(), "a listener is never destroyed");
+        let _still_listening =
+            std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let mut buf = [0u8; 1];
+        let err = client
+            .write_all(b"x")
+            .and_then(|()| client.read(&mut buf).map(|_| ()))
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+        let err = server.read(&mut buf).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ECONNABORTED), "{err}");
+    }
+}

@@ -1,0 +1,156 @@
+//! Violation events: read from the kernel's ring buffer, printed as one JSON
+//! object per line on standard output (SPEC §6), and handed to the enforcer
+//! when a connection was blocked.
+
+use std::{
+    io::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::mpsc,
+};
+
+use aya::maps::{MapData, RingBuf};
+use observer_common::{
+    config::Addr,
+    event::{DRY_RUN, Event},
+    path::Path,
+    policy::{Action, Verdict},
+    protocol::Protocol,
+};
+use serde::Serialize;
+use tokio::io::unix::AsyncFd;
+
+/// The JSON form of an [`Event`].
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Violation {
+    /// RFC 3339, when the agent read the event.
+    pub ts: String,
+    /// Always `violation`.
+    pub kind: &'static str,
+    /// The `path` label.
+    pub path: &'static str,
+    /// The `protocol` label.
+    pub protocol: &'static str,
+    /// `alert` or `block`, as configured.
+    pub action: &'static str,
+    /// What was done: `alerted` or `blocked` (`alerted` for a dry-run block).
+    pub verdict: &'static str,
+    /// The client, `IP:PORT`.
+    pub src: String,
+    /// The server, `IP:PORT`.
+    pub dst: String,
+    /// A `block` reported under `--dry-run`, not enforced.
+    pub dry_run: bool,
+}
+
+/// The address as Rust sees it: IPv4-mapped back to IPv4.
+pub fn ip(addr: &Addr) -> IpAddr {
+    match addr.as_v4() {
+        Some(v4) => IpAddr::V4(Ipv4Addr::from(v4)),
+        None => IpAddr::V6(Ipv6Addr::from(addr.0)),
+    }
+}
+
+impl Violation {
+    /// Decodes a kernel event; `None` for values this build does not know.
+    pub fn from_event(e: &Event, now: std::time::SystemTime) -> Option<Self> {
+        let action = match e.action {
+            1 => Action::Alert,
+            2 => Action::Block,
+            _ => return None,
+        };
+        let verdict = Verdict::ALL.into_iter().find(|v| *v as u8 == e.verdict)?;
+        Some(Self {
+            ts: humantime::format_rfc3339_millis(now).to_string(),
+            kind: "violation",
+            path: Path::from_u8(e.path)?.name(),
+            protocol: Protocol::from_u8(e.protocol)?.name(),
+            action: action.name(),
+            verdict: verdict.name(),
+            src: SocketAddr::new(ip(&e.client), e.client_port).to_string(),
+            dst: SocketAddr::new(ip(&e.server), e.server_port).to_string(),
+            dry_run: e.flags & DRY_RUN != 0,
+        })
+    }
+
+    /// The client and server of a blocked connection, for the enforcer.
+    pub fn endpoints(e: &Event) -> (SocketAddr, SocketAddr) {
+        (
+            SocketAddr::new(ip(&e.client), e.client_port),
+            SocketAddr::new(ip(&e.server), e.server_port),
+        )
+    }
+}
+
+/// Prints every event until the ring buffer's fd fails; sends the ends of
+/// blocked connections to `blocked`.
+pub async fn run(
+    ring: RingBuf<MapData>,
+    blocked: mpsc::Sender<(SocketAddr, SocketAddr)>,
+) -> std::io::Result<()> {
+    // SAFETY: the ring buffer owns its map fd and keeps it for its lifetime.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    loop {
+        let mut guard = fd.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        let mut out = std::io::stdout().lock();
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<Event>() {
+                tracing::warn!(len = item.len(), "short event in ring buffer EVENTS");
+                continue;
+            }
+            // SAFETY: the kernel wrote an `Event` (#[repr(C)], any bits valid).
+            let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            if event.verdict == Verdict::Blocked as u8 {
+                let _ = blocked.send(Violation::endpoints(&event));
+            }
+            match Violation::from_event(&event, std::time::SystemTime::now()) {
+                Some(v) => {
+                    let line = serde_json::to_string(&v).expect("a Violation serialises");
+                    // stdout gone (a closed pipe): nothing better to do than log.
+                    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                        tracing::warn!("cannot write an event to stdout");
+                    }
+                }
+                None => tracing::warn!(?event, "event with unknown values"),
+            }
+        }
+        guard.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_the_spec_fields() {
+        let e = Event {
+            client: Addr::from_v4([198, 18, 0, 1]),
+            server: Addr([0x20, 1, 0x0d, 0xb8, 0, 0x16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]),
+            client_port: 40000,
+            server_port: 8080,
+            path: Path::ApiserverProxyToPod as u8,
+            protocol: Protocol::Http as u8,
+            action: Action::Block as u8,
+            verdict: Verdict::Alerted as u8,
+            flags: DRY_RUN,
+            _pad: 0,
+        };
+        let v = Violation::from_event(&e, std::time::UNIX_EPOCH).unwrap();
+        let json: serde_json::Value = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["ts"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(json["kind"], "violation");
+        assert_eq!(json["path"], "apiserver-proxy-to-pod");
+        assert_eq!(json["protocol"], "http");
+        assert_eq!(json["action"], "block");
+        assert_eq!(json["verdict"], "alerted");
+        assert_eq!(json["src"], "198.18.0.1:40000");
+        assert_eq!(json["dst"], "[2001:db8:16::2]:8080");
+        assert_eq!(json["dry_run"], true);
+        assert!(
+            Violation::from_event(&Event { action: 0, ..e }, std::time::UNIX_EPOCH).is_none(),
+            "allow is no violation"
+        );
+    }
+}

@@ -1,0 +1,265 @@
+//! The policy (SPEC §3): rules `PATH:PROTOCOL=ACTION` over the documented
+//! defaults, resolved into one table of (path, protocol) → action.
+//!
+//! Precedence, most specific first: `path:protocol`, `path:*`,
+//! `*:protocol`, `*:*`, then the defaults. Two rules with the same selector
+//! and different actions contradict each other and are refused.
+
+use std::{fmt, str::FromStr};
+
+use observer_common::{
+    path::Path,
+    policy::{Action, POLICY_ENTRIES, encode},
+    protocol::Protocol,
+};
+
+/// One `--policy` rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// `None` for `*`.
+    pub path: Option<Path>,
+    /// `None` for `*`.
+    pub protocol: Option<Protocol>,
+    /// What to do.
+    pub action: Action,
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}={}",
+            self.path.map_or("*", Path::name),
+            self.protocol.map_or("*", Protocol::name),
+            self.action.name()
+        )
+    }
+}
+
+fn names<T: Copy>(all: &[T], name: fn(T) -> &'static str) -> String {
+    all.iter().map(|t| name(*t)).collect::<Vec<_>>().join(", ")
+}
+
+impl FromStr for Rule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let shape = || {
+            format!(
+                "'{s}' is not a rule of the form PATH:PROTOCOL=ACTION (e.g. apiserver-proxy-to-pod:http=block)"
+            )
+        };
+        let (selector, action) = s.split_once('=').ok_or_else(shape)?;
+        let (path, protocol) = selector.split_once(':').ok_or_else(shape)?;
+        let path = match path.trim() {
+            "*" => None,
+            p => Some(Path::from_name(p).ok_or_else(|| {
+                format!(
+                    "'{p}' in '{s}' is not a path (one of: {}, or *)",
+                    names(&Path::ALL, Path::name)
+                )
+            })?),
+        };
+        let protocol = match protocol.trim() {
+            "*" => None,
+            p => Some(Protocol::from_name(p).ok_or_else(|| {
+                format!(
+                    "'{p}' in '{s}' is not a protocol (one of: {}, or *)",
+                    names(&Protocol::ALL, Protocol::name)
+                )
+            })?),
+        };
+        let action = match action.trim() {
+            "allow" => Action::Allow,
+            "alert" => Action::Alert,
+            "block" => Action::Block,
+            a => {
+                return Err(format!(
+                    "'{a}' in '{s}' is not an action (one of: allow, alert, block)"
+                ));
+            }
+        };
+        Ok(Self {
+            path,
+            protocol,
+            action,
+        })
+    }
+}
+
+/// Two rules that say different things about the same selector.
+#[derive(Debug, thiserror::Error)]
+#[error("--policy rules '{0}' and '{1}' contradict each other")]
+pub struct Conflict(pub Rule, pub Rule);
+
+/// The resolved policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    actions: [[Action; Protocol::COUNT]; Path::COUNT],
+    /// `--dry-run`: blocks are reported, not enforced.
+    pub dry_run: bool,
+}
+
+impl Policy {
+    /// The defaults, overridden by `rules` by precedence.
+    pub fn new(rules: &[Rule], dry_run: bool) -> Result<Self, Conflict> {
+        for (i, a) in rules.iter().enumerate() {
+            if let Some(b) = rules[..i]
+                .iter()
+                .find(|b| (b.path, b.protocol) == (a.path, a.protocol) && b.action != a.action)
+            {
+                return Err(Conflict(b.clone(), a.clone()));
+            }
+        }
+        let mut actions = [[Action::Allow; Protocol::COUNT]; Path::COUNT];
+        for path in Path::ALL {
+            for protocol in Protocol::ALL {
+                let specificity = |r: &Rule| match (r.path, r.protocol) {
+                    (Some(_), Some(_)) => 3,
+                    (Some(_), None) => 2,
+                    (None, Some(_)) => 1,
+                    (None, None) => 0,
+                };
+                let matching = rules.iter().filter(|r| {
+                    r.path.is_none_or(|p| p == path) && r.protocol.is_none_or(|q| q == protocol)
+                });
+                actions[path as usize][protocol as usize] = matching
+                    .max_by_key(|r| specificity(r))
+                    .map_or_else(|| Action::default_for(path, protocol), |r| r.action);
+            }
+        }
+        Ok(Self { actions, dry_run })
+    }
+
+    /// The action for (path, protocol).
+    pub fn action(&self, path: Path, protocol: Protocol) -> Action {
+        self.actions[path as usize][protocol as usize]
+    }
+
+    /// One kernel policy table, indexed like `policy_index(0, ..)`.
+    pub fn table(&self) -> [u32; POLICY_ENTRIES] {
+        let mut t = [0; POLICY_ENTRIES];
+        for path in Path::ALL {
+            for protocol in Protocol::ALL {
+                t[path as usize * Protocol::COUNT + protocol as usize] =
+                    encode(self.action(path, protocol), self.dry_run);
+            }
+        }
+        t
+    }
+
+    /// True when some (path, protocol) is blocked (dry-run or not).
+    pub fn blocks_anything(&self) -> bool {
+        self.actions.iter().flatten().any(|a| *a == Action::Block)
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self::new(&[], false).expect("no rules, no conflict")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(rs: &[&str]) -> Vec<Rule> {
+        rs.iter().map(|r| r.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let p = Policy::default();
+        assert_eq!(
+            p.action(Path::ApiserverProxyToPod, Protocol::Http),
+            Action::Alert
+        );
+        assert_eq!(
+            p.action(Path::ApiserverProxyToPod, Protocol::Tls),
+            Action::Allow
+        );
+        assert_eq!(p.action(Path::SshTunnel, Protocol::Ssh), Action::Alert);
+        assert!(!p.blocks_anything());
+    }
+
+    #[test]
+    fn precedence_most_specific_wins() {
+        let p = Policy::new(
+            &rules(&[
+                "*:*=allow",
+                "*:http=block",
+                "apiserver-proxy-to-pod:*=alert",
+                "apiserver-proxy-to-pod:tls=block",
+            ]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            p.action(Path::ApiserverProxyToPod, Protocol::Tls),
+            Action::Block
+        );
+        assert_eq!(
+            p.action(Path::ApiserverProxyToPod, Protocol::Http),
+            Action::Alert,
+            "path:* beats *:protocol"
+        );
+        assert_eq!(
+            p.action(Path::NodeToApiserver, Protocol::Http),
+            Action::Block
+        );
+        assert_eq!(
+            p.action(Path::NodeToApiserver, Protocol::Other),
+            Action::Allow,
+            "*:* beats the defaults"
+        );
+    }
+
+    #[test]
+    fn the_usual_hardening_rule() {
+        let p = Policy::new(&rules(&["apiserver-proxy-to-pod:http=block"]), true).unwrap();
+        assert_eq!(
+            p.action(Path::ApiserverProxyToPod, Protocol::Http),
+            Action::Block
+        );
+        assert_eq!(
+            p.action(Path::ApiserverProxyToPod, Protocol::Other),
+            Action::Alert,
+            "other defaults stay"
+        );
+        assert!(p.blocks_anything());
+        let t = p.table();
+        assert_eq!(
+            t[Path::ApiserverProxyToPod as usize * Protocol::COUNT + Protocol::Http as usize],
+            encode(Action::Block, true)
+        );
+    }
+
+    #[test]
+    fn contradictions_and_bad_rules_are_named() {
+        let err = Policy::new(
+            &rules(&["ssh-tunnel:*=block", "*:http=allow", "ssh-tunnel:*=allow"]),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--policy rules 'ssh-tunnel:*=block' and 'ssh-tunnel:*=allow' contradict each other"
+        );
+        assert!(
+            Policy::new(&rules(&["ssh-tunnel:*=block", "ssh-tunnel:*=block"]), false).is_ok(),
+            "repeats are fine"
+        );
+        for (bad, names) in [
+            ("proxy:http=block", "'proxy'"),
+            ("apiserver-proxy-to-pod:ftp=block", "'ftp'"),
+            ("apiserver-proxy-to-pod:http=deny", "'deny'"),
+            ("apiserver-proxy-to-pod=block", "PATH:PROTOCOL=ACTION"),
+        ] {
+            let err = bad.parse::<Rule>().unwrap_err();
+            assert!(err.contains(names), "{bad}: {err}");
+        }
+        let r: Rule = " * : tls = allow".parse().unwrap();
+        assert_eq!(r.to_string(), "*:tls=allow");
+    }
+}
