@@ -8,9 +8,10 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use observer::policy::Policy;
 use observer_common::{
     path::Path,
-    policy::{Action, Verdict},
+    policy::{self, Verdict},
     protocol::Protocol,
 };
 
@@ -322,16 +323,22 @@ pub fn plan() -> Vec<Step> {
     steps
 }
 
-/// The `cp_observer_connections_total` the plan must produce, by
-/// (path, protocol, verdict) label values, under the default policy.
+/// The verdict `policy` gives a step, `None` for an untracked one.
+pub fn verdict(step: &Step, policy: &Policy) -> Option<Verdict> {
+    step.expect.map(|(path, protocol)| policy::verdict(policy.action(path, protocol), policy.dry_run))
+}
+
+/// The `cp_observer_connections_total` the plan must produce under
+/// `policy`, by (path, protocol, verdict) label values.
 pub fn expected_connections(
     steps: &[Step],
+    policy: &Policy,
 ) -> BTreeMap<(&'static str, &'static str, &'static str), u64> {
     let mut m = BTreeMap::new();
-    for (path, protocol) in steps.iter().filter_map(|s| s.expect) {
-        let verdict = Verdict::of(Action::default_for(path, protocol));
-        *m.entry((path.name(), protocol.name(), verdict.name()))
-            .or_default() += 1;
+    for step in steps {
+        if let (Some((path, protocol)), Some(v)) = (step.expect, verdict(step, policy)) {
+            *m.entry((path.name(), protocol.name(), v.name())).or_default() += 1;
+        }
     }
     m
 }

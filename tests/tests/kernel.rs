@@ -9,7 +9,7 @@ use lab::packets::{ETH_LEN, Tcp, ext, with_ipv4_options, with_ipv6_ext_headers};
 use observer::{
     cli::RunArgs,
     config::Settings,
-    ebpf::{Counters, Datapath},
+    ebpf::{Counters, Datapath, Loaded},
     flows::{FlowTable, monotonic_ns},
 };
 use observer_common::{
@@ -47,7 +47,7 @@ fn kernel() -> Kernel {
         ..RunArgs::default()
     };
     let settings = Settings::from_args(&args).expect("valid settings");
-    let (datapath, counters, flows) =
+    let Loaded { datapath, counters, flows, .. } =
         Datapath::load(&settings).expect("the programs load (root needed)");
     Kernel {
         datapath,
@@ -519,7 +519,7 @@ fn full_flow_table_loses_visibly() {
         flow_table_capacity: Some(8),
         ..RunArgs::default()
     };
-    let (datapath, counters, flows) = Datapath::load(&Settings::from_args(&args).unwrap()).unwrap();
+    let Loaded { datapath, counters, flows, .. } = Datapath::load(&Settings::from_args(&args).unwrap()).unwrap();
     let k = Kernel {
         datapath,
         counters,
@@ -596,4 +596,51 @@ fn idle_flows_expire_and_active_ones_stay() {
     let left = k.flows.entries();
     assert_eq!(left.len(), 1);
     assert!(left[0].0.lo_port == active.0.port() || left[0].0.hi_port == active.0.port());
+}
+
+/// A `block` rule: the deciding segment and every later payload segment of
+/// the connection are dropped at both hooks, the ACKs and FIN still pass,
+/// TLS on the same path passes, and one event says what happened.
+#[test]
+fn block_drops_payload_and_reports_one_event() {
+    let args = RunArgs {
+        control_plane: vec![CP.parse().unwrap()],
+        pod_cidr: vec!["198.18.16.0/24".parse().unwrap()],
+        policy: vec!["apiserver-proxy-to-pod:http=block".parse().unwrap()],
+        ..RunArgs::default()
+    };
+    let Loaded { datapath, counters, flows, mut events } =
+        Datapath::load(&Settings::from_args(&args).unwrap()).unwrap();
+    let k = Kernel { datapath, counters, flows };
+    let (c, s) = (sa(CP, 49000), sa(POD, 8080));
+    k.handshake(c, s);
+    // "GET" alone decides nothing and passes; the segment that completes
+    // the method decides `http`, is blocked, and is dropped.
+    k.both(&Tcp::new(c, s).seq(1001).payload(b"GET"));
+    let rest = Tcp::new(c, s).seq(1004).payload(&GET[3..]).build();
+    assert_eq!(k.run("egress", &rest), 0, "the deciding segment is dropped");
+    assert_eq!(k.run("ingress", &rest), 0, "and its retransmission, at either hook");
+    assert_eq!(k.run("ingress", &Tcp::new(s, c).seq(5001).payload(b"HTTP/1.1 200 OK").build()), 0);
+    assert_eq!(k.run("egress", &Tcp::new(c, s).seq(1004).build()), 1, "a pure ACK passes");
+    assert_eq!(k.run("egress", &Tcp::new(c, s).seq(1004).fin().build()), 1, "so does the FIN");
+    assert_eq!(k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Blocked), 1);
+    assert_eq!(k.counters.stat(Stat::SegmentsDropped).unwrap(), 3);
+
+    let (c2, s2) = (sa(CP, 49001), sa(POD, 8443));
+    k.handshake(c2, s2);
+    k.both(&Tcp::new(c2, s2).seq(1001).payload(CLIENT_HELLO));
+    assert_eq!(k.connections(Path::ApiserverProxyToPod, Protocol::Tls, Verdict::Allowed), 1);
+
+    let mut got = Vec::new();
+    while let Some(item) = events.next() {
+        // SAFETY: the kernel writes whole `Event`s.
+        got.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<observer_common::event::Event>()) });
+    }
+    assert_eq!(got.len(), 1, "one event, for the blocked connection only");
+    let e = got[0];
+    assert_eq!((e.path, e.protocol), (Path::ApiserverProxyToPod as u8, Protocol::Http as u8));
+    assert_eq!((e.action, e.verdict, e.flags), (Action::Block as u8, Verdict::Blocked as u8, 0));
+    assert_eq!((e.client_port, e.server_port), (49000, 8080));
+    assert_eq!(observer::events::ip(&e.client), c.ip());
+    assert_eq!(observer::events::ip(&e.server), s.ip());
 }

@@ -70,7 +70,7 @@ fn every_path_is_classified_with_exact_counts_and_bytes() {
         }
         before = after;
     }
-    let expected = scenario::expected_connections(&plan);
+    let expected = scenario::expected_connections(&plan, &observer::policy::Policy::default());
     assert_eq!(
         before.sum(CONNECTIONS, &[]),
         expected.values().sum::<u64>() as f64

@@ -5,6 +5,9 @@
 
 use std::process::ExitCode;
 
+use observer::policy::Policy;
+use observer_common::policy::Verdict;
+
 use lab::{
     agent::{self, Agent},
     metrics::Metrics,
@@ -16,7 +19,8 @@ use lab::{
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("usage: cp-observer-lab --agent PATH   (run through `cargo xtask lab`)");
+        println!("usage: cp-observer-lab --agent PATH [--enforce]   (run through `cargo xtask lab`)");
+        println!("  --enforce   block plaintext apiserver-proxy-to-pod connections ({ENFORCE_RULE})");
         return ExitCode::SUCCESS;
     }
     if let Some(i) = args.iter().position(|a| a == "--agent") {
@@ -24,8 +28,9 @@ fn main() -> ExitCode {
         // SAFETY: single-threaded at this point.
         unsafe { std::env::set_var("CP_OBSERVER_BIN", path) };
     }
+    let enforce = args.iter().any(|a| a == "--enforce");
     cleanup_on_signals();
-    match std::panic::catch_unwind(run) {
+    match std::panic::catch_unwind(|| run(enforce)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!("lab: some expectations were not met (see above)");
@@ -35,13 +40,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// The rule `--enforce` adds.
+const ENFORCE_RULE: &str = "apiserver-proxy-to-pod:http=block";
+
 /// Returns whether every expectation held.
-fn run() -> bool {
+fn run(enforce: bool) -> bool {
     say("building the lab: control plane, node and pod namespaces, and their servers");
     let lab = Lab::new("lab");
 
     say("starting the agent");
-    let args = Topology::agent_args();
+    let mut args = Topology::agent_args();
+    let rules: Vec<observer::policy::Rule> = if enforce { vec![ENFORCE_RULE.parse().expect("a valid rule")] } else { vec![] };
+    if enforce {
+        args.extend(["--policy".to_owned(), ENFORCE_RULE.to_owned()]);
+    }
+    let policy = Policy::new(&rules, false).expect("no contradiction");
     println!("    {} run {}", agent::binary().display(), args.join(" "));
     let agent = Agent::start(&args);
 
@@ -50,34 +63,31 @@ fn run() -> bool {
     let mut ok = true;
     let mut before = agent.scrape();
     for step in &plan {
-        let expect = step.expect.map_or("no path".to_owned(), |(p, q)| {
-            format!("{}/{}", p.name(), q.name())
-        });
+        let expect = step.expect.map_or("no path".to_owned(), |(p, q)| format!("{}/{}", p.name(), q.name()));
+        let blocked = scenario::verdict(step, &policy) == Some(Verdict::Blocked);
         let result = lab.run(step);
         let after = agent.scrape();
         let seen = counted(&before, &after);
         before = after;
-        match result {
-            Ok(x) => println!(
-                "    {:<60} {:<44} expect {expect}, agent counted {seen}",
-                step.what,
-                format!("{} ({})", step.to, x.status)
-            ),
-            Err(e) => {
+        let outcome = match (&result, blocked) {
+            (Ok(x), false) => format!("{} ({})", step.to, x.status),
+            (Err(e), true) => format!("{} (BLOCKED: {e})", step.to),
+            (Ok(x), true) => {
                 ok = false;
-                println!(
-                    "    {:<60} {:<44} FAILED: {e}",
-                    step.what,
-                    step.to.to_string()
-                );
+                format!("{} ({}) SHOULD HAVE BEEN BLOCKED", step.to, x.status)
             }
-        }
+            (Err(e), false) => {
+                ok = false;
+                format!("{} FAILED: {e}", step.to)
+            }
+        };
+        println!("    {:<60} {:<56} expect {expect}, agent counted {seen}", step.what, outcome);
     }
 
     let m = before;
     print_table(&m);
     println!("\nchecks against the plan:");
-    let expected = scenario::expected_connections(&plan);
+    let expected = scenario::expected_connections(&plan, &policy);
     let c = "cp_observer_connections_total";
     for ((path, protocol, verdict), want) in &expected {
         let got = m.sum(
@@ -96,6 +106,16 @@ fn run() -> bool {
         m.sum("cp_observer_events_lost_total", &[]),
         0.0,
     );
+    let events = agent.stdout_lines();
+    ok &= check(
+        "JSON events (one per violation)",
+        events.len() as f64,
+        m.sum("cp_observer_policy_violations_total", &[]),
+    );
+    println!("\nfirst events on the agent's stdout:");
+    for line in events.iter().take(3) {
+        println!("    {line}");
+    }
 
     say("stopping the agent and removing the lab");
     let status = agent.stop();
