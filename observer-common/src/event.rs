@@ -33,3 +33,6 @@ const _: () = assert!(size_of::<Event>() == 48);
 
 /// [`Event::flags`] bit: the action was `block` under `--dry-run`.
 pub const DRY_RUN: u32 = 1;
+
+/// Byte size of the `EVENTS` ring buffer.
+pub const EVENTS_BYTES: u32 = 256 * 1024;

@@ -55,6 +55,19 @@ impl FlowKey {
     }
 }
 
+impl FlowKey {
+    /// (client, client port, server, server port) of the connection `flow`
+    /// describes.
+    #[inline(always)]
+    pub const fn ends(&self, flow: &Flow) -> (Addr, u16, Addr, u16) {
+        if flow.flags & flags::CLIENT_IS_LO != 0 {
+            (self.lo, self.lo_port, self.hi, self.hi_port)
+        } else {
+            (self.hi, self.hi_port, self.lo, self.lo_port)
+        }
+    }
+}
+
 /// Index of the client→server direction in per-direction arrays.
 pub const C2S: usize = 0;
 /// Index of the server→client direction in per-direction arrays.
@@ -273,6 +286,9 @@ mod tests {
         let f = Flow::new(3, lo1, 100, 0);
         assert_eq!(f.direction(lo1), C2S);
         assert_eq!(f.direction(lo2), S2C);
+        assert_eq!(k1.ends(&f), (a(1), 40000, a(2), 8080));
+        let g = Flow::new(3, lo2, 100, 0);
+        assert_eq!(k2.ends(&g), (a(2), 8080, a(1), 40000));
     }
 
     #[test]

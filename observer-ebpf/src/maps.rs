@@ -8,6 +8,7 @@ use aya_ebpf::{
 use observer_common::{
     config::{Addr, Endpoint, Ports},
     counters::{BYTE_ENTRIES, CONNECTION_ENTRIES, STAT_ENTRIES, Stat},
+    event::EVENTS_BYTES,
     flow::{Flow, FlowKey},
     policy::{POLICY_ENTRIES, POLICY_SLOTS, VIOLATION_ENTRIES},
 };
@@ -47,7 +48,7 @@ pub static VIOLATIONS: PerCpuArray<u64> =
 
 /// Violation events for the agent (`observer_common::event::Event`).
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 /// Connections per (path, protocol, verdict).
 #[map]

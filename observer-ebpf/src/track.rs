@@ -194,12 +194,7 @@ fn decide(flow: &mut Flow, key: &FlowKey, protocol: u8) {
 /// Puts a violation event on the ring buffer, or counts it as lost.
 #[inline(never)]
 fn report(flow: &Flow, key: &FlowKey, action: Action, dry_run: bool) {
-    let client_is_lo = flow.flags & flags::CLIENT_IS_LO != 0;
-    let (client, server, client_port, server_port) = if client_is_lo {
-        (key.lo, key.hi, key.lo_port, key.hi_port)
-    } else {
-        (key.hi, key.lo, key.hi_port, key.lo_port)
-    };
+    let (client, client_port, server, server_port) = key.ends(flow);
     let event = Event {
         client,
         server,

@@ -4,7 +4,11 @@
 //! kernel version and the metrics socket are all checked before the
 //! programs are loaded, and the programs are attached last.
 
-use std::{net::TcpListener, sync::Arc};
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::Path,
+    sync::Arc,
+};
 
 use anyhow::{Context as _, bail};
 use aya::util::KernelVersion;
@@ -15,9 +19,10 @@ use crate::{
     cgroup,
     cli::RunArgs,
     config::Settings,
-    ebpf::{Datapath, Loaded},
-    enforce, events, flows, metrics, server,
+    ebpf::{Attachment, Datapath, Loaded},
+    enforce, events, flows, metrics, pin, server,
 };
+use observer_common::policy::Verdict;
 
 /// Oldest kernel the programs are written for (bpf_link cgroup attach, BTF).
 const MIN_KERNEL: (u8, u8) = (5, 8);
@@ -47,9 +52,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         flows,
         events,
     } = Datapath::load(&settings)?;
-    datapath.attach(&cgroup)?;
+    let how = datapath.attach(&cgroup)?;
     info!(
         cgroup = %cgroup.display(),
+        pins = ?settings.pin_dir,
+        adopted = how == Attachment::Adopted,
         metrics = %settings.metrics_addr,
         control_plane = ?settings.control_plane.iter().map(ToString::to_string).collect::<Vec<_>>(),
         pod_cidrs = ?settings.pod_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -58,9 +65,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     );
 
     let counters = Arc::new(counters);
+    let flows_snapshot = if how == Attachment::Adopted {
+        flows.entries()
+    } else {
+        Vec::new()
+    };
     let (stop_expiry, stop_rx) = std::sync::mpsc::channel();
     let expiry = flows::spawn_expiry(flows, settings.flow_idle_timeout, counters.clone(), stop_rx);
     let (blocked, enforcer) = enforce::spawn(counters.clone());
+    // Connections blocked while no agent ran were dropped by the kernel but
+    // not reset: reset them now.
+    for (key, flow) in flows_snapshot {
+        if flow.verdict == Verdict::Blocked as u8 {
+            let (c, cport, s, sport) = key.ends(&flow);
+            let _ = blocked.send((
+                SocketAddr::new(events::ip(&c), cport),
+                SocketAddr::new(events::ip(&s), sport),
+            ));
+        }
+    }
     let registry = Arc::new(metrics::registry(counters));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -75,15 +98,30 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         printer.abort();
         served
     });
-    // Detach before reporting anything else: the programs go with `datapath`.
+    // Without pins the programs detach with `datapath`; with pins they
+    // keep counting and dropping blocked payload until the next agent
+    // adopts them (or `cp-observer cleanup`).
     drop(datapath);
     drop(stop_expiry);
     let _ = expiry.join();
     // The printer (and its sender) went with the runtime.
     drop(runtime);
     let _ = enforcer.join();
-    info!("detached; bye");
+    match &settings.pin_dir {
+        Some(dir) => {
+            info!(pins = %dir.display(), "stopped; programs stay attached through the pins")
+        }
+        None => info!("detached; bye"),
+    }
     served.context("metrics server failed")
+}
+
+/// `cp-observer cleanup`: detaches the pinned programs and removes the pins.
+pub fn cleanup(pin_dir: &Path) -> anyhow::Result<()> {
+    let n = pin::cleanup(pin_dir)
+        .with_context(|| format!("cannot clean up --pin-dir {}", pin_dir.display()))?;
+    info!(pins = n, dir = %pin_dir.display(), "removed; pinned programs detached");
+    Ok(())
 }
 
 fn check_kernel() -> anyhow::Result<()> {

@@ -17,9 +17,20 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once at start-up")]
 pub enum Command {
     /// Load and attach the kernel programs, serve metrics, until SIGTERM/SIGINT.
     Run(RunArgs),
+    /// Detach pinned programs and remove every pin (uninstall).
+    Cleanup(CleanupArgs),
+}
+
+/// Flags of `cp-observer cleanup`.
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// The directory `run` pinned to.
+    #[arg(long, value_name = "PATH", default_value = crate::pin::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
 }
 
 /// Flags of `cp-observer run`.
@@ -70,6 +81,12 @@ pub struct RunArgs {
     /// Maximum number of connections tracked at once [default: 65536].
     #[arg(long, value_name = "N")]
     pub flow_table_capacity: Option<u32>,
+    /// Pin links and state maps here, and adopt them on restart [default: /sys/fs/bpf/cp-observer].
+    #[arg(long, value_name = "PATH", conflicts_with = "no_pin")]
+    pub pin_dir: Option<PathBuf>,
+    /// Pin nothing: programs detach when the agent exits.
+    #[arg(long)]
+    pub no_pin: bool,
     /// Forget a tracked connection after this many seconds without a segment [default: 3600].
     #[arg(long, value_name = "SECONDS")]
     pub flow_idle_timeout: Option<u64>,

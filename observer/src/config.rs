@@ -48,6 +48,8 @@ pub struct Settings {
     pub flow_idle_timeout: std::time::Duration,
     /// `--policy` and `--dry-run`, resolved.
     pub policy: Policy,
+    /// `--pin-dir`, `None` with `--no-pin`.
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// A setting that cannot be used, with the flag or key it came from.
@@ -122,6 +124,9 @@ struct FileConfig {
     policy: Vec<String>,
     #[serde(default)]
     dry_run: bool,
+    pin_dir: Option<PathBuf>,
+    #[serde(default)]
+    no_pin: bool,
 }
 
 /// A key that takes one value or a list (`apiserver_vip`).
@@ -198,6 +203,16 @@ impl Settings {
                 &pick(&args.policy, file.policy),
                 args.dry_run || file.dry_run,
             )?,
+            pin_dir: if args.no_pin || (file.no_pin && args.pin_dir.is_none()) {
+                None
+            } else {
+                Some(
+                    args.pin_dir
+                        .clone()
+                        .or(file.pin_dir)
+                        .unwrap_or_else(|| crate::pin::DEFAULT_PIN_DIR.into()),
+                )
+            },
         };
         settings.validate()?;
         Ok(settings)
@@ -283,6 +298,8 @@ struct Parsed {
     flow_idle_timeout: Option<u64>,
     policy: Vec<Rule>,
     dry_run: bool,
+    pin_dir: Option<PathBuf>,
+    no_pin: bool,
 }
 
 fn load_file(path: &Path) -> Result<Parsed, ConfigError> {
@@ -329,6 +346,8 @@ fn load_file(path: &Path) -> Result<Parsed, ConfigError> {
         flow_idle_timeout: raw.flow_idle_timeout,
         policy: parse_values(path, "policy", &raw.policy)?,
         dry_run: raw.dry_run,
+        pin_dir: raw.pin_dir,
+        no_pin: raw.no_pin,
     })
 }
 

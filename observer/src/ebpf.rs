@@ -1,12 +1,20 @@
 //! Loading, configuring and attaching the kernel programs, and reading their
 //! maps. Map and program names here are the contract with `observer-ebpf`.
 
-use std::{fs::File, net::SocketAddr, path::Path};
+use std::{
+    fs::File,
+    net::SocketAddr,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError,
+        links::{FdLink, PinnedLink},
+    },
 };
 use observer_common::{
     config::Endpoint,
@@ -14,7 +22,7 @@ use observer_common::{
     policy::{POLICY_ENTRIES, VIOLATION_ENTRIES},
 };
 
-use crate::{config::Settings, flows::FlowTable, policy::Policy, roles};
+use crate::{config::Settings, flows::FlowTable, pin, policy::Policy, roles};
 
 /// The kernel object built by `build.rs`.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
@@ -47,6 +55,14 @@ pub enum DatapathError {
         /// Why.
         source: ProgramError,
     },
+    /// The pin directory cannot be used.
+    #[error("--pin-dir {path}: {source}")]
+    Pin {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The cgroup cannot be opened.
     #[error("cannot open cgroup {path}: {source}")]
     Cgroup {
@@ -65,10 +81,23 @@ fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> DatapathError {
     move |source| DatapathError::Program { name, source }
 }
 
-/// The loaded programs and their maps. Dropping it detaches everything.
+/// The loaded programs and their maps. Dropping it detaches the programs,
+/// unless their links are pinned (see [`crate::pin`]).
 #[derive(Debug)]
 pub struct Datapath {
     ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+    /// Links pinned by this process (held so a failed start can undo them).
+    pinned: Vec<PinnedLink>,
+}
+
+/// How [`Datapath::attach`] attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// New links (pinned if pinning is on).
+    New,
+    /// The pinned links of a previous agent, now running these programs.
+    Adopted,
 }
 
 /// What [`Datapath::load`] hands out: the programs, and the maps that
@@ -106,10 +135,34 @@ impl Datapath {
     /// is attached yet. The counters and the flow table are handed out
     /// separately so that the metrics server and the expiry can own them.
     pub fn load(settings: &Settings) -> Result<Loaded, DatapathError> {
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries("FLOWS", settings.flow_table_capacity)
-            .load(OBJECT)
-            .map_err(DatapathError::Object)?;
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries("FLOWS", settings.flow_table_capacity);
+        let pin_paths: Vec<(&str, PathBuf)> = match &settings.pin_dir {
+            Some(dir) => {
+                let pin_err = |source| DatapathError::Pin {
+                    path: dir.display().to_string(),
+                    source,
+                };
+                pin::prepare(dir).map_err(pin_err)?;
+                for name in
+                    pin::drop_incompatible(dir, settings.flow_table_capacity).map_err(pin_err)?
+                {
+                    tracing::warn!(
+                        map = name,
+                        "pinned map does not fit this build or configuration: recreated empty"
+                    );
+                }
+                pin::STATE_MAPS
+                    .iter()
+                    .map(|m| (m.name, dir.join(m.name)))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(DatapathError::Object)?;
         configure(&mut ebpf, settings)?;
         for (name, _) in PROGRAMS {
             program_mut(&mut ebpf, name)?
@@ -141,38 +194,93 @@ impl Datapath {
         })?;
         let events = RingBuf::try_from(events).map_err(map_err("EVENTS"))?;
         Ok(Loaded {
-            datapath: Self { ebpf },
+            datapath: Self {
+                ebpf,
+                pin_dir: settings.pin_dir.clone(),
+                pinned: Vec::new(),
+            },
             counters,
             flows,
             events,
         })
     }
 
-    /// Attaches both programs to `cgroup`. On failure nothing stays attached.
-    pub fn attach(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+    /// Attaches both programs to `cgroup`, or, when a previous agent left
+    /// pinned links, swaps these programs into them (atomically, per hook).
+    /// On failure, nothing this call attached stays attached.
+    pub fn attach(&mut self, cgroup: &Path) -> Result<Attachment, DatapathError> {
         let file = File::open(cgroup).map_err(|source| DatapathError::Cgroup {
             path: cgroup.display().to_string(),
             source,
         })?;
-        let mut attached = Vec::new();
+        let mut how = Attachment::New;
         for (name, attach_type) in PROGRAMS {
-            let prog = program_mut(&mut self.ebpf, name)?;
-            // On 5.7+ aya attaches through a bpf_link, which always coexists
-            // with other programs on the cgroup; the kernel refuses any flag
-            // there, so "Single" (no flag) is the right mode, not AllowMultiple.
-            match prog.attach(&file, attach_type, CgroupAttachMode::Single) {
-                Ok(link) => attached.push((name, link)),
-                Err(source) => {
-                    for (name, link) in attached {
-                        // Best effort: the link also goes when the program is dropped.
-                        let _ = program_mut(&mut self.ebpf, name)
-                            .and_then(|p| p.detach(link).map_err(prog_err(name)));
-                    }
-                    return Err(DatapathError::Program { name, source });
+            let link_pin = self.pin_dir.as_ref().map(|d| pin::link_path(d, name));
+            let result = match &link_pin {
+                Some(path) if path.exists() => {
+                    self.adopt(name, path).map(|()| how = Attachment::Adopted)
                 }
+                _ => self.attach_new(name, attach_type, &file, link_pin.as_deref()),
+            };
+            if let Err(e) = result {
+                self.undo();
+                return Err(e);
             }
         }
+        Ok(how)
+    }
+
+    /// Runs program `name` in the pinned link at `path`.
+    fn adopt(&mut self, name: &'static str, path: &Path) -> Result<(), DatapathError> {
+        let prog = program_mut(&mut self.ebpf, name)?;
+        let prog_fd = prog.fd().map_err(prog_err(name))?.as_fd();
+        let pin_err = |source| DatapathError::Pin {
+            path: path.display().to_string(),
+            source,
+        };
+        let link = pin::obj_get(path).map_err(pin_err)?;
+        pin::link_update(link.as_fd(), prog_fd).map_err(pin_err)
+    }
+
+    fn attach_new(
+        &mut self,
+        name: &'static str,
+        attach_type: CgroupSkbAttachType,
+        cgroup: &File,
+        pin_path: Option<&Path>,
+    ) -> Result<(), DatapathError> {
+        let prog = program_mut(&mut self.ebpf, name)?;
+        // On 5.7+ aya attaches through a bpf_link, which always coexists
+        // with other programs on the cgroup; the kernel refuses any flag
+        // there, so "Single" (no flag) is the right mode, not AllowMultiple.
+        let id = prog
+            .attach(cgroup, attach_type, CgroupAttachMode::Single)
+            .map_err(prog_err(name))?;
+        let Some(path) = pin_path else { return Ok(()) };
+        let link = prog.take_link(id).map_err(prog_err(name))?;
+        let link = FdLink::try_from(link).map_err(|e| DatapathError::Pin {
+            path: path.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let pinned = link.pin(path).map_err(|e| DatapathError::Pin {
+            path: path.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        self.pinned.push(pinned);
         Ok(())
+    }
+
+    /// Detaches what this process attached: unpinned links go with their
+    /// programs; links it pinned are unpinned.
+    fn undo(&mut self) {
+        for link in self.pinned.drain(..) {
+            let _ = link.unpin();
+        }
+        for (name, _) in PROGRAMS {
+            if let Ok(p) = program_mut(&mut self.ebpf, name) {
+                let _ = p.unload();
+            }
+        }
     }
 
     /// A loaded program, e.g. for `BPF_PROG_TEST_RUN` in tests.

@@ -8,6 +8,7 @@
 //! - [`roles`]: turning CIDRs and addresses into the kernel's role trie;
 //! - [`cgroup`]: finding and checking the cgroup v2 mount;
 //! - [`ebpf`]: loading, configuring and attaching the kernel programs;
+//! - [`pin`]: pinning under bpffs, so counting and enforcement outlive the agent;
 //! - [`flows`]: the flow table seen from userspace, and idle expiry;
 //! - [`events`]: violation events from the kernel to stdout as JSON;
 //! - [`enforce`]: resetting both ends of blocked connections;
@@ -25,6 +26,7 @@ pub mod enforce;
 pub mod events;
 pub mod flows;
 pub mod metrics;
+pub mod pin;
 pub mod policy;
 pub mod roles;
 pub mod server;

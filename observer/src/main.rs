@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => observer::agent::run(args),
+        Command::Cleanup(args) => observer::agent::cleanup(&args.pin_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

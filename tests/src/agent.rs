@@ -75,9 +75,17 @@ impl Agent {
                 Ok(())
             });
         }
+        // Pins are opt-in for the lab: each test gets a clean kernel unless
+        // it names a --pin-dir of its own.
+        let no_pin = if args.iter().any(|a| a == "--pin-dir") {
+            None
+        } else {
+            Some("--no-pin")
+        };
         let mut child = cmd
             .arg("run")
             .args(args)
+            .args(no_pin)
             .arg("--metrics-addr")
             .arg(metrics_addr.to_string())
             .env("RUST_LOG", "info")
@@ -180,6 +188,16 @@ impl Agent {
     /// Sends SIGTERM and waits for the exit (SIGKILL after a timeout).
     pub fn stop(mut self) -> ExitStatus {
         self.terminate()
+    }
+
+    /// SIGKILL: the agent gets no chance to clean up.
+    pub fn kill(mut self) -> ExitStatus {
+        RUNNING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|p| *p != self.child.id());
+        let _ = self.child.kill();
+        self.child.wait().expect("wait on the agent")
     }
 
     fn terminate(&mut self) -> ExitStatus {

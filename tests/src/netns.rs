@@ -26,6 +26,13 @@ impl NetNs {
         ns
     }
 
+    /// A handle on an existing namespace that this value will not delete.
+    pub fn existing(name: &str) -> Borrowed {
+        Borrowed(Self {
+            name: name.to_owned(),
+        })
+    }
+
     /// The namespace's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -99,4 +106,23 @@ pub fn ip(args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr).trim()
     );
+}
+
+/// A [`NetNs`] that is not deleted on drop (see [`NetNs::existing`]).
+#[derive(Debug)]
+pub struct Borrowed(NetNs);
+
+impl std::ops::Deref for Borrowed {
+    type Target = NetNs;
+    fn deref(&self) -> &NetNs {
+        &self.0
+    }
+}
+
+impl Drop for Borrowed {
+    fn drop(&mut self) {
+        // Leave the namespace alone: take the name out so NetNs::drop
+        // deletes nothing.
+        self.0.name.clear();
+    }
 }

@@ -325,7 +325,8 @@ pub fn plan() -> Vec<Step> {
 
 /// The verdict `policy` gives a step, `None` for an untracked one.
 pub fn verdict(step: &Step, policy: &Policy) -> Option<Verdict> {
-    step.expect.map(|(path, protocol)| policy::verdict(policy.action(path, protocol), policy.dry_run))
+    step.expect
+        .map(|(path, protocol)| policy::verdict(policy.action(path, protocol), policy.dry_run))
 }
 
 /// The `cp_observer_connections_total` the plan must produce under
@@ -337,7 +338,8 @@ pub fn expected_connections(
     let mut m = BTreeMap::new();
     for step in steps {
         if let (Some((path, protocol)), Some(v)) = (step.expect, verdict(step, policy)) {
-            *m.entry((path.name(), protocol.name(), v.name())).or_default() += 1;
+            *m.entry((path.name(), protocol.name(), v.name()))
+                .or_default() += 1;
         }
     }
     m

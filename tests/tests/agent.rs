@@ -154,10 +154,21 @@ fn bad_input_fails_naming_the_culprit_and_attaches_nothing() {
     .expect("temp file");
     let config = config.to_string_lossy().into_owned();
     let cases: [(&[&str], &[&str]); 8] = [
-        (&["--policy", "apiserver-proxy-to-pods:http=block"], &["--policy", "'apiserver-proxy-to-pods' in"]),
-        (&["--policy", "apiserver-proxy-to-pod:http=deny"], &["--policy", "'deny'"]),
         (
-            &["--policy", "ssh-tunnel:*=block", "--policy", "ssh-tunnel:*=allow"],
+            &["--policy", "apiserver-proxy-to-pods:http=block"],
+            &["--policy", "'apiserver-proxy-to-pods' in"],
+        ),
+        (
+            &["--policy", "apiserver-proxy-to-pod:http=deny"],
+            &["--policy", "'deny'"],
+        ),
+        (
+            &[
+                "--policy",
+                "ssh-tunnel:*=block",
+                "--policy",
+                "ssh-tunnel:*=allow",
+            ],
             &["'ssh-tunnel:*=block' and 'ssh-tunnel:*=allow' contradict each other"],
         ),
         (&["--pod-cidr", "banana"], &["--pod-cidr", "banana"]),

@@ -44,11 +44,16 @@ fn kernel() -> Kernel {
         ],
         apiserver: vec![sa(CP, 6443), sa(CP6, 6443)],
         apiserver_vip: vec![sa(VIP, 443), sa(VIP6, 443)],
+        no_pin: true, // a fresh kernel state per test
         ..RunArgs::default()
     };
     let settings = Settings::from_args(&args).expect("valid settings");
-    let Loaded { datapath, counters, flows, .. } =
-        Datapath::load(&settings).expect("the programs load (root needed)");
+    let Loaded {
+        datapath,
+        counters,
+        flows,
+        ..
+    } = Datapath::load(&settings).expect("the programs load (root needed)");
     Kernel {
         datapath,
         counters,
@@ -517,9 +522,15 @@ fn full_flow_table_loses_visibly() {
         control_plane: vec![CP.parse().unwrap()],
         pod_cidr: vec!["198.18.16.0/24".parse().unwrap()],
         flow_table_capacity: Some(8),
+        no_pin: true, // a fresh kernel state per test
         ..RunArgs::default()
     };
-    let Loaded { datapath, counters, flows, .. } = Datapath::load(&Settings::from_args(&args).unwrap()).unwrap();
+    let Loaded {
+        datapath,
+        counters,
+        flows,
+        ..
+    } = Datapath::load(&Settings::from_args(&args).unwrap()).unwrap();
     let k = Kernel {
         datapath,
         counters,
@@ -607,11 +618,20 @@ fn block_drops_payload_and_reports_one_event() {
         control_plane: vec![CP.parse().unwrap()],
         pod_cidr: vec!["198.18.16.0/24".parse().unwrap()],
         policy: vec!["apiserver-proxy-to-pod:http=block".parse().unwrap()],
+        no_pin: true, // a fresh kernel state per test
         ..RunArgs::default()
     };
-    let Loaded { datapath, counters, flows, mut events } =
-        Datapath::load(&Settings::from_args(&args).unwrap()).unwrap();
-    let k = Kernel { datapath, counters, flows };
+    let Loaded {
+        datapath,
+        counters,
+        flows,
+        mut events,
+    } = Datapath::load(&Settings::from_args(&args).unwrap()).unwrap();
+    let k = Kernel {
+        datapath,
+        counters,
+        flows,
+    };
     let (c, s) = (sa(CP, 49000), sa(POD, 8080));
     k.handshake(c, s);
     // "GET" alone decides nothing and passes; the segment that completes
@@ -619,27 +639,59 @@ fn block_drops_payload_and_reports_one_event() {
     k.both(&Tcp::new(c, s).seq(1001).payload(b"GET"));
     let rest = Tcp::new(c, s).seq(1004).payload(&GET[3..]).build();
     assert_eq!(k.run("egress", &rest), 0, "the deciding segment is dropped");
-    assert_eq!(k.run("ingress", &rest), 0, "and its retransmission, at either hook");
-    assert_eq!(k.run("ingress", &Tcp::new(s, c).seq(5001).payload(b"HTTP/1.1 200 OK").build()), 0);
-    assert_eq!(k.run("egress", &Tcp::new(c, s).seq(1004).build()), 1, "a pure ACK passes");
-    assert_eq!(k.run("egress", &Tcp::new(c, s).seq(1004).fin().build()), 1, "so does the FIN");
-    assert_eq!(k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Blocked), 1);
+    assert_eq!(
+        k.run("ingress", &rest),
+        0,
+        "and its retransmission, at either hook"
+    );
+    assert_eq!(
+        k.run(
+            "ingress",
+            &Tcp::new(s, c).seq(5001).payload(b"HTTP/1.1 200 OK").build()
+        ),
+        0
+    );
+    assert_eq!(
+        k.run("egress", &Tcp::new(c, s).seq(1004).build()),
+        1,
+        "a pure ACK passes"
+    );
+    assert_eq!(
+        k.run("egress", &Tcp::new(c, s).seq(1004).fin().build()),
+        1,
+        "so does the FIN"
+    );
+    assert_eq!(
+        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Blocked),
+        1
+    );
     assert_eq!(k.counters.stat(Stat::SegmentsDropped).unwrap(), 3);
 
     let (c2, s2) = (sa(CP, 49001), sa(POD, 8443));
     k.handshake(c2, s2);
     k.both(&Tcp::new(c2, s2).seq(1001).payload(CLIENT_HELLO));
-    assert_eq!(k.connections(Path::ApiserverProxyToPod, Protocol::Tls, Verdict::Allowed), 1);
+    assert_eq!(
+        k.connections(Path::ApiserverProxyToPod, Protocol::Tls, Verdict::Allowed),
+        1
+    );
 
     let mut got = Vec::new();
     while let Some(item) = events.next() {
         // SAFETY: the kernel writes whole `Event`s.
-        got.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<observer_common::event::Event>()) });
+        got.push(unsafe {
+            std::ptr::read_unaligned(item.as_ptr().cast::<observer_common::event::Event>())
+        });
     }
     assert_eq!(got.len(), 1, "one event, for the blocked connection only");
     let e = got[0];
-    assert_eq!((e.path, e.protocol), (Path::ApiserverProxyToPod as u8, Protocol::Http as u8));
-    assert_eq!((e.action, e.verdict, e.flags), (Action::Block as u8, Verdict::Blocked as u8, 0));
+    assert_eq!(
+        (e.path, e.protocol),
+        (Path::ApiserverProxyToPod as u8, Protocol::Http as u8)
+    );
+    assert_eq!(
+        (e.action, e.verdict, e.flags),
+        (Action::Block as u8, Verdict::Blocked as u8, 0)
+    );
     assert_eq!((e.client_port, e.server_port), (49000, 8080));
     assert_eq!(observer::events::ip(&e.client), c.ip());
     assert_eq!(observer::events::ip(&e.server), s.ip());

@@ -19,8 +19,12 @@ use lab::{
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("usage: cp-observer-lab --agent PATH [--enforce]   (run through `cargo xtask lab`)");
-        println!("  --enforce   block plaintext apiserver-proxy-to-pod connections ({ENFORCE_RULE})");
+        println!(
+            "usage: cp-observer-lab --agent PATH [--enforce]   (run through `cargo xtask lab`)"
+        );
+        println!(
+            "  --enforce   block plaintext apiserver-proxy-to-pod connections ({ENFORCE_RULE})"
+        );
         return ExitCode::SUCCESS;
     }
     if let Some(i) = args.iter().position(|a| a == "--agent") {
@@ -50,7 +54,11 @@ fn run(enforce: bool) -> bool {
 
     say("starting the agent");
     let mut args = Topology::agent_args();
-    let rules: Vec<observer::policy::Rule> = if enforce { vec![ENFORCE_RULE.parse().expect("a valid rule")] } else { vec![] };
+    let rules: Vec<observer::policy::Rule> = if enforce {
+        vec![ENFORCE_RULE.parse().expect("a valid rule")]
+    } else {
+        vec![]
+    };
     if enforce {
         args.extend(["--policy".to_owned(), ENFORCE_RULE.to_owned()]);
     }
@@ -63,7 +71,9 @@ fn run(enforce: bool) -> bool {
     let mut ok = true;
     let mut before = agent.scrape();
     for step in &plan {
-        let expect = step.expect.map_or("no path".to_owned(), |(p, q)| format!("{}/{}", p.name(), q.name()));
+        let expect = step.expect.map_or("no path".to_owned(), |(p, q)| {
+            format!("{}/{}", p.name(), q.name())
+        });
         let blocked = scenario::verdict(step, &policy) == Some(Verdict::Blocked);
         let result = lab.run(step);
         let after = agent.scrape();
@@ -81,7 +91,10 @@ fn run(enforce: bool) -> bool {
                 format!("{} FAILED: {e}", step.to)
             }
         };
-        println!("    {:<60} {:<56} expect {expect}, agent counted {seen}", step.what, outcome);
+        println!(
+            "    {:<60} {:<56} expect {expect}, agent counted {seen}",
+            step.what, outcome
+        );
     }
 
     let m = before;

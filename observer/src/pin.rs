@@ -1,0 +1,238 @@
+//! Pinning under bpffs, so that counting and enforcement outlive the agent.
+//!
+//! What is pinned under `--pin-dir` (default `/sys/fs/bpf/cp-observer`):
+//! - the two cgroup links (`link-ingress`, `link-egress`): the attachment
+//!   itself, which keeps the programs running while no agent does;
+//! - the state maps ([`STATE_MAPS`]): the flow table, the counters and the
+//!   event ring buffer, so counters continue and events raised while the
+//!   agent was down are read by the next one.
+//!
+//! Each start loads fresh programs with fresh configuration maps (roles,
+//! endpoints, ports, policy) and the pinned state maps, then swaps the new
+//! programs into the pinned links with `BPF_LINK_UPDATE`: one atomic switch
+//! per hook, never a second attachment, and a changed policy takes effect
+//! with the new programs. `cp-observer cleanup` removes it all.
+
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::{Path, PathBuf},
+};
+
+use aya::maps::MapInfo;
+use observer_common::{
+    counters::{BYTE_ENTRIES, CONNECTION_ENTRIES, STAT_ENTRIES},
+    event::EVENTS_BYTES,
+    flow::{Flow, FlowKey},
+    policy::VIOLATION_ENTRIES,
+};
+
+/// Default `--pin-dir`.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/cp-observer";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// A pinned state map and the shape this build expects of it.
+pub struct StateMap {
+    /// Map name, also its pin file name.
+    pub name: &'static str,
+    key_size: u32,
+    value_size: u32,
+    /// `None`: the flow table, whose capacity comes from the settings.
+    max_entries: Option<u32>,
+}
+
+/// The maps whose contents must survive a restart.
+pub const STATE_MAPS: [StateMap; 6] = [
+    StateMap {
+        name: "FLOWS",
+        key_size: size_of::<FlowKey>() as u32,
+        value_size: size_of::<Flow>() as u32,
+        max_entries: None,
+    },
+    StateMap {
+        name: "CONNECTIONS",
+        key_size: 4,
+        value_size: 8,
+        max_entries: Some(CONNECTION_ENTRIES as u32),
+    },
+    StateMap {
+        name: "BYTES",
+        key_size: 4,
+        value_size: 8,
+        max_entries: Some(BYTE_ENTRIES as u32),
+    },
+    StateMap {
+        name: "STATS",
+        key_size: 4,
+        value_size: 8,
+        max_entries: Some(STAT_ENTRIES as u32),
+    },
+    StateMap {
+        name: "VIOLATIONS",
+        key_size: 4,
+        value_size: 8,
+        max_entries: Some(VIOLATION_ENTRIES as u32),
+    },
+    StateMap {
+        name: "EVENTS",
+        key_size: 0,
+        value_size: 0,
+        max_entries: Some(EVENTS_BYTES),
+    },
+];
+
+/// The pin of a link.
+pub fn link_path(dir: &Path, program: &str) -> PathBuf {
+    dir.join(format!("link-{program}"))
+}
+
+/// The usual bpffs mount point.
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Creates `dir` if needed and checks it is on a bpf filesystem. A `dir`
+/// under /sys/fs/bpf gets bpffs mounted there first if nothing is (as
+/// systemd does at boot on most distributions, and as other agents do).
+pub fn prepare(dir: &Path) -> io::Result<()> {
+    if dir.starts_with(BPFFS) && !is_bpffs(Path::new(BPFFS))? {
+        let (src, target) = (c"bpf", c"/sys/fs/bpf");
+        // SAFETY: NUL-terminated constant strings, no mount data.
+        if unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                src.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        } != 0
+        {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::other(format!(
+                "no bpf filesystem at {BPFFS}, and mounting one failed: {e}"
+            )));
+        }
+        tracing::info!("mounted a bpf filesystem at {BPFFS}");
+    }
+    std::fs::create_dir_all(dir)?;
+    if !is_bpffs(dir)? {
+        return Err(io::Error::other(
+            "not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)",
+        ));
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> io::Result<bool> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: valid path and buffer.
+    if unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statfs succeeded.
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type's type differs between libcs"
+    )]
+    Ok(unsafe { st.assume_init() }.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// Removes pinned state maps whose shape differs from what this build and
+/// `flow_capacity` need (an upgrade that changed a map, a new capacity):
+/// they are recreated empty. Returns the names removed.
+pub fn drop_incompatible(dir: &Path, flow_capacity: u32) -> io::Result<Vec<&'static str>> {
+    let mut dropped = Vec::new();
+    for m in &STATE_MAPS {
+        let path = dir.join(m.name);
+        let Ok(info) = MapInfo::from_pin(&path) else {
+            continue;
+        };
+        let max = m.max_entries.unwrap_or(flow_capacity);
+        if (info.key_size(), info.value_size(), info.max_entries())
+            != (m.key_size, m.value_size, max)
+        {
+            std::fs::remove_file(&path)?;
+            dropped.push(m.name);
+        }
+    }
+    Ok(dropped)
+}
+
+/// Opens a pinned object (`BPF_OBJ_GET`).
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+    }
+    let attr = ObjGet {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+    };
+    const BPF_OBJ_GET: libc::c_long = 7;
+    // Up to the end of `path_fd`: the struct's tail padding is not
+    // initialised, and the kernel refuses non-zero bytes past known fields.
+    let size = std::mem::offset_of!(ObjGet, path_fd) + size_of::<i32>();
+    // SAFETY: a valid bpf_attr prefix for BPF_OBJ_GET.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &attr, size) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Atomically replaces the program of a link (`BPF_LINK_UPDATE`).
+pub fn link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()> {
+    #[repr(C)]
+    struct LinkUpdate {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+    let attr = LinkUpdate {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: program.as_raw_fd() as u32,
+        flags: 0,
+        old_prog_fd: 0,
+    };
+    const BPF_LINK_UPDATE: libc::c_long = 29;
+    // SAFETY: a valid bpf_attr prefix for BPF_LINK_UPDATE.
+    if unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_UPDATE,
+            &attr,
+            size_of::<LinkUpdate>(),
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Detaches the pinned links and removes every pin under `dir`.
+pub fn cleanup(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(0);
+    };
+    for entry in entries {
+        // Removing a link's last pin (no process holds it) detaches it.
+        std::fs::remove_file(entry?.path())?;
+        removed += 1;
+    }
+    std::fs::remove_dir(dir)?;
+    Ok(removed)
+}

@@ -1,0 +1,161 @@
+//! Pinning: enforcement and counters outlive the agent, a restarted agent
+//! adopts the pins instead of attaching twice, a new policy replaces the old
+//! one, and `cp-observer cleanup` removes everything. Needs root; run
+//! through `cargo xtask test`.
+
+use std::{
+    io,
+    net::SocketAddr,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use lab::{
+    agent::{self, Agent},
+    scenario::{Lab, Where},
+    topology::{Topology, addrs},
+    traffic,
+};
+
+const PIN_DIR: &str = "/sys/fs/bpf/cp-observer-test-restart";
+const C: &str = "cp_observer_connections_total";
+
+fn pod(port: u16) -> SocketAddr {
+    SocketAddr::new(addrs::POD4.into(), port)
+}
+
+fn start(policy: Option<&str>) -> Agent {
+    let mut args = Topology::agent_args();
+    args.extend(["--pin-dir".to_owned(), PIN_DIR.to_owned()]);
+    if let Some(rule) = policy {
+        args.extend(["--policy".to_owned(), rule.to_owned()]);
+    }
+    Agent::start(&args)
+}
+
+fn cleanup() -> std::process::Output {
+    Command::new(agent::binary())
+        .args(["cleanup", "--pin-dir", PIN_DIR])
+        .output()
+        .expect("cleanup runs")
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// Waits for the kernel to free replaced programs (released asynchronously).
+fn programs_settle_at(n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while agent::loaded_observer_programs() != n {
+        assert!(
+            Instant::now() < deadline,
+            "{} cp-observer programs loaded, want {n}",
+            agent::loaded_observer_programs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn pins_outlive_the_agent_and_a_restart_adopts_them() {
+    let _ = cleanup(); // a killed earlier run
+    let lab = Lab::new("t-restart");
+    let cp = lab.ns(Where::ControlPlane);
+    let baseline = agent::loaded_observer_programs();
+    let block = "apiserver-proxy-to-pod:http=block";
+
+    let first = start(Some(block));
+    let err = traffic::http_get(cp, pod(8080)).expect_err("blocked");
+    assert!(is_reset(&err), "{err:?}");
+    traffic::https_get(cp, pod(8443), &lab.tls).expect("TLS passes");
+    assert_eq!(first.kill().code(), None, "SIGKILL");
+    assert_eq!(
+        agent::loaded_observer_programs(),
+        baseline + 2,
+        "the pinned links keep the programs"
+    );
+
+    // No agent: the kernel still drops the plaintext request (the client
+    // waits), TLS still passes and is still counted.
+    let waiting = {
+        let cp = lab.topo.cp.name().to_owned();
+        std::thread::spawn(move || {
+            let ns = lab::netns::NetNs::existing(&cp);
+            let start = Instant::now();
+            (traffic::http_get(&ns, pod(8080)), start.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    traffic::https_get(cp, pod(8443), &lab.tls).expect("TLS passes with no agent");
+
+    // The next agent adopts the pins, finds the blocked connection and
+    // resets it (the client gets a reset, not its 5 s timeout).
+    let second = start(Some(block));
+    let (result, took) = waiting.join().expect("client thread");
+    let err = result.expect_err("blocked while no agent ran");
+    assert!(
+        is_reset(&err),
+        "reset by the restarted agent, got {err:?} after {took:?}"
+    );
+    assert_eq!(
+        lab.server(8080).requests(),
+        Vec::<String>::new(),
+        "no plaintext request reached the pod"
+    );
+    programs_settle_at(baseline + 2);
+    let m = second.scrape();
+    assert_eq!(
+        m.sum(C, &[("protocol", "http"), ("verdict", "blocked")]),
+        2.0,
+        "counters continued across the restart"
+    );
+    assert_eq!(
+        m.sum(C, &[("protocol", "tls"), ("verdict", "allowed")]),
+        2.0
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while second.stdout_lines().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let events = second.stdout_lines();
+    assert!(
+        events.iter().any(|e| e.contains("\"verdict\":\"blocked\"")),
+        "the block raised while no agent ran is reported by the next one: {events:?}"
+    );
+
+    // A new policy replaces the old one: plaintext passes (and is alerted).
+    assert!(second.stop().success());
+    assert_eq!(
+        agent::loaded_observer_programs(),
+        baseline + 2,
+        "SIGTERM with pins leaves the programs attached"
+    );
+    let third = start(None);
+    programs_settle_at(baseline + 2);
+    let ok = traffic::http_get(cp, pod(8080)).expect("no longer blocked");
+    assert!(ok.status.contains("200"));
+    assert_eq!(
+        third
+            .scrape()
+            .sum(C, &[("protocol", "http"), ("verdict", "alerted")]),
+        1.0
+    );
+    assert!(third.stop().success());
+
+    let out = cleanup();
+    assert!(
+        out.status.success(),
+        "cleanup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    programs_settle_at(baseline);
+    assert!(
+        !Path::new(PIN_DIR).exists(),
+        "cleanup removes the pin directory"
+    );
+}
