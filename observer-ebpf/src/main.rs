@@ -23,19 +23,19 @@ const DROP: i32 = 0;
 /// Packets delivered to a socket on this node.
 #[cgroup_skb(ingress)]
 pub fn ingress(ctx: SkBuffContext) -> i32 {
-    match track::on_packet(&ctx) {
-        Ok(ret) => ret,
-        Err(()) => {
-            maps::count_stat(Stat::ReadErrors);
-            PASS
-        }
-    }
+    handle(&ctx)
 }
 
 /// Packets sent by a socket on this node.
 #[cgroup_skb(egress)]
 pub fn egress(ctx: SkBuffContext) -> i32 {
-    match track::on_packet(&ctx) {
+    handle(&ctx)
+}
+
+/// Both hooks do the same: the flow table tells the directions apart.
+#[inline(always)]
+fn handle(ctx: &SkBuffContext) -> i32 {
+    match track::on_packet(ctx) {
         Ok(ret) => ret,
         Err(()) => {
             maps::count_stat(Stat::ReadErrors);

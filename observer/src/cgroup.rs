@@ -1,9 +1,7 @@
 //! Finding the cgroup v2 hierarchy the programs attach to.
 
 use std::{
-    ffi::CString,
     fs,
-    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
 
@@ -67,25 +65,11 @@ fn unescape(s: &str) -> String {
 }
 
 fn is_cgroup2(path: &Path) -> Result<bool, CgroupError> {
-    let inaccessible = |source| CgroupError::Inaccessible {
+    let magic = crate::sys::fs_type(path).map_err(|source| CgroupError::Inaccessible {
         path: path.to_owned(),
         source,
-    };
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| inaccessible(std::io::Error::other(e)))?;
-    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: valid NUL-terminated path and a buffer of the right type.
-    let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(inaccessible(std::io::Error::last_os_error()));
-    }
-    // SAFETY: statfs succeeded and filled the buffer.
-    let st = unsafe { st.assume_init() };
-    #[allow(
-        clippy::unnecessary_cast,
-        reason = "f_type's type differs between libcs"
-    )]
-    Ok(st.f_type as i64 == CGROUP2_SUPER_MAGIC)
+    })?;
+    Ok(magic == CGROUP2_SUPER_MAGIC)
 }
 
 #[cfg(test)]

@@ -30,3 +30,4 @@ pub mod pin;
 pub mod policy;
 pub mod roles;
 pub mod server;
+pub mod sys;

@@ -24,6 +24,8 @@ use std::{
 };
 
 use aya::maps::MapInfo;
+
+use crate::sys;
 use observer_common::{
     counters::{BYTE_ENTRIES, CONNECTION_ENTRIES, STAT_ENTRIES},
     event::EVENTS_BYTES,
@@ -127,18 +129,7 @@ pub fn prepare(dir: &Path) -> io::Result<()> {
 }
 
 fn is_bpffs(path: &Path) -> io::Result<bool> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: valid path and buffer.
-    if unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: statfs succeeded.
-    #[allow(
-        clippy::unnecessary_cast,
-        reason = "f_type's type differs between libcs"
-    )]
-    Ok(unsafe { st.assume_init() }.f_type as i64 == BPF_FS_MAGIC)
+    Ok(sys::fs_type(path)? == BPF_FS_MAGIC)
 }
 
 /// Removes pinned state maps whose shape differs from what this build and
@@ -182,11 +173,7 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     // Up to the end of `path_fd`: the struct's tail padding is not
     // initialised, and the kernel refuses non-zero bytes past known fields.
     let size = std::mem::offset_of!(ObjGet, path_fd) + size_of::<i32>();
-    // SAFETY: a valid bpf_attr prefix for BPF_OBJ_GET.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &attr, size) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = sys::bpf(BPF_OBJ_GET, &attr, size)?;
     // SAFETY: the kernel returned a new fd.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -207,19 +194,7 @@ pub fn link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<
         old_prog_fd: 0,
     };
     const BPF_LINK_UPDATE: libc::c_long = 29;
-    // SAFETY: a valid bpf_attr prefix for BPF_LINK_UPDATE.
-    if unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_UPDATE,
-            &attr,
-            size_of::<LinkUpdate>(),
-        )
-    } < 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    sys::bpf(BPF_LINK_UPDATE, &attr, size_of::<LinkUpdate>()).map(|_| ())
 }
 
 /// Detaches the pinned links and removes every pin under `dir`.
