@@ -19,6 +19,7 @@ use crate::{
     cgroup,
     cli::RunArgs,
     config::Settings,
+    discovery,
     ebpf::{Attachment, Datapath, Loaded},
     enforce, events, flows, metrics, pin, server,
 };
@@ -46,11 +47,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .set_nonblocking(true)
         .context("cannot make the metrics socket non-blocking")?;
 
+    let discovery = discovery_target(&args)?;
     let Loaded {
         mut datapath,
         counters,
         flows,
         events,
+        mut addresses,
     } = Datapath::load(&settings)?;
     let how = datapath.attach(&cgroup)?;
     info!(
@@ -84,18 +87,41 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             ));
         }
     }
-    let registry = Arc::new(metrics::registry(counters));
+    let discovery_status = Arc::new(discovery::Status::default());
+    let registry = Arc::new(metrics::registry(counters, discovery_status.clone()));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let flags = settings.clone();
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let printer = tokio::spawn(events::run(events, blocked));
+        let watcher = match discovery {
+            Some((config, target)) => {
+                let client = kube::Client::try_from(config).map_err(|e| {
+                    std::io::Error::other(format!("discovery: cannot make a client: {e}"))
+                })?;
+                Some(tokio::spawn(discovery::run(
+                    client,
+                    target,
+                    discovery_status,
+                    move |cluster| {
+                        if let Err(e) = addresses.apply(&cluster.fill(&flags)) {
+                            tracing::warn!("discovery: cannot update the address maps: {e}");
+                        }
+                    },
+                )))
+            }
+            None => None,
+        };
         let served = axum::serve(listener, server::router(registry))
             .with_graceful_shutdown(shutdown_signal())
             .await;
         printer.abort();
+        if let Some(w) = watcher {
+            w.abort();
+        }
         served
     });
     // Without pins the programs detach with `datapath`; with pins they
@@ -114,6 +140,47 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         None => info!("detached; bye"),
     }
     served.context("metrics server failed")
+}
+
+/// Default `--konnectivity-selector`.
+const KONNECTIVITY_SELECTOR: &str = "k8s-app=konnectivity-agent";
+
+/// The discovery configuration, read (and checked) before anything is
+/// loaded: `None` when discovery is off.
+fn discovery_target(args: &RunArgs) -> anyhow::Result<Option<(kube::Config, discovery::Target)>> {
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    if args.no_discovery || (args.kubeconfig.is_none() && !in_cluster) {
+        return Ok(None);
+    }
+    let Some(node) = args.node_name.clone() else {
+        bail!(
+            "discovery needs this node's name: pass --node-name or set NODE_NAME (or pass --no-discovery)"
+        );
+    };
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig {} cannot be read", path.display()))?;
+            let options = kube::config::KubeConfigOptions::default();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(kube::Config::from_custom_kubeconfig(kc, &options))
+                .with_context(|| format!("--kubeconfig {} is not usable", path.display()))?
+        }
+        None => kube::Config::incluster().context("the in-cluster configuration is not usable")?,
+    };
+    let selector = args
+        .konnectivity_selector
+        .clone()
+        .unwrap_or_else(|| KONNECTIVITY_SELECTOR.to_owned());
+    Ok(Some((
+        config,
+        discovery::Target {
+            node,
+            konnectivity_selector: selector,
+        },
+    )))
 }
 
 /// `cp-observer cleanup`: detaches the pinned programs and removes the pins.

@@ -87,6 +87,18 @@ pub struct RunArgs {
     /// Pin nothing: programs detach when the agent exits.
     #[arg(long)]
     pub no_pin: bool,
+    /// kubeconfig for discovery (default: in-cluster config when run in a pod).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Do not learn the cluster from the apiserver; use the flags only.
+    #[arg(long)]
+    pub no_discovery: bool,
+    /// This node's name, for discovery.
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Label selector of the konnectivity agent pods [default: k8s-app=konnectivity-agent].
+    #[arg(long, value_name = "SELECTOR")]
+    pub konnectivity_selector: Option<String>,
     /// Forget a tracked connection after this many seconds without a segment [default: 3600].
     #[arg(long, value_name = "SECONDS")]
     pub flow_idle_timeout: Option<u64>,

@@ -111,6 +111,8 @@ pub struct Loaded {
     pub flows: FlowTable,
     /// Violation events, for the event printer.
     pub events: RingBuf<MapData>,
+    /// The address maps, for discovery.
+    pub addresses: Addresses,
 }
 
 /// The counter maps, shared with the metrics endpoint.
@@ -164,6 +166,8 @@ impl Datapath {
         }
         let mut ebpf = loader.load(OBJECT).map_err(DatapathError::Object)?;
         configure(&mut ebpf, settings)?;
+        let mut addresses = Addresses::take(&mut ebpf)?;
+        addresses.apply(settings)?;
         for (name, _) in PROGRAMS {
             program_mut(&mut ebpf, name)?
                 .load()
@@ -202,6 +206,7 @@ impl Datapath {
             counters,
             flows,
             events,
+            addresses,
         })
     }
 
@@ -327,26 +332,85 @@ fn map_mut<'a>(
 
 /// Writes the settings into the configuration maps.
 fn configure(ebpf: &mut Ebpf, settings: &Settings) -> Result<(), DatapathError> {
-    let mut trie: LpmTrie<_, observer_common::config::Addr, u32> =
-        LpmTrie::try_from(map_mut(ebpf, "ROLES")?).map_err(map_err("ROLES"))?;
-    for e in roles::role_entries(settings) {
-        trie.insert(&Key::new(e.prefix_len, e.addr), e.roles.0, 0)
-            .map_err(map_err("ROLES"))?;
-    }
-
-    let mut apiservers: HashMap<_, Endpoint, u32> =
-        HashMap::try_from(map_mut(ebpf, "APISERVERS")?).map_err(map_err("APISERVERS"))?;
-    for ep in settings.apiservers.iter().chain(&settings.apiserver_vips) {
-        apiservers
-            .insert(endpoint(ep), 1, 0)
-            .map_err(map_err("APISERVERS"))?;
-    }
-
     let mut ports: Array<_, observer_common::config::Ports> =
         Array::try_from(map_mut(ebpf, "PORTS")?).map_err(map_err("PORTS"))?;
     ports.set(0, settings.ports, 0).map_err(map_err("PORTS"))?;
-
     set_policy(ebpf, &settings.policy)
+}
+
+/// The address maps (roles, apiserver endpoints): written at load and again
+/// whenever discovery learns something new.
+pub struct Addresses {
+    roles: LpmTrie<MapData, observer_common::config::Addr, u32>,
+    endpoints: HashMap<MapData, Endpoint, u32>,
+    current_roles: Vec<roles::RoleEntry>,
+    current_endpoints: Vec<Endpoint>,
+}
+
+impl std::fmt::Debug for Addresses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Addresses")
+            .field("roles", &self.current_roles.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Addresses {
+    fn take(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(DatapathError::Map {
+                name,
+                source: MapError::InvalidName { name: name.into() },
+            })
+        };
+        Ok(Self {
+            roles: LpmTrie::try_from(take(ebpf, "ROLES")?).map_err(map_err("ROLES"))?,
+            endpoints: HashMap::try_from(take(ebpf, "APISERVERS")?)
+                .map_err(map_err("APISERVERS"))?,
+            current_roles: Vec::new(),
+            current_endpoints: Vec::new(),
+        })
+    }
+
+    /// Makes the maps say what `settings` say: new entries are written
+    /// first, then the ones that are no longer true removed.
+    pub fn apply(&mut self, settings: &Settings) -> Result<(), DatapathError> {
+        let roles = roles::role_entries(settings);
+        for e in &roles {
+            self.roles
+                .insert(&Key::new(e.prefix_len, e.addr), e.roles.0, 0)
+                .map_err(map_err("ROLES"))?;
+        }
+        for old in &self.current_roles {
+            if !roles
+                .iter()
+                .any(|e| (e.prefix_len, e.addr) == (old.prefix_len, old.addr))
+            {
+                self.roles
+                    .remove(&Key::new(old.prefix_len, old.addr))
+                    .map_err(map_err("ROLES"))?;
+            }
+        }
+        self.current_roles = roles;
+        let endpoints: Vec<Endpoint> = settings
+            .apiservers
+            .iter()
+            .chain(&settings.apiserver_vips)
+            .map(endpoint)
+            .collect();
+        for ep in &endpoints {
+            self.endpoints
+                .insert(ep, 1, 0)
+                .map_err(map_err("APISERVERS"))?;
+        }
+        for old in &self.current_endpoints {
+            if !endpoints.contains(old) {
+                self.endpoints.remove(old).map_err(map_err("APISERVERS"))?;
+            }
+        }
+        self.current_endpoints = endpoints;
+        Ok(())
+    }
 }
 
 /// Writes `policy` into the table not in force, then makes it the one in

@@ -6,6 +6,8 @@
 //! - [`cli`]: command-line flags; [`config`]: the TOML file and the merged,
 //!   validated [`config::Settings`];
 //! - [`roles`]: turning CIDRs and addresses into the kernel's role trie;
+//! - [`discovery`]: learning endpoints, VIPs, node addresses, pod CIDRs and
+//!   konnectivity agents from the cluster;
 //! - [`cgroup`]: finding and checking the cgroup v2 mount;
 //! - [`ebpf`]: loading, configuring and attaching the kernel programs;
 //! - [`pin`]: pinning under bpffs, so counting and enforcement outlive the agent;
@@ -21,6 +23,7 @@ pub mod agent;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
+pub mod discovery;
 pub mod ebpf;
 pub mod enforce;
 pub mod events;

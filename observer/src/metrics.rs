@@ -23,9 +23,12 @@ use prometheus_client::{
 use crate::ebpf::Counters;
 
 /// Builds the registry served on `/metrics`.
-pub fn registry(counters: Arc<Counters>) -> Registry {
+pub fn registry(counters: Arc<Counters>, discovery: Arc<crate::discovery::Status>) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(DatapathCollector { counters }));
+    registry.register_collector(Box::new(DatapathCollector {
+        counters,
+        discovery,
+    }));
     registry
 }
 
@@ -33,6 +36,7 @@ pub fn registry(counters: Arc<Counters>) -> Registry {
 #[derive(Debug)]
 struct DatapathCollector {
     counters: Arc<Counters>,
+    discovery: Arc<crate::discovery::Status>,
 }
 
 impl Collector for DatapathCollector {
@@ -176,6 +180,24 @@ impl Collector for DatapathCollector {
             None,
             MetricType::Counter,
         )?)?;
+
+        let d = &self.discovery;
+        ConstCounter::new(d.errors.load(std::sync::atomic::Ordering::Relaxed)).encode(
+            encoder.encode_descriptor(
+                "cp_observer_discovery_errors",
+                "Failed watches of the cluster (the last configuration stays in force).",
+                None,
+                MetricType::Counter,
+            )?,
+        )?;
+        ConstCounter::new(d.updates.load(std::sync::atomic::Ordering::Relaxed)).encode(
+            encoder.encode_descriptor(
+                "cp_observer_discovery_updates",
+                "Times discovery wrote a new view of the cluster to the kernel maps.",
+                None,
+                MetricType::Counter,
+            )?,
+        )?;
 
         let mut m = encoder.encode_descriptor(
             "cp_observer_build_info",

@@ -95,6 +95,15 @@ pub struct Step {
 impl Lab {
     /// Builds the topology and starts every server.
     pub fn new(tag: &str) -> Self {
+        Self::with_servers(tag, |_| true)
+    }
+
+    /// The lab for a real apiserver: no stand-in servers on the control plane.
+    pub fn for_real_control_plane(tag: &str) -> Self {
+        Self::with_servers(tag, |at| at != Where::ControlPlane)
+    }
+
+    fn with_servers(tag: &str, keep: impl Fn(Where) -> bool) -> Self {
         let topo = Topology::new(tag);
         let names: Vec<String> = [
             IpAddr::from(addrs::POD4),
@@ -112,6 +121,7 @@ impl Lab {
         let tls = Tls::self_signed(&names);
         let servers = SERVERS
             .iter()
+            .filter(|(at, _, _)| keep(*at))
             .map(|(at, port, kind)| {
                 let any: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, *port).into();
                 Server::start(topo_ns(&topo, *at), any, *kind, &tls)

@@ -86,9 +86,13 @@ fn json_string(line: &str, key: &str) -> Option<String> {
 /// crate, which only builds for BPF) with `CP_OBSERVER_BIN` pointing at the
 /// agent. Privileged tests share the machine's cgroup root and kernel, so
 /// they run one at a time.
-pub fn test(agent: &std::path::Path, extra: &[String]) -> Result<()> {
+pub fn test(agent: &std::path::Path, kube: &crate::kube::Binaries, extra: &[String]) -> Result<()> {
     let mut cmd = cargo();
-    cmd.arg("test").env("CP_OBSERVER_BIN", agent);
+    cmd.arg("test")
+        .env("CP_OBSERVER_BIN", agent)
+        .env("CP_OBSERVER_KUBE_APISERVER", &kube.apiserver)
+        .env("CP_OBSERVER_ETCD", &kube.etcd)
+        .env("CP_OBSERVER_KUBECTL", &kube.kubectl);
     // Test-binary arguments go after a single `--`, ours and the caller's.
     match extra.iter().position(|a| a == "--") {
         Some(i) => cmd

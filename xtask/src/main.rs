@@ -4,9 +4,11 @@
 //!   not), then build the agent with its kernel programs.
 //! - `lab`: build, then run the lab: a simulated node and control plane in
 //!   network namespaces, with the real agent watching real traffic.
-//! - `test`: build, then run every test, privileged ones included (root).
+//! - `test`: build, then run every test, privileged ones included (root),
+//!   the end-to-end ones against a real kube-apiserver (built once, cached).
 
 mod cargo;
+mod kube;
 mod toolchain;
 
 use anyhow::Result;
@@ -71,7 +73,8 @@ fn run(command: Command) -> Result<()> {
             toolchain::ensure()?;
             toolchain::ensure_lab_tools()?;
             let agent = cargo::build_agent(false)?;
-            cargo::test(&agent, &args)?;
+            let kube = kube::ensure()?;
+            cargo::test(&agent, &kube, &args)?;
         }
     }
     Ok(())

@@ -86,19 +86,7 @@ pub fn ensure_lab_tools() -> Result<()> {
     if which("apt-get").is_none() {
         bail!("the lab needs `ip` (iproute2); install it");
     }
-    say("installing iproute2 (the lab's `ip` command)");
-    run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
-    run_checked(
-        Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "-qq",
-                "--no-install-recommends",
-                "iproute2",
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    ensure_debian_packages(&["iproute2"])
 }
 
 fn say(what: &str) {
@@ -125,7 +113,16 @@ fn ensure_debian_compiler() -> Result<()> {
              or run on Debian where xtask can install rustc-web"
         );
     }
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+    ensure_debian_packages(DEBIAN_PACKAGES)?;
+    if !Path::new(DEBIAN_RUST_SRC).join("core").is_dir() {
+        bail!("rust-web-src is installed but {DEBIAN_RUST_SRC} is missing");
+    }
+    Ok(())
+}
+
+/// Installs the Debian packages of `packages` that are missing.
+pub fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| !deb_installed(p))
@@ -143,11 +140,7 @@ fn ensure_debian_compiler() -> Result<()> {
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    if !Path::new(DEBIAN_RUST_SRC).join("core").is_dir() {
-        bail!("rust-web-src is installed but {DEBIAN_RUST_SRC} is missing");
-    }
-    Ok(())
+    )
 }
 
 fn deb_installed(package: &str) -> bool {
@@ -196,7 +189,7 @@ fn toolchain_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache/cp-observer/toolchain"))
 }
 
-fn which(program: &str) -> Option<PathBuf> {
+pub fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(program))

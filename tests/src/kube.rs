@@ -1,0 +1,247 @@
+//! A real control plane for the lab: etcd and kube-apiserver running in the
+//! control-plane namespace, so the apiserver's proxy connections come from
+//! the control-plane address, as on a real cluster. The binaries come from
+//! `cargo xtask test` (`CP_OBSERVER_KUBE_APISERVER`, `CP_OBSERVER_ETCD`,
+//! `CP_OBSERVER_KUBECTL`).
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{netns::NetNs, topology::addrs};
+
+const TOKEN: &str = "cp-observer-lab-token";
+/// The Service range: its first address is the `kubernetes` VIP.
+pub const SERVICE_RANGE: &str = "198.18.96.0/24";
+/// The lab node's name.
+pub const NODE: &str = "lab-node";
+
+fn binary(var: &str) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        panic!("{var} is not set: run the tests with `cargo xtask test` (it builds and sets it)")
+    })
+}
+
+/// etcd + kube-apiserver; both are killed on drop.
+#[derive(Debug)]
+pub struct ControlPlane {
+    etcd: Child,
+    apiserver: Child,
+    dir: PathBuf,
+    ns: String,
+    /// kubeconfig for the apiserver (reachable from the control-plane and
+    /// node namespaces).
+    pub kubeconfig: PathBuf,
+}
+
+impl ControlPlane {
+    /// Starts etcd and the apiserver inside `cp` and waits until the
+    /// apiserver answers `/readyz` (bounded).
+    pub fn start(cp: &NetNs) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "cp-observer-kube-{}-{}",
+            cp.name(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("certs")).expect("temp dir");
+        let key = rcgen::KeyPair::generate().expect("an ECDSA key");
+        std::fs::write(dir.join("sa.key"), key.serialize_pem()).expect("write sa.key");
+        std::fs::write(dir.join("sa.pub"), key.public_key_pem()).expect("write sa.pub");
+        std::fs::write(
+            dir.join("tokens.csv"),
+            format!("{TOKEN},admin,admin,system:masters\n"),
+        )
+        .expect("tokens");
+        let server = format!("https://{}:6443", addrs::CP4);
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {server}\n    insecure-skip-tls-verify: true\n\
+                 users:\n- name: admin\n  user:\n    token: {TOKEN}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: admin\n\
+                 current-context: lab\n"
+            ),
+        )
+        .expect("kubeconfig");
+        let log = |name: &str| std::fs::File::create(dir.join(name)).expect("log file");
+        let etcd = Command::new("ip")
+            .args(["netns", "exec", cp.name()])
+            .arg(binary("CP_OBSERVER_ETCD"))
+            .arg("--data-dir")
+            .arg(dir.join("etcd"))
+            .args([
+                "--listen-client-urls",
+                "http://127.0.0.1:2379",
+                "--advertise-client-urls",
+                "http://127.0.0.1:2379",
+            ])
+            .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
+            .stdout(Stdio::null())
+            .stderr(log("etcd.log"))
+            .spawn()
+            .expect("etcd starts");
+        let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        let apiserver = Command::new("ip")
+            .args(["netns", "exec", cp.name()])
+            .arg(binary("CP_OBSERVER_KUBE_APISERVER"))
+            .args([
+                "--etcd-servers=http://127.0.0.1:2379",
+                &format!("--bind-address={}", addrs::CP4),
+                &format!("--advertise-address={}", addrs::CP4),
+                "--secure-port=6443",
+                "--insecure-port=0",
+                &format!("--cert-dir={}", d("certs")),
+                &format!("--token-auth-file={}", d("tokens.csv")),
+                "--authorization-mode=AlwaysAllow",
+                &format!("--service-account-key-file={}", d("sa.pub")),
+                &format!("--service-account-signing-key-file={}", d("sa.key")),
+                "--service-account-issuer=https://kubernetes.default.svc",
+                &format!("--service-cluster-ip-range={SERVICE_RANGE}"),
+                "--disable-admission-plugins=ServiceAccount",
+                "--kubelet-preferred-address-types=InternalIP",
+                "--enable-priority-and-fairness=false",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log("apiserver.log"))
+            .spawn()
+            .expect("kube-apiserver starts");
+        let mut cp_plane = Self {
+            etcd,
+            apiserver,
+            dir,
+            ns: cp.name().to_owned(),
+            kubeconfig,
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let out = cp_plane.kubectl(&["get", "--raw", "/readyz"]);
+            if out.status.success() {
+                break;
+            }
+            let exited = cp_plane
+                .apiserver
+                .try_wait()
+                .expect("wait on kube-apiserver");
+            assert!(
+                Instant::now() < deadline && exited.is_none(),
+                "kube-apiserver not ready (exited: {exited:?}); its log:\n{}",
+                std::fs::read_to_string(cp_plane.dir.join("apiserver.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        cp_plane
+    }
+
+    /// Runs kubectl against the apiserver from the control-plane namespace.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_stdin(args, None)
+    }
+
+    /// Like [`Self::kubectl`], feeding `stdin`.
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write as _;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(binary("CP_OBSERVER_KUBECTL"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["--request-timeout", "10s"])
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("piped")
+                .write_all(text.as_bytes())
+                .expect("write stdin");
+        }
+        child.wait_with_output().expect("kubectl finishes")
+    }
+
+    /// kubectl that must succeed; returns stdout.
+    pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl_stdin(args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Registers the lab node and a pod `web` on it whose IP is the lab pod's.
+    pub fn register_lab_objects(&self) {
+        let node = format!(
+            r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{NODE}"}},
+               "spec":{{"podCIDR":"{p4}","podCIDRs":["{p4}","{p6}"]}},
+               "status":{{"addresses":[{{"type":"InternalIP","address":"{n4}"}},{{"type":"InternalIP","address":"{n6}"}}],
+                          "daemonEndpoints":{{"kubeletEndpoint":{{"Port":10250}}}}}}}}"#,
+            p4 = addrs::POD_CIDR4,
+            p6 = addrs::POD_CIDR6,
+            n4 = addrs::NODE4,
+            n6 = addrs::NODE6,
+        );
+        self.kubectl_ok(&["create", "--validate=false", "-f", "-"], Some(&node));
+        // Status is not taken on create: set it through the subresource.
+        let status = format!(
+            r#"{{"status":{{"addresses":[{{"type":"InternalIP","address":"{}"}}],"daemonEndpoints":{{"kubeletEndpoint":{{"Port":10250}}}}}}}}"#,
+            addrs::NODE4
+        );
+        self.kubectl_ok(
+            &[
+                "patch",
+                "node",
+                NODE,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status,
+            ],
+            None,
+        );
+        let pod = format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"web","namespace":"default"}},
+               "spec":{{"nodeName":"{NODE}","containers":[{{"name":"web","image":"lab/none","ports":[{{"containerPort":8080}}]}}]}}}}"#
+        );
+        self.kubectl_ok(&["create", "--validate=false", "-f", "-"], Some(&pod));
+        let status = format!(
+            r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#,
+            ip = addrs::POD4
+        );
+        self.kubectl_ok(
+            &[
+                "patch",
+                "pod",
+                "web",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status,
+            ],
+            None,
+        );
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        // `ip netns exec` execs the binary: these are the servers themselves.
+        let _ = self.apiserver.kill();
+        let _ = self.apiserver.wait();
+        let _ = self.etcd.kill();
+        let _ = self.etcd.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,148 @@
+//! End to end against a real kube-apiserver (built from Debian's source
+//! package by `cargo xtask test`), running in the lab's control-plane
+//! namespace: the connections it makes for `kubectl get --raw .../proxy/`
+//! are the ones the Kubernetes page describes. Needs root.
+
+use std::time::{Duration, Instant};
+
+use lab::{
+    agent::Agent,
+    kube::{ControlPlane, NODE},
+    metrics::Metrics,
+    scenario::Lab,
+    topology::Topology,
+};
+
+const C: &str = "cp_observer_connections_total";
+
+fn grew(before: &Metrics, after: &Metrics, labels: &[(&str, &str)]) -> f64 {
+    after.sum(C, labels) - before.sum(C, labels)
+}
+
+#[test]
+fn the_apiserver_proxies_plaintext_to_pods_and_tls_to_the_kubelet() {
+    let lab = Lab::for_real_control_plane("t-kube");
+    let cp = ControlPlane::start(&lab.topo.cp);
+    cp.register_lab_objects();
+    let agent = Agent::start(&Topology::agent_args());
+    let before = agent.scrape();
+
+    let body = cp.kubectl_ok(
+        &[
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/pods/web:8080/proxy/",
+        ],
+        None,
+    );
+    assert!(
+        body.contains("hello from the lab pod"),
+        "the apiserver reached the pod: {body}"
+    );
+    let body = cp.kubectl_ok(
+        &[
+            "get",
+            "--raw",
+            &format!("/api/v1/nodes/{NODE}:10250/proxy/healthz"),
+        ],
+        None,
+    );
+    assert!(
+        body.contains("hello from the lab pod"),
+        "the apiserver reached the kubelet: {body}"
+    );
+
+    let after = agent.scrape();
+    let proxy = [
+        ("path", "apiserver-proxy-to-pod"),
+        ("protocol", "http"),
+        ("verdict", "alerted"),
+    ];
+    let kubelet = [
+        ("path", "apiserver-to-kubelet"),
+        ("protocol", "tls"),
+        ("verdict", "allowed"),
+    ];
+    assert_eq!(grew(&before, &after, &proxy), 1.0, "{:?}", after.nonzero(C));
+    assert_eq!(
+        grew(&before, &after, &kubelet),
+        1.0,
+        "{:?}",
+        after.nonzero(C)
+    );
+    assert_eq!(
+        grew(&before, &after, &[]),
+        2.0,
+        "kubectl→apiserver and apiserver→etcd are on no path"
+    );
+    assert_eq!(lab.server(8080).requests().len(), 1);
+}
+
+#[test]
+fn a_blocked_proxy_request_fails_promptly_and_never_reaches_the_pod() {
+    let lab = Lab::for_real_control_plane("t-kblock");
+    let cp = ControlPlane::start(&lab.topo.cp);
+    cp.register_lab_objects();
+    let mut args = Topology::agent_args();
+    args.extend([
+        "--policy".to_owned(),
+        "apiserver-proxy-to-pod:http=block".to_owned(),
+    ]);
+    let agent = Agent::start(&args);
+
+    let start = Instant::now();
+    let out = cp.kubectl(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/pods/web:8080/proxy/",
+    ]);
+    let took = start.elapsed();
+    assert!(
+        !out.status.success(),
+        "the proxied plaintext request must fail"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "it failed after {took:?}, not at once"
+    );
+    assert_eq!(
+        lab.server(8080).requests(),
+        Vec::<String>::new(),
+        "the pod never saw the request"
+    );
+
+    // The apiserver's TLS proxy to the pod (`https:` scheme prefix) passes.
+    let body = cp.kubectl_ok(
+        &[
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/pods/https:web:8443/proxy/",
+        ],
+        None,
+    );
+    assert!(body.contains("hello from the lab pod"), "{body}");
+
+    let m = agent.scrape();
+    assert_eq!(
+        m.sum(
+            C,
+            &[
+                ("path", "apiserver-proxy-to-pod"),
+                ("protocol", "http"),
+                ("verdict", "blocked")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.sum(
+            C,
+            &[
+                ("path", "apiserver-proxy-to-pod"),
+                ("protocol", "tls"),
+                ("verdict", "allowed")
+            ]
+        ),
+        1.0
+    );
+}
