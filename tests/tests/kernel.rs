@@ -626,6 +626,7 @@ fn block_drops_payload_and_reports_one_event() {
         counters,
         flows,
         mut events,
+        ..
     } = Datapath::load(&Settings::from_args(&args).unwrap()).unwrap();
     let k = Kernel {
         datapath,
@@ -706,6 +707,7 @@ fn event_loss_under_a_burst_is_counted() {
         counters,
         flows,
         mut events,
+        ..
     } = Datapath::load(
         &Settings::from_args(&RunArgs {
             control_plane: vec![CP.parse().unwrap()],
