@@ -43,10 +43,19 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// `settings` with what the flags left empty filled from the cluster,
-    /// and the konnectivity agents added to the control plane.
+    /// `settings` with what the flags left empty filled from the cluster:
+    /// without `--control-plane`, the apiserver endpoints' hosts are the
+    /// control plane; the konnectivity agents always join it (they carry
+    /// the apiserver's traffic to the node).
     pub fn fill(&self, settings: &Settings) -> Settings {
         let mut s = settings.clone();
+        if s.control_plane.is_empty() {
+            let mut hosts: Vec<IpAddr> = self.apiservers.iter().map(SocketAddr::ip).collect();
+            hosts.sort();
+            hosts.dedup();
+            s.control_plane
+                .extend(hosts.into_iter().map(|ip| Cidr(ipnet::IpNet::from(ip))));
+        }
         if s.apiservers.is_empty() {
             s.apiservers.clone_from(&self.apiservers);
         }
@@ -357,6 +366,24 @@ mod tests {
         assert_eq!(s.apiservers, cluster.apiservers);
         assert_eq!(s.apiserver_vips, cluster.vips);
         assert_eq!(s.pod_cidrs, cluster.pod_cidrs);
-        assert_eq!(s.control_plane, vec!["10.244.1.7/32".parse().unwrap()]);
+        assert_eq!(
+            s.control_plane,
+            vec![
+                "10.0.0.2/32".parse().unwrap(),
+                "10.244.1.7/32".parse().unwrap()
+            ]
+        );
+        let with_flag = Settings {
+            control_plane: vec!["192.0.2.0/24".parse().unwrap()],
+            ..flags
+        };
+        assert_eq!(
+            cluster.fill(&with_flag).control_plane,
+            vec![
+                "192.0.2.0/24".parse().unwrap(),
+                "10.244.1.7/32".parse().unwrap()
+            ],
+            "the flag wins; konnectivity agents are added"
+        );
     }
 }

@@ -32,6 +32,8 @@ pub struct Agent {
     pub metrics_addr: SocketAddr,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
+    /// The network namespace it runs in (`None`: ours).
+    ns: Option<String>,
 }
 
 /// Process ids of agents alive in this process, for [`terminate_all`].
@@ -62,16 +64,35 @@ impl Agent {
     /// Starts `cp-observer run ARGS --metrics-addr 127.0.0.1:<free>` and waits
     /// for `/healthz`. Panics with the agent's stderr if it does not come up.
     pub fn start(args: &[String]) -> Self {
+        Self::start_in(None, args)
+    }
+
+    /// Like [`Self::start`], with the agent in network namespace `ns` (as
+    /// on a node: it reaches the apiserver from there). Its metrics
+    /// endpoint is on that namespace's loopback.
+    pub fn start_in(ns: Option<&str>, args: &[String]) -> Self {
         let metrics_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut cmd = Command::new(binary());
+        // Enter `ns` for the network only (not `ip netns exec`, which also
+        // remounts /sys and would hide the cgroup v2 mount).
+        let netns = ns.map(|n| {
+            let path = format!("/run/netns/{n}");
+            std::fs::File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"))
+        });
+        let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
         // The lab blocks SIGINT/SIGTERM to take them on one thread; the agent
         // must start with them unblocked, as under a real init.
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
                 let mut set: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut set);
                 libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                if let Some(fd) = netns_fd {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
@@ -121,6 +142,7 @@ impl Agent {
             metrics_addr,
             stdout,
             stderr,
+            ns: ns.map(str::to_owned),
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -145,7 +167,12 @@ impl Agent {
 
     /// `GET path` on the metrics address: status code and body.
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect_timeout(&self.metrics_addr, Duration::from_secs(2)).ok()?;
+        let addr = self.metrics_addr;
+        let connect = move || TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok();
+        let mut s = match &self.ns {
+            Some(ns) => crate::netns::NetNs::existing(ns).run(connect),
+            None => connect(),
+        }?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         write!(
             s,

@@ -146,3 +146,85 @@ fn a_blocked_proxy_request_fails_promptly_and_never_reaches_the_pod() {
         1.0
     );
 }
+
+/// With `--kubeconfig` and `--node-name` only, the agent learns the
+/// control plane, the apiserver endpoint, the VIP, the node's addresses and
+/// pod CIDRs from the real apiserver, and classifies with them.
+#[test]
+fn discovery_learns_the_cluster_from_the_real_apiserver() {
+    let lab = Lab::for_real_control_plane("t-disco");
+    let cp = ControlPlane::start(&lab.topo.cp);
+    cp.register_lab_objects();
+    let args: Vec<String> = [
+        "--kubeconfig",
+        cp.kubeconfig.to_str().expect("utf-8 path"),
+        "--node-name",
+        NODE,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let agent = Agent::start_in(Some(lab.topo.node.name()), &args);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent
+        .scrape()
+        .sum("cp_observer_discovery_updates_total", &[])
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no discovery update; stderr:\n{}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = agent.scrape();
+
+    // The apiserver's proxy (control plane from the endpoints, pod from the
+    // node's pod CIDR).
+    let body = cp.kubectl_ok(
+        &[
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/pods/web:8080/proxy/",
+        ],
+        None,
+    );
+    assert!(body.contains("hello from the lab pod"));
+    // The node dialling the apiserver endpoint, and a pod dialling the VIP
+    // (nothing answers there in the lab: the SYN is enough to classify).
+    use lab::{topology::addrs, traffic};
+    let endpoint = std::net::SocketAddr::new(addrs::CP4.into(), 6443);
+    let vip = std::net::SocketAddr::new(addrs::VIP4.into(), 443);
+    traffic::connect_close(&lab.topo.node, endpoint).expect("the node reaches the apiserver");
+    let _ = traffic::connect_close(&lab.topo.pod, vip);
+
+    let after = agent.scrape();
+    let proxy = [("path", "apiserver-proxy-to-pod"), ("protocol", "http")];
+    assert_eq!(
+        grew(&before, &after, &proxy),
+        1.0,
+        "{:?}\n{}",
+        after.nonzero(C),
+        agent.stderr()
+    );
+    assert_eq!(
+        grew(
+            &before,
+            &after,
+            &[("path", "node-to-apiserver"), ("protocol", "none")]
+        ),
+        1.0,
+        "the endpoint was learned"
+    );
+    assert_eq!(
+        grew(
+            &before,
+            &after,
+            &[("path", "pod-to-apiserver"), ("protocol", "none")]
+        ),
+        1.0,
+        "the VIP was learned"
+    );
+    assert_eq!(after.sum("cp_observer_discovery_errors_total", &[]), 0.0);
+}
