@@ -96,7 +96,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let flags = settings.clone();
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        let printer = tokio::spawn(events::run(events, blocked));
+        let pods = discovery::PodIndex::default();
+        let printer = tokio::spawn(events::run(events, blocked, pods.clone()));
         let watcher = match discovery {
             Some((config, target)) => {
                 let client = kube::Client::try_from(config).map_err(|e| {
@@ -106,7 +107,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                     client,
                     target,
                     discovery_status,
-                    move |cluster| {
+                    pods,
+                    move |cluster: &discovery::Cluster| {
                         if let Err(e) = addresses.apply(&cluster.fill(&flags)) {
                             tracing::warn!("discovery: cannot update the address maps: {e}");
                         }

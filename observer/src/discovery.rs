@@ -158,6 +158,18 @@ pub fn pod_ips(p: &Pod) -> Vec<IpAddr> {
     ips
 }
 
+/// A pod, as events name it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PodRef {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// The pods of this node by IP, kept by discovery, read by the events.
+pub type PodIndex = Arc<std::sync::RwLock<std::collections::HashMap<IpAddr, PodRef>>>;
+
 /// Where discovery stands, for the metrics.
 #[derive(Debug, Default)]
 pub struct Status {
@@ -165,6 +177,29 @@ pub struct Status {
     pub errors: AtomicU64,
     /// Times a new view was written to the kernel.
     pub updates: AtomicU64,
+    /// Sizes of the last view, by [`Cluster::KINDS`].
+    pub found: [AtomicU64; 5],
+}
+
+impl Cluster {
+    /// Names of the parts of a view, for `cp_observer_discovered`.
+    pub const KINDS: [&'static str; 5] = [
+        "apiservers",
+        "vips",
+        "node_ips",
+        "pod_cidrs",
+        "konnectivity_agents",
+    ];
+
+    fn sizes(&self) -> [usize; 5] {
+        [
+            self.apiservers.len(),
+            self.vips.len(),
+            self.node_ips.len(),
+            self.pod_cidrs.len(),
+            self.konnectivity_agents.len(),
+        ]
+    }
 }
 
 #[derive(Default)]
@@ -201,12 +236,13 @@ pub struct Target {
     pub konnectivity_selector: String,
 }
 
-/// Watches the cluster and calls `apply` with every new complete view.
-/// Runs until the task is dropped.
+/// Watches the cluster and calls `apply` with every new complete view, and
+/// keeps `pods_index` (this node's pods by IP) current. Runs until dropped.
 pub async fn run(
     client: Client,
     target: Target,
     status: Arc<Status>,
+    pods_index: PodIndex,
     mut apply: impl FnMut(&Cluster) + Send,
 ) {
     let state = Arc::new(Mutex::new(State::default()));
@@ -250,6 +286,8 @@ pub async fn run(
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
     let nodes: Api<Node> = Api::all(client.clone());
     let pods: Api<Pod> = Api::all(client);
+    let node_pods = watcher::Config::default().fields(&format!("spec.nodeName={}", target.node));
+    let index = pods_index.clone();
     let tasks = [
         watch!(endpoints, by_name("kubernetes"), |st, e, present| {
             st.endpoints = if present {
@@ -263,6 +301,19 @@ pub async fn run(
         }),
         watch!(nodes, by_name(&target.node), |st, n, present| {
             st.node = present.then(|| node_of(&n));
+        }),
+        watch!(pods.clone(), node_pods, |_st, p, present| {
+            let r = PodRef {
+                namespace: p.namespace().unwrap_or_default(),
+                name: p.name_any(),
+            };
+            let mut index = index.write().expect("lock");
+            index.retain(|_, v| *v != r);
+            if present {
+                for ip in pod_ips(&p) {
+                    index.insert(ip, r.clone());
+                }
+            }
         }),
         watch!(
             pods,
@@ -284,6 +335,9 @@ pub async fn run(
         let cluster = state.lock().expect("lock").cluster();
         if last.as_ref() != Some(&cluster) {
             apply(&cluster);
+            for (slot, n) in status.found.iter().zip(cluster.sizes()) {
+                slot.store(n as u64, Ordering::Relaxed);
+            }
             status.updates.fetch_add(1, Ordering::Relaxed);
             tracing::info!(?cluster, "discovery: configuration updated");
             last = Some(cluster);

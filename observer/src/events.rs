@@ -17,6 +17,8 @@ use observer_common::{
     protocol::Protocol,
 };
 use serde::Serialize;
+
+use crate::discovery::{PodIndex, PodRef};
 use tokio::io::unix::AsyncFd;
 
 /// The JSON form of an [`Event`].
@@ -40,6 +42,12 @@ pub struct Violation {
     pub dst: String,
     /// A `block` reported under `--dry-run`, not enforced.
     pub dry_run: bool,
+    /// The client's pod, when it is a pod of this node (needs discovery).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src_pod: Option<PodRef>,
+    /// The server's pod, when it is a pod of this node (needs discovery).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst_pod: Option<PodRef>,
 }
 
 /// The address as Rust sees it: IPv4-mapped back to IPv4.
@@ -69,7 +77,17 @@ impl Violation {
             src: SocketAddr::new(ip(&e.client), e.client_port).to_string(),
             dst: SocketAddr::new(ip(&e.server), e.server_port).to_string(),
             dry_run: e.flags & DRY_RUN != 0,
+            src_pod: None,
+            dst_pod: None,
         })
+    }
+
+    /// Names the pods at either end from `pods`.
+    pub fn attribute(mut self, e: &Event, pods: &PodIndex) -> Self {
+        let pods = pods.read().expect("lock");
+        self.src_pod = pods.get(&ip(&e.client)).cloned();
+        self.dst_pod = pods.get(&ip(&e.server)).cloned();
+        self
     }
 
     /// The client and server of a blocked connection, for the enforcer.
@@ -81,11 +99,12 @@ impl Violation {
     }
 }
 
-/// Prints every event until the ring buffer's fd fails; sends the ends of
-/// blocked connections to `blocked`.
+/// Prints every event until the ring buffer's fd fails, naming the pods
+/// `pods` knows; sends the ends of blocked connections to `blocked`.
 pub async fn run(
     ring: RingBuf<MapData>,
     blocked: mpsc::Sender<(SocketAddr, SocketAddr)>,
+    pods: PodIndex,
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd and keeps it for its lifetime.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -106,6 +125,7 @@ pub async fn run(
             }
             match Violation::from_event(&event, std::time::SystemTime::now()) {
                 Some(v) => {
+                    let v = v.attribute(&event, &pods);
                     let line = serde_json::to_string(&v).expect("a Violation serialises");
                     // stdout gone (a closed pipe): nothing better to do than log.
                     if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {

@@ -200,6 +200,17 @@ impl Collector for DatapathCollector {
         )?;
 
         let mut m = encoder.encode_descriptor(
+            "cp_observer_discovered",
+            "What discovery found in its last view of the cluster (0 without discovery).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (kind, n) in crate::discovery::Cluster::KINDS.iter().zip(&d.found) {
+            let n = i64::try_from(n.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX);
+            ConstGauge::new(n).encode(m.encode_family(&[("kind", *kind)])?)?;
+        }
+
+        let mut m = encoder.encode_descriptor(
             "cp_observer_build_info",
             "Always 1; the version label names the running build.",
             None,

@@ -211,20 +211,30 @@ impl ControlPlane {
             ],
             None,
         );
+        self.create_pod("default", "web", "", addrs::POD4.into());
+    }
+
+    /// Creates a pod on the lab node with `labels` (`k=v`, or empty) and
+    /// sets its IP through the status subresource.
+    pub fn create_pod(&self, namespace: &str, name: &str, labels: &str, ip: std::net::IpAddr) {
+        let labels = labels.split_once('=').map_or(String::new(), |(k, v)| {
+            format!(r#","labels":{{"{k}":"{v}"}}"#)
+        });
         let pod = format!(
-            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"web","namespace":"default"}},
-               "spec":{{"nodeName":"{NODE}","containers":[{{"name":"web","image":"lab/none","ports":[{{"containerPort":8080}}]}}]}}}}"#
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"{namespace}"{labels}}},
+               "spec":{{"nodeName":"{NODE}","containers":[{{"name":"c","image":"lab/none"}}]}}}}"#
         );
         self.kubectl_ok(&["create", "--validate=false", "-f", "-"], Some(&pod));
         let status = format!(
-            r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#,
-            ip = addrs::POD4
+            r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#
         );
         self.kubectl_ok(
             &[
+                "-n",
+                namespace,
                 "patch",
                 "pod",
-                "web",
+                name,
                 "--subresource=status",
                 "--type=merge",
                 "-p",

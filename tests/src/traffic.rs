@@ -380,3 +380,19 @@ pub fn connect_close(ns: &NetNs, to: SocketAddr) -> io::Result<Exchange> {
         })
     })
 }
+
+/// Connects from the local address `from` (which `ns` must have), then
+/// closes without payload.
+pub fn connect_close_from(ns: &NetNs, from: std::net::IpAddr, to: SocketAddr) -> io::Result<()> {
+    ns.run(move || {
+        let domain = if to.is_ipv4() {
+            socket2::Domain::IPV4
+        } else {
+            socket2::Domain::IPV6
+        };
+        let s = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+        s.bind(&SocketAddr::new(from, 0).into())?;
+        s.connect_timeout(&to.into(), IO_TIMEOUT)?;
+        s.shutdown(Shutdown::Both)
+    })
+}

@@ -149,12 +149,24 @@ fn a_blocked_proxy_request_fails_promptly_and_never_reaches_the_pod() {
 
 /// With `--kubeconfig` and `--node-name` only, the agent learns the
 /// control plane, the apiserver endpoint, the VIP, the node's addresses and
-/// pod CIDRs from the real apiserver, and classifies with them.
+/// pod CIDRs from the real apiserver, and classifies with them; it treats
+/// the konnectivity agent pods as control plane, and names pods in events.
 #[test]
 fn discovery_learns_the_cluster_from_the_real_apiserver() {
     let lab = Lab::for_real_control_plane("t-disco");
     let cp = ControlPlane::start(&lab.topo.cp);
     cp.register_lab_objects();
+    // A konnectivity agent pod, at a second address of the pod namespace.
+    let agent_ip: std::net::IpAddr = "198.18.16.3".parse().expect("an address");
+    lab.topo
+        .pod
+        .ip(&["addr", "add", "198.18.16.3/24", "dev", "eth0"]);
+    cp.create_pod(
+        "kube-system",
+        "konnectivity-agent-lab",
+        "k8s-app=konnectivity-agent",
+        agent_ip,
+    );
     let args: Vec<String> = [
         "--kubeconfig",
         cp.kubeconfig.to_str().expect("utf-8 path"),
@@ -199,7 +211,41 @@ fn discovery_learns_the_cluster_from_the_real_apiserver() {
     traffic::connect_close(&lab.topo.node, endpoint).expect("the node reaches the apiserver");
     let _ = traffic::connect_close(&lab.topo.pod, vip);
 
+    // The konnectivity agent calls the kubelet on the apiserver's behalf.
+    let kubelet = std::net::SocketAddr::new(addrs::NODE4.into(), 10250);
+    traffic::connect_close_from(&lab.topo.pod, agent_ip, kubelet)
+        .expect("the agent reaches the kubelet");
+
     let after = agent.scrape();
+    assert_eq!(
+        grew(
+            &before,
+            &after,
+            &[("path", "apiserver-to-kubelet"), ("protocol", "none")]
+        ),
+        1.0,
+        "konnectivity agent traffic counts as the control plane's"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !agent
+        .stdout_lines()
+        .iter()
+        .any(|l| l.contains("apiserver-proxy-to-pod"))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let event = agent
+        .stdout_lines()
+        .into_iter()
+        .find(|l| l.contains("apiserver-proxy-to-pod"))
+        .expect("the plaintext proxy request is alerted");
+    let event: serde_json::Value = serde_json::from_str(&event).expect("JSON");
+    assert_eq!(
+        event["dst_pod"],
+        serde_json::json!({"namespace": "default", "name": "web"}),
+        "{event}"
+    );
     let proxy = [("path", "apiserver-proxy-to-pod"), ("protocol", "http")];
     assert_eq!(
         grew(&before, &after, &proxy),
