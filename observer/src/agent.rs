@@ -21,7 +21,7 @@ use crate::{
     config::Settings,
     discovery,
     ebpf::{Attachment, Datapath, Loaded},
-    enforce, events, flows, metrics, pin, server,
+    enforce, events, flows, kubelet, metrics, pin, server,
 };
 use observer_common::policy::Verdict;
 
@@ -88,7 +88,32 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     let discovery_status = Arc::new(discovery::Status::default());
-    let registry = Arc::new(metrics::registry(counters, discovery_status.clone()));
+    let kubelet_status = Arc::new(kubelet::Status::default());
+    // The kubelet to check: this node's first address (discovery may learn it).
+    let kubelet_addr = Arc::new(std::sync::Mutex::new(
+        settings
+            .node_ips
+            .first()
+            .map(|ip| SocketAddr::new(*ip, settings.ports.kubelet)),
+    ));
+    let (stop_check, stop_check_rx) = std::sync::mpsc::channel();
+    let checker = kubelet_ca(&args).map(|ca| {
+        let addr = kubelet_addr.clone();
+        let every =
+            std::time::Duration::from_secs(args.kubelet_check_interval.unwrap_or(600).max(1));
+        kubelet::spawn(
+            move || *addr.lock().expect("lock"),
+            ca,
+            every,
+            kubelet_status.clone(),
+            stop_check_rx,
+        )
+    });
+    let registry = Arc::new(metrics::registry(
+        counters,
+        discovery_status.clone(),
+        kubelet_status.clone(),
+    ));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -109,7 +134,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                     discovery_status,
                     pods,
                     move |cluster: &discovery::Cluster| {
-                        if let Err(e) = addresses.apply(&cluster.fill(&flags)) {
+                        let effective = cluster.fill(&flags);
+                        *kubelet_addr.lock().expect("lock") = effective
+                            .node_ips
+                            .first()
+                            .map(|ip| SocketAddr::new(*ip, effective.ports.kubelet));
+                        if let Err(e) = addresses.apply(&effective) {
                             tracing::warn!("discovery: cannot update the address maps: {e}");
                         }
                     },
@@ -132,6 +162,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     drop(datapath);
     drop(stop_expiry);
     let _ = expiry.join();
+    drop(stop_check);
+    if let Some(c) = checker {
+        let _ = c.join();
+    }
     // The printer (and its sender) went with the runtime.
     drop(runtime);
     let _ = enforcer.join();
@@ -142,6 +176,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         None => info!("detached; bye"),
     }
     served.context("metrics server failed")
+}
+
+/// The CA for the kubelet certificate check: `--kubelet-ca`, else the
+/// in-cluster service-account CA when present; `None` turns the check off.
+fn kubelet_ca(args: &RunArgs) -> Option<std::path::PathBuf> {
+    args.kubelet_ca.clone().or_else(|| {
+        let p = Path::new(kubelet::IN_CLUSTER_CA);
+        p.exists().then(|| p.to_owned())
+    })
 }
 
 /// Default `--konnectivity-selector`.

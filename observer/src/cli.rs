@@ -99,6 +99,12 @@ pub struct RunArgs {
     /// Label selector of the konnectivity agent pods [default: k8s-app=konnectivity-agent].
     #[arg(long, value_name = "SELECTOR")]
     pub konnectivity_selector: Option<String>,
+    /// Cluster CA to verify the kubelet's serving certificate with [default: the service-account ca.crt when present].
+    #[arg(long, value_name = "FILE")]
+    pub kubelet_ca: Option<PathBuf>,
+    /// Seconds between kubelet certificate checks [default: 600].
+    #[arg(long, value_name = "SECONDS")]
+    pub kubelet_check_interval: Option<u64>,
     /// Forget a tracked connection after this many seconds without a segment [default: 3600].
     #[arg(long, value_name = "SECONDS")]
     pub flow_idle_timeout: Option<u64>,

@@ -14,6 +14,7 @@
 //! - [`flows`]: the flow table seen from userspace, and idle expiry;
 //! - [`events`]: violation events from the kernel to stdout as JSON;
 //! - [`enforce`]: resetting both ends of blocked connections;
+//! - [`kubelet`]: checking the kubelet's serving certificate against the cluster CA;
 //! - [`policy`]: `--policy` rules resolved into the kernel's table;
 //! - [`metrics`]: the OpenMetrics view of the kernel's counters;
 //! - [`server`]: `/metrics` and `/healthz`;
@@ -28,6 +29,7 @@ pub mod ebpf;
 pub mod enforce;
 pub mod events;
 pub mod flows;
+pub mod kubelet;
 pub mod metrics;
 pub mod pin;
 pub mod policy;

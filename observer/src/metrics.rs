@@ -23,11 +23,16 @@ use prometheus_client::{
 use crate::ebpf::Counters;
 
 /// Builds the registry served on `/metrics`.
-pub fn registry(counters: Arc<Counters>, discovery: Arc<crate::discovery::Status>) -> Registry {
+pub fn registry(
+    counters: Arc<Counters>,
+    discovery: Arc<crate::discovery::Status>,
+    kubelet: Arc<crate::kubelet::Status>,
+) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(DatapathCollector {
         counters,
         discovery,
+        kubelet,
     }));
     registry
 }
@@ -37,6 +42,7 @@ pub fn registry(counters: Arc<Counters>, discovery: Arc<crate::discovery::Status
 struct DatapathCollector {
     counters: Arc<Counters>,
     discovery: Arc<crate::discovery::Status>,
+    kubelet: Arc<crate::kubelet::Status>,
 }
 
 impl Collector for DatapathCollector {
@@ -209,6 +215,28 @@ impl Collector for DatapathCollector {
             let n = i64::try_from(n.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX);
             ConstGauge::new(n).encode(m.encode_family(&[("kind", *kind)])?)?;
         }
+
+        let k = &self.kubelet;
+        let load = |a: &std::sync::atomic::AtomicI64| a.load(std::sync::atomic::Ordering::Relaxed);
+        ConstGauge::new(load(&k.verified)).encode(encoder.encode_descriptor(
+            "cp_observer_kubelet_serving_cert_verified",
+            "1 when the kubelet's serving certificate verifies against the cluster CA for the node's address, 0 when not, -1 when not checked.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(load(&k.expiry)).encode(encoder.encode_descriptor(
+            "cp_observer_kubelet_serving_cert_expiry_timestamp_seconds",
+            "notAfter of the kubelet's serving certificate (0 when unknown).",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstCounter::new(k.errors.load(std::sync::atomic::Ordering::Relaxed))
+            .encode(encoder.encode_descriptor(
+            "cp_observer_kubelet_serving_cert_check_errors",
+            "Kubelet certificate checks that could not reach the kubelet or read its certificate.",
+            None,
+            MetricType::Counter,
+        )?)?;
 
         let mut m = encoder.encode_descriptor(
             "cp_observer_build_info",
