@@ -23,16 +23,21 @@ pub struct Event {
     pub action: u8,
     /// [`crate::policy::Verdict`]: what was done.
     pub verdict: u8,
-    /// [`DRY_RUN`]: a `block` reported, not enforced.
+    /// [`DRY_RUN`], [`HAS_PROCESS`].
     pub flags: u32,
-    /// Explicit padding, always 0.
-    pub _pad: u32,
+    /// The client's process id, when [`HAS_PROCESS`].
+    pub pid: u32,
+    /// The client's command name, NUL-padded, when [`HAS_PROCESS`].
+    pub comm: [u8; 16],
 }
 
-const _: () = assert!(size_of::<Event>() == 48);
+const _: () = assert!(size_of::<Event>() == 64);
 
 /// [`Event::flags`] bit: the action was `block` under `--dry-run`.
 pub const DRY_RUN: u32 = 1;
+/// [`Event::flags`] bit: the client is a process on this node, named by
+/// `pid` and `comm`.
+pub const HAS_PROCESS: u32 = 2;
 
 /// Byte size of the `EVENTS` ring buffer.
 pub const EVENTS_BYTES: u32 = 256 * 1024;

@@ -68,6 +68,25 @@ impl FlowKey {
     }
 }
 
+/// Value of the `CONNECTS` map (key: socket cookie): what a local client's
+/// `connect()` said, before any address translation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connect {
+    /// The destination the process asked for (e.g. the `kubernetes` VIP).
+    pub orig: Addr,
+    /// Its port, host byte order.
+    pub orig_port: u16,
+    /// Explicit padding, always 0.
+    pub _pad: u16,
+    /// Process id (thread group id) of the caller.
+    pub pid: u32,
+    /// The caller's command name, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(size_of::<Connect>() == 40);
+
 /// Index of the client→server direction in per-direction arrays.
 pub const C2S: usize = 0;
 /// Index of the server→client direction in per-direction arrays.
@@ -127,9 +146,13 @@ pub struct Flow {
     /// entries idle for longer than `--flow-idle-timeout` (connections that
     /// vanished without a FIN or RST passing our hooks).
     pub last_ns: u64,
+    /// Socket cookie of the client's socket when the client is on this node
+    /// (0 otherwise): the key of its `CONNECTS` entry (process, original
+    /// destination).
+    pub client_cookie: u64,
 }
 
-const _: () = assert!(size_of::<Flow>() == 64);
+const _: () = assert!(size_of::<Flow>() == 72);
 
 impl Flow {
     /// A new entry for a connection seen at its SYN with sequence `isn`.
@@ -149,6 +172,7 @@ impl Flow {
             prefix: [0; 2],
             created_ns: now_ns,
             last_ns: now_ns,
+            client_cookie: 0,
         }
     }
 

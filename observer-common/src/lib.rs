@@ -34,5 +34,6 @@ user_pod!(
     config::Endpoint,
     event::Event,
     flow::FlowKey,
+    flow::Connect,
     flow::Flow,
 );

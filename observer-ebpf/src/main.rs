@@ -8,11 +8,15 @@
 #![no_std]
 #![no_main]
 
+mod connect;
 mod maps;
 mod packet;
 mod track;
 
-use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
+use aya_ebpf::{
+    macros::{cgroup_skb, cgroup_sock_addr},
+    programs::{SkBuffContext, SockAddrContext},
+};
 use observer_common::counters::Stat;
 
 /// `cgroup_skb` return value that lets the packet through.
@@ -30,6 +34,18 @@ pub fn ingress(ctx: SkBuffContext) -> i32 {
 #[cgroup_skb(egress)]
 pub fn egress(ctx: SkBuffContext) -> i32 {
     handle(&ctx)
+}
+
+/// IPv4 `connect()` on this node.
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    connect::on_connect(&ctx, false)
+}
+
+/// IPv6 `connect()` on this node (IPv4-mapped destinations included).
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    connect::on_connect(&ctx, true)
 }
 
 /// Both hooks do the same: the flow table tells the directions apart.

@@ -3,13 +3,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use observer_common::{
     config::{Addr, Endpoint, Ports},
     counters::{BYTE_ENTRIES, CONNECTION_ENTRIES, STAT_ENTRIES, Stat},
     event::EVENTS_BYTES,
-    flow::{Flow, FlowKey},
+    flow::{Connect, Flow, FlowKey},
     policy::{POLICY_ENTRIES, POLICY_SLOTS, VIOLATION_ENTRIES},
 };
 
@@ -45,6 +45,12 @@ pub static POLICY_SLOT: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static VIOLATIONS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(VIOLATION_ENTRIES as u32, 0);
+
+/// Socket cookie → what `connect()` asked for, and who asked. Least
+/// recently used entries make room: only the SYN that follows a connect
+/// needs its entry.
+#[map]
+pub static CONNECTS: LruHashMap<u64, Connect> = LruHashMap::with_max_entries(16384, 0);
 
 /// Violation events for the agent (`observer_common::event::Event`).
 #[map]

@@ -16,7 +16,9 @@
 //!    `none`. The entry goes away with the RST or the second FIN.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_coarse_ns},
+    maps::lpm_trie::Key,
     programs::SkBuffContext,
 };
 use observer_common::{
@@ -32,8 +34,8 @@ use observer_common::{
 use crate::{
     DROP, PASS,
     maps::{
-        self, APISERVERS, BYTES, CONNECTIONS, EVENTS, FLOWS, POLICY, POLICY_SLOT, PORTS, ROLES,
-        STATS, VIOLATIONS,
+        self, APISERVERS, BYTES, CONNECTIONS, CONNECTS, EVENTS, FLOWS, POLICY, POLICY_SLOT, PORTS,
+        ROLES, STATS, VIOLATIONS,
     },
     packet::{self, ACK, FIN, RST, SYN, Segment},
 };
@@ -49,7 +51,7 @@ pub fn on_packet(ctx: &SkBuffContext) -> Result<i32, ()> {
     };
     let (key, src_is_lo) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
     if seg.flags & (SYN | ACK) == SYN {
-        open(&seg, &key, src_is_lo);
+        open(ctx, &seg, &key, src_is_lo);
         return Ok(PASS);
     }
     let Some(flow) = FLOWS.get_ptr_mut(&key) else {
@@ -91,13 +93,26 @@ pub fn on_packet(ctx: &SkBuffContext) -> Result<i32, ()> {
 /// A SYN: classify the new connection and, if it is on a path, track it.
 /// A BPF subprogram of its own: it keeps its stack frame out of the hot path.
 #[inline(never)]
-fn open(seg: &Segment, key: &FlowKey, src_is_lo: bool) {
+fn open(ctx: &SkBuffContext, seg: &Segment, key: &FlowKey, src_is_lo: bool) {
     let Some(ports) = PORTS.get(0) else { return };
     let client = End {
         roles: roles_of(seg.src),
         port: seg.sport,
         apiserver: false,
     };
+    // A SYN a local process sends follows its connect(): the destination it
+    // asked for may be a VIP that was translated since.
+    // SAFETY: a plain helper call on the context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+    let asked = CONNECTS.get_ptr(&cookie).map(|c| {
+        // SAFETY: a map value pointer, valid for this run.
+        let c = unsafe { &*c };
+        Endpoint {
+            addr: c.orig,
+            port: c.orig_port,
+            _pad: 0,
+        }
+    });
     let endpoint = Endpoint {
         addr: seg.dst,
         port: seg.dport,
@@ -106,12 +121,16 @@ fn open(seg: &Segment, key: &FlowKey, src_is_lo: bool) {
     let server = End {
         roles: roles_of(seg.dst),
         port: seg.dport,
-        apiserver: APISERVERS.get_ptr(&endpoint).is_some(),
+        apiserver: APISERVERS.get_ptr(&endpoint).is_some()
+            || asked.is_some_and(|a| APISERVERS.get_ptr(&a).is_some()),
     };
     let Some(path) = classify(&client, &server, ports) else {
         return;
     };
-    let flow = Flow::new(path as u8, src_is_lo, seg.seq, now());
+    let mut flow = Flow::new(path as u8, src_is_lo, seg.seq, now());
+    if asked.is_some() {
+        flow.client_cookie = cookie;
+    }
     match FLOWS.insert(key, &flow, u64::from(BPF_NOEXIST)) {
         Ok(()) => maps::count_stat(Stat::FlowsCreated),
         // The other end's sighting of this SYN, or a retransmitted SYN.
@@ -195,7 +214,7 @@ fn decide(flow: &mut Flow, key: &FlowKey, protocol: u8) {
 #[inline(never)]
 fn report(flow: &Flow, key: &FlowKey, action: Action, dry_run: bool) {
     let (client, client_port, server, server_port) = key.ends(flow);
-    let event = Event {
+    let mut event = Event {
         client,
         server,
         client_port,
@@ -209,8 +228,18 @@ fn report(flow: &Flow, key: &FlowKey, action: Action, dry_run: bool) {
         } else {
             0
         },
-        _pad: 0,
+        pid: 0,
+        comm: [0; 16],
     };
+    if flow.client_cookie != 0
+        && let Some(c) = CONNECTS.get_ptr(&flow.client_cookie)
+    {
+        // SAFETY: a map value pointer, valid for this run.
+        let c = unsafe { &*c };
+        event.pid = c.pid;
+        event.comm = c.comm;
+        event.flags |= event::HAS_PROCESS;
+    }
     if EVENTS.output::<Event>(&event, 0).is_err() {
         maps::count_stat(Stat::EventsLost);
     }

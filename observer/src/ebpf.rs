@@ -12,7 +12,7 @@ use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, ProgramError,
         links::{FdLink, PinnedLink},
     },
 };
@@ -27,10 +27,21 @@ use crate::{config::Settings, flows::FlowTable, pin, policy::Policy, roles};
 /// The kernel object built by `build.rs`.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
 
-/// The two programs and where each attaches.
-pub const PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
-    ("ingress", CgroupSkbAttachType::Ingress),
-    ("egress", CgroupSkbAttachType::Egress),
+/// Where a program attaches on the cgroup.
+#[derive(Clone, Copy, Debug)]
+pub enum Hook {
+    /// A `cgroup_skb` program (packets).
+    Skb(CgroupSkbAttachType),
+    /// A `cgroup/connect4|6` program (its attach type is in its section).
+    Connect,
+}
+
+/// The programs and their hooks.
+pub const PROGRAMS: [(&str, Hook); 4] = [
+    ("ingress", Hook::Skb(CgroupSkbAttachType::Ingress)),
+    ("egress", Hook::Skb(CgroupSkbAttachType::Egress)),
+    ("connect4", Hook::Connect),
+    ("connect6", Hook::Connect),
 ];
 
 /// A failure to load, configure or attach, naming the map or program.
@@ -169,9 +180,12 @@ impl Datapath {
         let mut addresses = Addresses::take(&mut ebpf)?;
         addresses.apply(settings)?;
         for (name, _) in PROGRAMS {
-            program_mut(&mut ebpf, name)?
-                .load()
-                .map_err(prog_err(name))?;
+            match any_program_mut(&mut ebpf, name)? {
+                Program::CgroupSkb(p) => p.load(),
+                Program::CgroupSockAddr(p) => p.load(),
+                _ => Err(ProgramError::UnexpectedProgramType),
+            }
+            .map_err(prog_err(name))?;
         }
         let counters = Counters {
             connections: take_per_cpu(&mut ebpf, "CONNECTIONS")?,
@@ -219,13 +233,13 @@ impl Datapath {
             source,
         })?;
         let mut how = Attachment::New;
-        for (name, attach_type) in PROGRAMS {
+        for (name, hook) in PROGRAMS {
             let link_pin = self.pin_dir.as_ref().map(|d| pin::link_path(d, name));
             let result = match &link_pin {
                 Some(path) if path.exists() => {
                     self.adopt(name, path).map(|()| how = Attachment::Adopted)
                 }
-                _ => self.attach_new(name, attach_type, &file, link_pin.as_deref()),
+                _ => self.attach_new(name, hook, &file, link_pin.as_deref()),
             };
             if let Err(e) = result {
                 self.undo();
@@ -237,7 +251,7 @@ impl Datapath {
 
     /// Runs program `name` in the pinned link at `path`.
     fn adopt(&mut self, name: &'static str, path: &Path) -> Result<(), DatapathError> {
-        let prog = program_mut(&mut self.ebpf, name)?;
+        let prog = any_program_mut(&mut self.ebpf, name)?;
         let prog_fd = prog.fd().map_err(prog_err(name))?.as_fd();
         let pin_err = |source| DatapathError::Pin {
             path: path.display().to_string(),
@@ -250,29 +264,51 @@ impl Datapath {
     fn attach_new(
         &mut self,
         name: &'static str,
-        attach_type: CgroupSkbAttachType,
+        hook: Hook,
         cgroup: &File,
         pin_path: Option<&Path>,
     ) -> Result<(), DatapathError> {
-        let prog = program_mut(&mut self.ebpf, name)?;
         // On 5.7+ aya attaches through a bpf_link, which always coexists
         // with other programs on the cgroup; the kernel refuses any flag
         // there, so "Single" (no flag) is the right mode, not AllowMultiple.
-        let id = prog
-            .attach(cgroup, attach_type, CgroupAttachMode::Single)
-            .map_err(prog_err(name))?;
-        let Some(path) = pin_path else { return Ok(()) };
-        let link = prog.take_link(id).map_err(prog_err(name))?;
-        let link = FdLink::try_from(link).map_err(|e| DatapathError::Pin {
-            path: path.display().to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let pinned = link.pin(path).map_err(|e| DatapathError::Pin {
-            path: path.display().to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        let mode = CgroupAttachMode::Single;
+        let link: FdLink = match (any_program_mut(&mut self.ebpf, name)?, hook) {
+            (Program::CgroupSkb(p), Hook::Skb(attach_type)) => {
+                let id = p
+                    .attach(cgroup, attach_type, mode)
+                    .map_err(prog_err(name))?;
+                if pin_path.is_none() {
+                    return Ok(());
+                }
+                let link = p.take_link(id).map_err(prog_err(name))?;
+                FdLink::try_from(link).map_err(|e| self.pin_error(pin_path, &e))?
+            }
+            (Program::CgroupSockAddr(p), Hook::Connect) => {
+                let id = p.attach(cgroup, mode).map_err(prog_err(name))?;
+                if pin_path.is_none() {
+                    return Ok(());
+                }
+                let link = p.take_link(id).map_err(prog_err(name))?;
+                FdLink::try_from(link).map_err(|e| self.pin_error(pin_path, &e))?
+            }
+            _ => {
+                return Err(DatapathError::Program {
+                    name,
+                    source: ProgramError::UnexpectedProgramType,
+                });
+            }
+        };
+        let path = pin_path.expect("checked above");
+        let pinned = link.pin(path).map_err(|e| self.pin_error(Some(path), &e))?;
         self.pinned.push(pinned);
         Ok(())
+    }
+
+    fn pin_error(&self, path: Option<&Path>, e: &dyn std::fmt::Display) -> DatapathError {
+        DatapathError::Pin {
+            path: path.map_or_else(String::new, |p| p.display().to_string()),
+            source: std::io::Error::other(e.to_string()),
+        }
     }
 
     /// Detaches what this process attached: unpinned links go with their
@@ -282,9 +318,11 @@ impl Datapath {
             let _ = link.unpin();
         }
         for (name, _) in PROGRAMS {
-            if let Ok(p) = program_mut(&mut self.ebpf, name) {
-                let _ = p.unload();
-            }
+            let _ = match any_program_mut(&mut self.ebpf, name) {
+                Ok(Program::CgroupSkb(p)) => p.unload(),
+                Ok(Program::CgroupSockAddr(p)) => p.unload(),
+                _ => Ok(()),
+            };
         }
     }
 
@@ -298,6 +336,17 @@ impl Datapath {
     }
 }
 
+fn any_program_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut Program, DatapathError> {
+    ebpf.program_mut(name).ok_or(DatapathError::Program {
+        name,
+        source: ProgramError::InvalidName { name: name.into() },
+    })
+}
+
+#[expect(dead_code, reason = "kept for symmetry with `program`")]
 fn program_mut<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,

@@ -11,7 +11,7 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use observer_common::{
     config::Addr,
-    event::{DRY_RUN, Event},
+    event::{DRY_RUN, Event, HAS_PROCESS},
     path::Path,
     policy::{Action, Verdict},
     protocol::Protocol,
@@ -48,6 +48,18 @@ pub struct Violation {
     /// The server's pod, when it is a pod of this node (needs discovery).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dst_pod: Option<PodRef>,
+    /// The client process, when the client is a process on this node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+}
+
+/// A process on this node.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Process {
+    /// Process id (as the host's /proc sees it).
+    pub pid: u32,
+    /// Command name (at most 15 bytes).
+    pub comm: String,
 }
 
 /// The address as Rust sees it: IPv4-mapped back to IPv4.
@@ -79,6 +91,11 @@ impl Violation {
             dry_run: e.flags & DRY_RUN != 0,
             src_pod: None,
             dst_pod: None,
+            process: (e.flags & HAS_PROCESS != 0).then(|| Process {
+                pid: e.pid,
+                comm: String::from_utf8_lossy(e.comm.split(|b| *b == 0).next().unwrap_or_default())
+                    .into_owned(),
+            }),
         })
     }
 
@@ -154,8 +171,9 @@ mod tests {
             protocol: Protocol::Http as u8,
             action: Action::Block as u8,
             verdict: Verdict::Alerted as u8,
-            flags: DRY_RUN,
-            _pad: 0,
+            flags: DRY_RUN | HAS_PROCESS,
+            pid: 4242,
+            comm: *b"kube-apiserver\0\0",
         };
         let v = Violation::from_event(&e, std::time::UNIX_EPOCH).unwrap();
         let json: serde_json::Value = serde_json::to_value(&v).unwrap();
@@ -168,6 +186,10 @@ mod tests {
         assert_eq!(json["src"], "198.18.0.1:40000");
         assert_eq!(json["dst"], "[2001:db8:16::2]:8080");
         assert_eq!(json["dry_run"], true);
+        assert_eq!(
+            json["process"],
+            serde_json::json!({"pid": 4242, "comm": "kube-apiserver"})
+        );
         assert!(
             Violation::from_event(&Event { action: 0, ..e }, std::time::UNIX_EPOCH).is_none(),
             "allow is no violation"

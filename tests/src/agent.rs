@@ -277,12 +277,21 @@ fn dechunk(body: &str) -> String {
     }
 }
 
-/// How many cp-observer programs (`cgroup_skb` named `ingress`/`egress`)
-/// are loaded in the kernel now. Each agent holds one of each.
+/// Programs each agent loads (and attaches): ingress, egress, connect4, connect6.
+pub const PROGRAMS_PER_AGENT: usize = 4;
+
+/// How many cp-observer programs (`cgroup_skb` named `ingress`/`egress`,
+/// `cgroup_sock_addr` named `connect4`/`connect6`) are loaded now.
 pub fn loaded_observer_programs() -> usize {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|p| matches!(p.name_as_str(), Some("ingress" | "egress")))
-        .filter(|p| format!("{:?}", p.program_type()).ends_with("CGROUP_SKB"))
+        .filter(|p| {
+            let ty = format!("{:?}", p.program_type());
+            match p.name_as_str() {
+                Some("ingress" | "egress") => ty.ends_with("CGROUP_SKB"),
+                Some("connect4" | "connect6") => ty.ends_with("CGROUP_SOCK_ADDR"),
+                _ => false,
+            }
+        })
         .count()
 }

@@ -213,8 +213,8 @@ fn sigterm_detaches_and_exits_cleanly() {
     let agent = Agent::start(&["--control-plane".into(), "198.18.0.1".into()]);
     assert_eq!(
         agent::loaded_observer_programs(),
-        before + 2,
-        "ingress and egress are loaded"
+        before + agent::PROGRAMS_PER_AGENT,
+        "all four programs are loaded"
     );
     let status = agent.stop();
     assert!(status.success(), "SIGTERM gives a clean exit, got {status}");

@@ -76,7 +76,7 @@ fn pins_outlive_the_agent_and_a_restart_adopts_them() {
     assert_eq!(first.kill().code(), None, "SIGKILL");
     assert_eq!(
         agent::loaded_observer_programs(),
-        baseline + 2,
+        baseline + agent::PROGRAMS_PER_AGENT,
         "the pinned links keep the programs"
     );
 
@@ -107,7 +107,7 @@ fn pins_outlive_the_agent_and_a_restart_adopts_them() {
         Vec::<String>::new(),
         "no plaintext request reached the pod"
     );
-    programs_settle_at(baseline + 2);
+    programs_settle_at(baseline + agent::PROGRAMS_PER_AGENT);
     let m = second.scrape();
     assert_eq!(
         m.sum(C, &[("protocol", "http"), ("verdict", "blocked")]),
@@ -132,11 +132,11 @@ fn pins_outlive_the_agent_and_a_restart_adopts_them() {
     assert!(second.stop().success());
     assert_eq!(
         agent::loaded_observer_programs(),
-        baseline + 2,
+        baseline + agent::PROGRAMS_PER_AGENT,
         "SIGTERM with pins leaves the programs attached"
     );
     let third = start(None);
-    programs_settle_at(baseline + 2);
+    programs_settle_at(baseline + agent::PROGRAMS_PER_AGENT);
     let ok = traffic::http_get(cp, pod(8080)).expect("no longer blocked");
     assert!(ok.status.contains("200"));
     assert_eq!(
