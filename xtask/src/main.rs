@@ -74,6 +74,8 @@ fn run(command: Command) -> Result<()> {
             toolchain::ensure_lab_tools()?;
             let agent = cargo::build_agent(false)?;
             let kube = kube::ensure()?;
+            // iptables: the tests translate the `kubernetes` VIP as kube-proxy does.
+            toolchain::ensure_debian_packages(&["iptables"])?;
             cargo::test(&agent, &kube, &args)?;
         }
     }
