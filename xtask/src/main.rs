@@ -25,7 +25,9 @@ struct Cli {
 enum Command {
     /// Install the eBPF toolchain if missing and build the kernel programs.
     BuildEbpf,
-    /// Run the lab (root): simulated node and control plane, real agent, real traffic.
+    /// Run the lab (root): simulated node and control plane, real agent, real
+    /// traffic. `--enforce` blocks plaintext proxy requests; `--kube` runs a
+    /// real kube-apiserver and lets the agent learn everything from it.
     Lab {
         /// Arguments passed to the lab program (see `--help` there).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -61,12 +63,14 @@ fn run(command: Command) -> Result<()> {
             toolchain::ensure_lab_tools()?;
             let agent = cargo::build_agent(false)?;
             let lab = cargo::build_bin("cp-observer-tests", "cp-observer-lab")?;
-            cargo::run_checked(
-                std::process::Command::new(lab)
-                    .arg("--agent")
-                    .arg(agent)
-                    .args(args),
-            )?;
+            let mut cmd = std::process::Command::new(lab);
+            if args.iter().any(|a| a == "--kube") {
+                let kube = kube::ensure()?;
+                cmd.env("CP_OBSERVER_KUBE_APISERVER", &kube.apiserver)
+                    .env("CP_OBSERVER_ETCD", &kube.etcd)
+                    .env("CP_OBSERVER_KUBECTL", &kube.kubectl);
+            }
+            cargo::run_checked(cmd.arg("--agent").arg(agent).args(args))?;
         }
         Command::Test { args } => {
             require_root("the tests (BPF and network namespaces)")?;
