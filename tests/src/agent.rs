@@ -197,6 +197,35 @@ impl Agent {
         Metrics::parse(&body)
     }
 
+    /// Waits until discovery has found every kind of thing the lab cluster
+    /// has (endpoint, VIP, node address, pod CIDR, konnectivity agent).
+    pub fn wait_for_complete_discovery(&self) {
+        const KINDS: [&str; 5] = [
+            "apiservers",
+            "vips",
+            "node_ips",
+            "pod_cidrs",
+            "konnectivity_agents",
+        ];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let m = self.scrape();
+            if KINDS
+                .iter()
+                .all(|k| m.sum("cp_observer_discovered", &[("kind", k)]) >= 1.0)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "discovery incomplete: {:?}; stderr:\n{}",
+                m.nonzero("cp_observer_discovered"),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Lines the agent printed on stdout (events) so far.
     pub fn stdout_lines(&self) -> Vec<String> {
         self.stdout.lock().expect("lock").clone()

@@ -177,19 +177,7 @@ fn discovery_learns_the_cluster_from_the_real_apiserver() {
     .map(|s| (*s).to_owned())
     .collect();
     let agent = Agent::start_in(Some(lab.topo.node.name()), &args);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while agent
-        .scrape()
-        .sum("cp_observer_discovery_updates_total", &[])
-        < 1.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no discovery update; stderr:\n{}",
-            agent.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    agent.wait_for_complete_discovery();
     let before = agent.scrape();
 
     // The apiserver's proxy (control plane from the endpoints, pod from the

@@ -25,7 +25,9 @@ fn main() -> ExitCode {
         println!(
             "  --enforce   block plaintext apiserver-proxy-to-pod connections ({ENFORCE_RULE})"
         );
-        println!("  --kube      a real kube-apiserver on the control plane; the agent uses discovery only");
+        println!(
+            "  --kube      a real kube-apiserver on the control plane; the agent uses discovery only"
+        );
         return ExitCode::SUCCESS;
     }
     if let Some(i) = args.iter().position(|a| a == "--agent") {
@@ -36,7 +38,13 @@ fn main() -> ExitCode {
     let enforce = args.iter().any(|a| a == "--enforce");
     let kube = args.iter().any(|a| a == "--kube");
     cleanup_on_signals();
-    match std::panic::catch_unwind(|| if kube { run_kube(enforce) } else { run(enforce) }) {
+    match std::panic::catch_unwind(|| {
+        if kube {
+            run_kube(enforce)
+        } else {
+            run(enforce)
+        }
+    }) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!("lab: some expectations were not met (see above)");
@@ -159,22 +167,29 @@ fn run_kube(enforce: bool) -> bool {
     let cp = ControlPlane::start(&lab.topo.cp);
     cp.register_lab_objects();
     let konnectivity: std::net::IpAddr = "198.18.16.3".parse().expect("an address");
-    lab.topo.pod.ip(&["addr", "add", "198.18.16.3/24", "dev", "eth0"]);
-    cp.create_pod("kube-system", "konnectivity-agent-lab", "k8s-app=konnectivity-agent", konnectivity);
+    lab.topo
+        .pod
+        .ip(&["addr", "add", "198.18.16.3/24", "dev", "eth0"]);
+    cp.create_pod(
+        "kube-system",
+        "konnectivity-agent-lab",
+        "k8s-app=konnectivity-agent",
+        konnectivity,
+    );
 
     say("starting the agent on the node with discovery only");
-    let mut args = vec!["--kubeconfig".to_owned(), cp.kubeconfig.display().to_string(), "--node-name".to_owned(), NODE.to_owned()];
+    let mut args = vec![
+        "--kubeconfig".to_owned(),
+        cp.kubeconfig.display().to_string(),
+        "--node-name".to_owned(),
+        NODE.to_owned(),
+    ];
     if enforce {
         args.extend(["--policy".to_owned(), ENFORCE_RULE.to_owned()]);
     }
     println!("    {} run {}", agent::binary().display(), args.join(" "));
     let agent = Agent::start_in(Some(lab.topo.node.name()), &args);
-    let kinds = ["apiservers", "vips", "node_ips", "pod_cidrs", "konnectivity_agents"];
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !kinds.iter().all(|k| agent.scrape().sum("cp_observer_discovered", &[("kind", k)]) >= 1.0) {
-        assert!(std::time::Instant::now() < deadline, "discovery incomplete; agent stderr:\n{}", agent.stderr());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    agent.wait_for_complete_discovery();
     for s in agent.scrape().nonzero("cp_observer_discovered") {
         println!("    discovered {}: {}", s.labels["kind"], s.value);
     }
@@ -182,7 +197,11 @@ fn run_kube(enforce: bool) -> bool {
     say("the apiserver's own connections, and the node's and pods' to it");
     let kubectl = |path: &str| {
         let out = cp.kubectl(&["get", "--raw", path]);
-        if out.status.success() { Ok(format!("{} bytes", out.stdout.len())) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()) }
+        if out.status.success() {
+            Ok(format!("{} bytes", out.stdout.len()))
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
     };
     let node_ep = SocketAddr::new(addrs::CP4.into(), 6443);
     let vip = SocketAddr::new(addrs::VIP4.into(), 443);
@@ -190,13 +209,45 @@ fn run_kube(enforce: bool) -> bool {
     let ro = SocketAddr::new(addrs::NODE4.into(), 10255);
     let io = |r: std::io::Result<traffic::Exchange>| r.map(|x| x.status).map_err(|e| e.to_string());
     let steps: Vec<(&str, Box<dyn Fn() -> Result<String, String>>, &str)> = vec![
-        ("kubectl get --raw .../pods/web:8080/proxy/", Box::new(|| kubectl("/api/v1/namespaces/default/pods/web:8080/proxy/")), "apiserver-proxy-to-pod/http"),
-        ("kubectl get --raw .../pods/https:web:8443/proxy/", Box::new(|| kubectl("/api/v1/namespaces/default/pods/https:web:8443/proxy/")), "apiserver-proxy-to-pod/tls"),
-        ("kubectl get --raw .../nodes/lab-node:10250/proxy/healthz", Box::new(|| kubectl("/api/v1/nodes/lab-node:10250/proxy/healthz")), "apiserver-to-kubelet/tls"),
-        ("konnectivity agent pod connects to the kubelet", Box::new(|| traffic::connect_close_from(&lab.topo.pod, konnectivity, kubelet).map(|()| "closed".into()).map_err(|e| e.to_string())), "apiserver-to-kubelet/none"),
-        ("node connects to the apiserver endpoint", Box::new(|| io(traffic::connect_close(&lab.topo.node, node_ep))), "node-to-apiserver/none"),
-        ("pod connects to the kubernetes VIP (no kube-proxy here)", Box::new(|| io(traffic::connect_close(&lab.topo.pod, vip))), "pod-to-apiserver/none"),
-        ("pod reads the kubelet's read-only port", Box::new(|| io(traffic::http_get(&lab.topo.pod, ro))), "kubelet-read-only/http"),
+        (
+            "kubectl get --raw .../pods/web:8080/proxy/",
+            Box::new(|| kubectl("/api/v1/namespaces/default/pods/web:8080/proxy/")),
+            "apiserver-proxy-to-pod/http",
+        ),
+        (
+            "kubectl get --raw .../pods/https:web:8443/proxy/",
+            Box::new(|| kubectl("/api/v1/namespaces/default/pods/https:web:8443/proxy/")),
+            "apiserver-proxy-to-pod/tls",
+        ),
+        (
+            "kubectl get --raw .../nodes/lab-node:10250/proxy/healthz",
+            Box::new(|| kubectl("/api/v1/nodes/lab-node:10250/proxy/healthz")),
+            "apiserver-to-kubelet/tls",
+        ),
+        (
+            "konnectivity agent pod connects to the kubelet",
+            Box::new(|| {
+                traffic::connect_close_from(&lab.topo.pod, konnectivity, kubelet)
+                    .map(|()| "closed".into())
+                    .map_err(|e| e.to_string())
+            }),
+            "apiserver-to-kubelet/none",
+        ),
+        (
+            "node connects to the apiserver endpoint",
+            Box::new(|| io(traffic::connect_close(&lab.topo.node, node_ep))),
+            "node-to-apiserver/none",
+        ),
+        (
+            "pod connects to the kubernetes VIP (no kube-proxy here)",
+            Box::new(|| io(traffic::connect_close(&lab.topo.pod, vip))),
+            "pod-to-apiserver/none",
+        ),
+        (
+            "pod reads the kubelet's read-only port",
+            Box::new(|| io(traffic::http_get(&lab.topo.pod, ro))),
+            "kubelet-read-only/http",
+        ),
     ];
     let mut ok = true;
     let mut before = agent.scrape();
