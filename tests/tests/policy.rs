@@ -201,6 +201,12 @@ fn default_policy_alerts_on_plaintext_with_one_event_each() {
     assert_eq!(events.len(), 3, "TLS is no violation: {events:?}");
     for e in &events {
         assert_event(e, "alert", "alerted", false);
+        // The client is this test process: its connect() was seen.
+        assert_eq!(e["process"]["pid"], std::process::id(), "{e}");
+        assert!(
+            e["process"]["comm"].as_str().is_some_and(|c| !c.is_empty()),
+            "{e}"
+        );
     }
     assert_eq!(
         agent.scrape().sum(

@@ -208,7 +208,12 @@ fn run_kube(enforce: bool) -> bool {
     let kubelet = SocketAddr::new(addrs::NODE4.into(), 10250);
     let ro = SocketAddr::new(addrs::NODE4.into(), 10255);
     let io = |r: std::io::Result<traffic::Exchange>| r.map(|x| x.status).map_err(|e| e.to_string());
-    let steps: Vec<(&str, Box<dyn Fn() -> Result<String, String>>, &str)> = vec![
+    type Step<'a> = (
+        &'a str,
+        Box<dyn Fn() -> Result<String, String> + 'a>,
+        &'a str,
+    );
+    let steps: Vec<Step> = vec![
         (
             "kubectl get --raw .../pods/web:8080/proxy/",
             Box::new(|| kubectl("/api/v1/namespaces/default/pods/web:8080/proxy/")),
