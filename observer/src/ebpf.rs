@@ -188,29 +188,17 @@ impl Datapath {
             .map_err(prog_err(name))?;
         }
         let counters = Counters {
-            connections: take_per_cpu(&mut ebpf, "CONNECTIONS")?,
-            bytes: take_per_cpu(&mut ebpf, "BYTES")?,
-            stats: take_per_cpu(&mut ebpf, "STATS")?,
-            violations: take_per_cpu(&mut ebpf, "VIOLATIONS")?,
+            connections: take(&mut ebpf, "CONNECTIONS")?,
+            bytes: take(&mut ebpf, "BYTES")?,
+            stats: take(&mut ebpf, "STATS")?,
+            violations: take(&mut ebpf, "VIOLATIONS")?,
             flow_capacity: settings.flow_table_capacity,
             flows_expired: std::sync::atomic::AtomicU64::new(0),
             sockets_reset: std::sync::atomic::AtomicU64::new(0),
             reset_errors: std::sync::atomic::AtomicU64::new(0),
         };
-        let flows = ebpf.take_map("FLOWS").ok_or(DatapathError::Map {
-            name: "FLOWS",
-            source: MapError::InvalidName {
-                name: "FLOWS".into(),
-            },
-        })?;
-        let flows = FlowTable::new(HashMap::try_from(flows).map_err(map_err("FLOWS"))?);
-        let events = ebpf.take_map("EVENTS").ok_or(DatapathError::Map {
-            name: "EVENTS",
-            source: MapError::InvalidName {
-                name: "EVENTS".into(),
-            },
-        })?;
-        let events = RingBuf::try_from(events).map_err(map_err("EVENTS"))?;
+        let flows = FlowTable::new(take(&mut ebpf, "FLOWS")?);
+        let events = take(&mut ebpf, "EVENTS")?;
         Ok(Loaded {
             datapath: Self {
                 ebpf,
@@ -328,10 +316,10 @@ impl Datapath {
 
     /// A loaded program, e.g. for `BPF_PROG_TEST_RUN` in tests.
     pub fn program(&self, name: &'static str) -> Result<&CgroupSkb, DatapathError> {
-        let prog = self.ebpf.program(name).ok_or(DatapathError::Program {
-            name,
-            source: ProgramError::InvalidName { name: name.into() },
-        })?;
+        let prog = self
+            .ebpf
+            .program(name)
+            .ok_or_else(|| missing_program(name))?;
         prog.try_into().map_err(prog_err(name))
     }
 }
@@ -340,43 +328,38 @@ fn any_program_mut<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut Program, DatapathError> {
-    ebpf.program_mut(name).ok_or(DatapathError::Program {
-        name,
-        source: ProgramError::InvalidName { name: name.into() },
-    })
+    ebpf.program_mut(name).ok_or_else(|| missing_program(name))
 }
 
-#[expect(dead_code, reason = "kept for symmetry with `program`")]
-fn program_mut<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut CgroupSkb, DatapathError> {
-    let prog = ebpf.program_mut(name).ok_or(DatapathError::Program {
+fn missing_program(name: &'static str) -> DatapathError {
+    DatapathError::Program {
         name,
         source: ProgramError::InvalidName { name: name.into() },
-    })?;
-    prog.try_into().map_err(prog_err(name))
+    }
 }
 
-fn take_per_cpu(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<PerCpuArray<MapData, u64>, DatapathError> {
-    let map = ebpf.take_map(name).ok_or(DatapathError::Map {
+fn missing_map(name: &'static str) -> DatapathError {
+    DatapathError::Map {
         name,
         source: MapError::InvalidName { name: name.into() },
-    })?;
-    PerCpuArray::try_from(map).map_err(map_err(name))
+    }
+}
+
+/// Takes map `name` out of the object, typed: its owner no longer needs
+/// the object (counters to the metrics, the flow table to the expiry...).
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DatapathError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| missing_map(name))?;
+    T::try_from(map).map_err(map_err(name))
 }
 
 fn map_mut<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut aya::maps::Map, DatapathError> {
-    ebpf.map_mut(name).ok_or(DatapathError::Map {
-        name,
-        source: MapError::InvalidName { name: name.into() },
-    })
+    ebpf.map_mut(name).ok_or_else(|| missing_map(name))
 }
 
 /// Writes the settings into the configuration maps.
@@ -406,16 +389,9 @@ impl std::fmt::Debug for Addresses {
 
 impl Addresses {
     fn take(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
-        let take = |ebpf: &mut Ebpf, name: &'static str| {
-            ebpf.take_map(name).ok_or(DatapathError::Map {
-                name,
-                source: MapError::InvalidName { name: name.into() },
-            })
-        };
         Ok(Self {
-            roles: LpmTrie::try_from(take(ebpf, "ROLES")?).map_err(map_err("ROLES"))?,
-            endpoints: HashMap::try_from(take(ebpf, "APISERVERS")?)
-                .map_err(map_err("APISERVERS"))?,
+            roles: take(ebpf, "ROLES")?,
+            endpoints: take(ebpf, "APISERVERS")?,
             current_roles: Vec::new(),
             current_endpoints: Vec::new(),
         })
