@@ -71,8 +71,27 @@ impl Agent {
     /// on a node: it reaches the apiserver from there). Its metrics
     /// endpoint is on that namespace's loopback.
     pub fn start_in(ns: Option<&str>, args: &[String]) -> Self {
+        Self::start_with(ns, None, args)
+    }
+
+    /// Like [`Self::start`], with only `caps` (e.g. `["BPF", "NET_ADMIN"]`)
+    /// in the agent's capability bounding set: root in a container that
+    /// drops ALL and adds these.
+    pub fn start_with_caps(caps: &[String], args: &[String]) -> Self {
+        Self::start_with(None, Some(caps), args)
+    }
+
+    fn start_with(ns: Option<&str>, caps: Option<&[String]>, args: &[String]) -> Self {
         let metrics_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let mut cmd = Command::new(binary());
+        let mut cmd = match caps {
+            Some(caps) => {
+                let set: String = caps.iter().map(|c| format!(",+{}", c.to_lowercase())).collect();
+                let mut c = Command::new("setpriv");
+                c.args(["--bounding-set", &format!("-all{set}"), "--inh-caps", "-all", "--"]).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
         // Enter `ns` for the network only (not `ip netns exec`, which also
         // remounts /sys and would hide the cgroup v2 mount).
         let netns = ns.map(|n| {

@@ -1,0 +1,164 @@
+//! The deployment files work, not just parse: both overlays render with
+//! `kubectl kustomize`, a real kube-apiserver accepts them
+//! (`kubectl apply --dry-run=server`), the config they carry is one the
+//! agent accepts, and the agent does its whole job — load, attach, block and
+//! reset — with exactly the capabilities the DaemonSet grants. Needs root.
+
+use std::{net::SocketAddr, path::PathBuf, process::Command};
+
+use lab::{
+    agent::Agent,
+    kube::ControlPlane,
+    scenario::{Lab, Where},
+    topology::{Topology, addrs},
+    traffic,
+};
+use serde_yaml::Value;
+
+fn deploy_dir(overlay: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/overlays").join(overlay)
+}
+
+fn kubectl() -> PathBuf {
+    std::env::var_os("CP_OBSERVER_KUBECTL").map(PathBuf::from).expect("CP_OBSERVER_KUBECTL: run through `cargo xtask test`")
+}
+
+/// `kubectl kustomize` of an overlay: the text and its documents.
+fn render(overlay: &str) -> (String, Vec<Value>) {
+    let out = Command::new(kubectl()).arg("kustomize").arg(deploy_dir(overlay)).output().expect("kubectl runs");
+    assert!(out.status.success(), "kustomize {overlay}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    let docs = serde_yaml::Deserializer::from_str(&text).map(|d| Value::deserialize(d).expect("YAML")).collect();
+    (text, docs)
+}
+
+use serde::Deserialize as _;
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+/// The capabilities the DaemonSet adds.
+fn capabilities(docs: &[Value]) -> Vec<String> {
+    let c = &find(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    assert_eq!(c["privileged"], Value::Bool(false), "never privileged");
+    assert_eq!(c["capabilities"]["drop"][0], "ALL");
+    c["capabilities"]["add"].as_sequence().expect("added capabilities").iter().map(|v| v.as_str().expect("a name").to_owned()).collect()
+}
+
+/// The agent's settings from the rendered ConfigMap.
+fn settings(docs: &[Value]) -> observer::config::Settings {
+    let toml = find(docs, "ConfigMap")["data"]["cp-observer.toml"].as_str().expect("the config file").to_owned();
+    let path = std::env::temp_dir().join(format!("cp-observer-deploy-{}.toml", std::process::id()));
+    std::fs::write(&path, toml).expect("temp file");
+    let args = observer::cli::RunArgs { config: Some(path.clone()), ..Default::default() };
+    let s = observer::config::Settings::from_args(&args).expect("the shipped config is valid");
+    let _ = std::fs::remove_file(path);
+    s
+}
+
+#[test]
+fn overlays_render_and_carry_a_valid_config() {
+    use observer_common::{path::Path, policy::Action, protocol::Protocol};
+    for overlay in ["observe", "enforce"] {
+        let (_, docs) = render(overlay);
+        for kind in ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"] {
+            find(&docs, kind);
+        }
+        let ds = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
+        assert_eq!(ds["tolerations"][0]["operator"], "Exists", "runs on every node");
+        assert_eq!(ds["containers"][0]["env"][0]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
+        assert_eq!(ds["containers"][0]["readinessProbe"]["httpGet"]["path"], "/healthz");
+        let rules = &find(&docs, "ClusterRole")["rules"][0]["verbs"];
+        assert_eq!(rules.as_sequence().map(Vec::len), Some(3), "get, list, watch and nothing else");
+        let caps = capabilities(&docs);
+        let want: &[&str] = if overlay == "enforce" { &["NET_ADMIN", "SYS_ADMIN"] } else { &["BPF", "PERFMON", "NET_ADMIN"] };
+        assert_eq!(caps, want, "{overlay}");
+        let s = settings(&docs);
+        let blocks = s.policy.action(Path::ApiserverProxyToPod, Protocol::Http) == Action::Block;
+        assert_eq!(blocks, overlay == "enforce", "{overlay}");
+    }
+}
+
+#[test]
+fn a_real_apiserver_accepts_the_rendered_manifests() {
+    let lab = Lab::for_real_control_plane("t-deploy");
+    let cp = ControlPlane::start(&lab.topo.cp);
+    // Namespaced objects are checked against their namespace: create it.
+    cp.kubectl_ok(&["create", "namespace", "cp-observer"], None);
+    for overlay in ["observe", "enforce"] {
+        let (text, _) = render(overlay);
+        let out = cp.kubectl_stdin(&["apply", "--validate=false", "--dry-run=server", "-f", "-"], Some(&text));
+        assert!(
+            out.status.success(),
+            "{overlay}: the apiserver refused the manifests: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The agent with each overlay's capabilities and nothing else does its
+/// job: observing, it loads, attaches, pins and counts; enforcing, it also
+/// blocks and resets.
+#[test]
+fn the_daemonset_capabilities_are_enough() {
+    let lab = Lab::new("t-caps");
+    let pod = |port| SocketAddr::new(addrs::POD4.into(), port);
+    for overlay in ["observe", "enforce"] {
+        let (_, docs) = render(overlay);
+        let caps = capabilities(&docs);
+        let mut args = Topology::agent_args();
+        if overlay == "enforce" {
+            args.extend(["--policy".to_owned(), "apiserver-proxy-to-pod:http=block".to_owned()]);
+        }
+        let agent = Agent::start_with_caps(&caps, &args);
+        let plain = traffic::http_get(lab.ns(Where::ControlPlane), pod(8080));
+        if overlay == "enforce" {
+            let err = plain.expect_err("blocked");
+            assert!(
+                matches!(err.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted),
+                "reset with {caps:?}, got {err:?}; agent stderr:\n{}",
+                agent.stderr()
+            );
+        } else {
+            assert!(plain.expect("observed, not blocked").status.contains("200"));
+        }
+        traffic::https_get(lab.ns(Where::ControlPlane), pod(8443), &lab.tls).expect("TLS passes");
+        let m = agent.scrape();
+        assert_eq!(m.sum("cp_observer_connections_total", &[("path", "apiserver-proxy-to-pod")]), 2.0, "{overlay}");
+        assert_eq!(m.sum("cp_observer_reset_errors_total", &[]), 0.0, "{overlay}");
+    }
+}
+
+/// And each of them is needed, in each overlay: without it the agent either
+/// cannot load or attach (it says so and exits) or, enforcing, cannot reset a
+/// blocked connection (the failure is counted).
+#[test]
+fn each_daemonset_capability_is_needed() {
+    let lab = Lab::new("t-capmin");
+    for overlay in ["observe", "enforce"] {
+        let (_, docs) = render(overlay);
+        let caps = capabilities(&docs);
+        let mut args = Topology::agent_args();
+        if overlay == "enforce" {
+            args.extend(["--policy".to_owned(), "apiserver-proxy-to-pod:http=block".to_owned()]);
+        }
+        for missing in &caps {
+            let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
+            let Ok(agent) = std::panic::catch_unwind(|| Agent::start_with_caps(&fewer, &args)) else {
+                continue; // refused to start: needed
+            };
+            assert_eq!(overlay, "enforce", "the observing agent ran without {missing}: not needed");
+            let pod = SocketAddr::new(addrs::POD4.into(), 8080);
+            let _ = traffic::http_get(lab.ns(Where::ControlPlane), pod).expect_err("still blocked");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while agent.scrape().sum("cp_observer_reset_errors_total", &[]) < 1.0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the enforcing agent reset connections without {missing}: not needed"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+}
