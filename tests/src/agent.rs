@@ -85,9 +85,19 @@ impl Agent {
         let metrics_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut cmd = match caps {
             Some(caps) => {
-                let set: String = caps.iter().map(|c| format!(",+{}", c.to_lowercase())).collect();
+                let set: String = caps
+                    .iter()
+                    .map(|c| format!(",+{}", c.to_lowercase()))
+                    .collect();
                 let mut c = Command::new("setpriv");
-                c.args(["--bounding-set", &format!("-all{set}"), "--inh-caps", "-all", "--"]).arg(binary());
+                c.args([
+                    "--bounding-set",
+                    &format!("-all{set}"),
+                    "--inh-caps",
+                    "-all",
+                    "--",
+                ])
+                .arg(binary());
                 c
             }
             None => Command::new(binary()),

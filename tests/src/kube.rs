@@ -135,6 +135,11 @@ impl ControlPlane {
         cp_plane
     }
 
+    /// The apiserver's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("apiserver.log")).unwrap_or_default()
+    }
+
     /// Runs kubectl against the apiserver from the control-plane namespace.
     pub fn kubectl(&self, args: &[&str]) -> Output {
         self.kubectl_stdin(args, None)

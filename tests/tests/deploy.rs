@@ -16,42 +16,70 @@ use lab::{
 use serde_yaml::Value;
 
 fn deploy_dir(overlay: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/overlays").join(overlay)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/overlays")
+        .join(overlay)
 }
 
 fn kubectl() -> PathBuf {
-    std::env::var_os("CP_OBSERVER_KUBECTL").map(PathBuf::from).expect("CP_OBSERVER_KUBECTL: run through `cargo xtask test`")
+    std::env::var_os("CP_OBSERVER_KUBECTL")
+        .map(PathBuf::from)
+        .expect("CP_OBSERVER_KUBECTL: run through `cargo xtask test`")
 }
 
 /// `kubectl kustomize` of an overlay: the text and its documents.
 fn render(overlay: &str) -> (String, Vec<Value>) {
-    let out = Command::new(kubectl()).arg("kustomize").arg(deploy_dir(overlay)).output().expect("kubectl runs");
-    assert!(out.status.success(), "kustomize {overlay}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(kubectl())
+        .arg("kustomize")
+        .arg(deploy_dir(overlay))
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kustomize {overlay}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).expect("UTF-8");
-    let docs = serde_yaml::Deserializer::from_str(&text).map(|d| Value::deserialize(d).expect("YAML")).collect();
+    let docs = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).expect("YAML"))
+        .collect();
     (text, docs)
 }
 
 use serde::Deserialize as _;
 
 fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
-    docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind} rendered"))
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} rendered"))
 }
 
 /// The capabilities the DaemonSet adds.
 fn capabilities(docs: &[Value]) -> Vec<String> {
-    let c = &find(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    let c =
+        &find(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["securityContext"];
     assert_eq!(c["privileged"], Value::Bool(false), "never privileged");
     assert_eq!(c["capabilities"]["drop"][0], "ALL");
-    c["capabilities"]["add"].as_sequence().expect("added capabilities").iter().map(|v| v.as_str().expect("a name").to_owned()).collect()
+    c["capabilities"]["add"]
+        .as_sequence()
+        .expect("added capabilities")
+        .iter()
+        .map(|v| v.as_str().expect("a name").to_owned())
+        .collect()
 }
 
 /// The agent's settings from the rendered ConfigMap.
 fn settings(docs: &[Value]) -> observer::config::Settings {
-    let toml = find(docs, "ConfigMap")["data"]["cp-observer.toml"].as_str().expect("the config file").to_owned();
+    let toml = find(docs, "ConfigMap")["data"]["cp-observer.toml"]
+        .as_str()
+        .expect("the config file")
+        .to_owned();
     let path = std::env::temp_dir().join(format!("cp-observer-deploy-{}.toml", std::process::id()));
     std::fs::write(&path, toml).expect("temp file");
-    let args = observer::cli::RunArgs { config: Some(path.clone()), ..Default::default() };
+    let args = observer::cli::RunArgs {
+        config: Some(path.clone()),
+        ..Default::default()
+    };
     let s = observer::config::Settings::from_args(&args).expect("the shipped config is valid");
     let _ = std::fs::remove_file(path);
     s
@@ -62,17 +90,41 @@ fn overlays_render_and_carry_a_valid_config() {
     use observer_common::{path::Path, policy::Action, protocol::Protocol};
     for overlay in ["observe", "enforce"] {
         let (_, docs) = render(overlay);
-        for kind in ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"] {
+        for kind in [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "DaemonSet",
+        ] {
             find(&docs, kind);
         }
         let ds = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
-        assert_eq!(ds["tolerations"][0]["operator"], "Exists", "runs on every node");
-        assert_eq!(ds["containers"][0]["env"][0]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
-        assert_eq!(ds["containers"][0]["readinessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(
+            ds["tolerations"][0]["operator"], "Exists",
+            "runs on every node"
+        );
+        assert_eq!(
+            ds["containers"][0]["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+            "spec.nodeName"
+        );
+        assert_eq!(
+            ds["containers"][0]["readinessProbe"]["httpGet"]["path"],
+            "/healthz"
+        );
         let rules = &find(&docs, "ClusterRole")["rules"][0]["verbs"];
-        assert_eq!(rules.as_sequence().map(Vec::len), Some(3), "get, list, watch and nothing else");
+        assert_eq!(
+            rules.as_sequence().map(Vec::len),
+            Some(3),
+            "get, list, watch and nothing else"
+        );
         let caps = capabilities(&docs);
-        let want: &[&str] = if overlay == "enforce" { &["NET_ADMIN", "SYS_ADMIN"] } else { &["BPF", "PERFMON", "NET_ADMIN"] };
+        let want: &[&str] = if overlay == "enforce" {
+            &["NET_ADMIN", "SYS_ADMIN"]
+        } else {
+            &["BPF", "PERFMON", "NET_ADMIN"]
+        };
         assert_eq!(caps, want, "{overlay}");
         let s = settings(&docs);
         let blocks = s.policy.action(Path::ApiserverProxyToPod, Protocol::Http) == Action::Block;
@@ -88,7 +140,10 @@ fn a_real_apiserver_accepts_the_rendered_manifests() {
     cp.kubectl_ok(&["create", "namespace", "cp-observer"], None);
     for overlay in ["observe", "enforce"] {
         let (text, _) = render(overlay);
-        let out = cp.kubectl_stdin(&["apply", "--validate=false", "--dry-run=server", "-f", "-"], Some(&text));
+        let out = cp.kubectl_stdin(
+            &["apply", "--validate=false", "--dry-run=server", "-f", "-"],
+            Some(&text),
+        );
         assert!(
             out.status.success(),
             "{overlay}: the apiserver refused the manifests: {}",
@@ -109,14 +164,20 @@ fn the_daemonset_capabilities_are_enough() {
         let caps = capabilities(&docs);
         let mut args = Topology::agent_args();
         if overlay == "enforce" {
-            args.extend(["--policy".to_owned(), "apiserver-proxy-to-pod:http=block".to_owned()]);
+            args.extend([
+                "--policy".to_owned(),
+                "apiserver-proxy-to-pod:http=block".to_owned(),
+            ]);
         }
         let agent = Agent::start_with_caps(&caps, &args);
         let plain = traffic::http_get(lab.ns(Where::ControlPlane), pod(8080));
         if overlay == "enforce" {
             let err = plain.expect_err("blocked");
             assert!(
-                matches!(err.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted),
+                matches!(
+                    err.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+                ),
                 "reset with {caps:?}, got {err:?}; agent stderr:\n{}",
                 agent.stderr()
             );
@@ -125,8 +186,19 @@ fn the_daemonset_capabilities_are_enough() {
         }
         traffic::https_get(lab.ns(Where::ControlPlane), pod(8443), &lab.tls).expect("TLS passes");
         let m = agent.scrape();
-        assert_eq!(m.sum("cp_observer_connections_total", &[("path", "apiserver-proxy-to-pod")]), 2.0, "{overlay}");
-        assert_eq!(m.sum("cp_observer_reset_errors_total", &[]), 0.0, "{overlay}");
+        assert_eq!(
+            m.sum(
+                "cp_observer_connections_total",
+                &[("path", "apiserver-proxy-to-pod")]
+            ),
+            2.0,
+            "{overlay}"
+        );
+        assert_eq!(
+            m.sum("cp_observer_reset_errors_total", &[]),
+            0.0,
+            "{overlay}"
+        );
     }
 }
 
@@ -141,14 +213,21 @@ fn each_daemonset_capability_is_needed() {
         let caps = capabilities(&docs);
         let mut args = Topology::agent_args();
         if overlay == "enforce" {
-            args.extend(["--policy".to_owned(), "apiserver-proxy-to-pod:http=block".to_owned()]);
+            args.extend([
+                "--policy".to_owned(),
+                "apiserver-proxy-to-pod:http=block".to_owned(),
+            ]);
         }
         for missing in &caps {
             let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
-            let Ok(agent) = std::panic::catch_unwind(|| Agent::start_with_caps(&fewer, &args)) else {
+            let Ok(agent) = std::panic::catch_unwind(|| Agent::start_with_caps(&fewer, &args))
+            else {
                 continue; // refused to start: needed
             };
-            assert_eq!(overlay, "enforce", "the observing agent ran without {missing}: not needed");
+            assert_eq!(
+                overlay, "enforce",
+                "the observing agent ran without {missing}: not needed"
+            );
             let pod = SocketAddr::new(addrs::POD4.into(), 8080);
             let _ = traffic::http_get(lab.ns(Where::ControlPlane), pod).expect_err("still blocked");
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

@@ -80,6 +80,8 @@ fn run(command: Command) -> Result<()> {
             let kube = kube::ensure()?;
             // iptables: the tests translate the `kubernetes` VIP as kube-proxy does.
             toolchain::ensure_debian_packages(&["iptables"])?;
+            // A real Prometheus (and promtool) for the monitoring tests.
+            toolchain::ensure_debian_packages(&["prometheus"])?;
             cargo::test(&agent, &kube, &args)?;
         }
     }
