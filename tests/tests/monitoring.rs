@@ -159,7 +159,7 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(target: SocketAddr, rules: &PathBuf) -> Self {
+    fn start(target: SocketAddr, rules: &std::path::Path) -> Self {
         let dir =
             std::env::temp_dir().join(format!("cp-observer-prometheus-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
