@@ -140,6 +140,12 @@ fn run(enforce: bool) -> bool {
         println!("    {line}");
     }
 
+    let (rss, cpu) = agent.usage();
+    println!(
+        "\nagent: peak RSS {:.1} MiB, CPU {:.2} s",
+        rss as f64 / 1024.0,
+        cpu.as_secs_f64()
+    );
     say("stopping the agent and removing the lab");
     let status = agent.stop();
     drop(lab);
@@ -274,6 +280,12 @@ fn run_kube(enforce: bool) -> bool {
     for line in agent.stdout_lines().iter().take(3) {
         println!("    {line}");
     }
+    let (rss, cpu) = agent.usage();
+    println!(
+        "\nagent: peak RSS {:.1} MiB, CPU {:.2} s",
+        rss as f64 / 1024.0,
+        cpu.as_secs_f64()
+    );
     say("stopping the agent and removing the lab");
     let status = agent.stop();
     drop(steps);
