@@ -135,6 +135,12 @@ impl ControlPlane {
         cp_plane
     }
 
+    /// Stops the apiserver (the cluster stops answering); etcd stays.
+    pub fn stop_apiserver(&mut self) {
+        let _ = self.apiserver.kill();
+        let _ = self.apiserver.wait();
+    }
+
     /// The apiserver's log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("apiserver.log")).unwrap_or_default()

@@ -262,3 +262,65 @@ fn discovery_learns_the_cluster_from_the_real_apiserver() {
     );
     assert_eq!(after.sum("cp_observer_discovery_errors_total", &[]), 0.0);
 }
+
+/// When the apiserver stops answering, the agent keeps the configuration it
+/// learned (classification goes on), reports the failed watches, and does
+/// not crash.
+#[test]
+fn a_silent_apiserver_leaves_the_last_configuration_in_force() {
+    let lab = Lab::for_real_control_plane("t-silent");
+    let mut cp = ControlPlane::start(&lab.topo.cp);
+    cp.register_lab_objects();
+    let agent_ip: std::net::IpAddr = "198.18.16.3".parse().expect("an address");
+    lab.topo
+        .pod
+        .ip(&["addr", "add", "198.18.16.3/24", "dev", "eth0"]);
+    cp.create_pod(
+        "kube-system",
+        "konnectivity-agent-lab",
+        "k8s-app=konnectivity-agent",
+        agent_ip,
+    );
+    let args: Vec<String> = [
+        "--kubeconfig",
+        cp.kubeconfig.to_str().expect("utf-8 path"),
+        "--node-name",
+        NODE,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let agent = Agent::start_in(Some(lab.topo.node.name()), &args);
+    agent.wait_for_complete_discovery();
+
+    cp.stop_apiserver();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent
+        .scrape()
+        .sum("cp_observer_discovery_errors_total", &[])
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the failing watches are reported; stderr:\n{}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = agent.scrape();
+    use lab::{topology::addrs, traffic};
+    let kubelet = std::net::SocketAddr::new(addrs::NODE4.into(), 10250);
+    traffic::connect_close_from(&lab.topo.pod, agent_ip, kubelet)
+        .expect("the konnectivity agent reaches the kubelet");
+    let after = agent.scrape();
+    assert_eq!(
+        grew(&before, &after, &[("path", "apiserver-to-kubelet")]),
+        1.0,
+        "the learned configuration (konnectivity agent as control plane) is still in force"
+    );
+    assert_eq!(
+        agent.get("/healthz").map(|(c, _)| c),
+        Some(200),
+        "the agent is alive"
+    );
+}
