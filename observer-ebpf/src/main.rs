@@ -48,6 +48,13 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     connect::on_connect(&ctx, true)
 }
 
+/// Does nothing: the floor no program at these hooks can beat, for the
+/// benchmarks (`cargo xtask bench`). Never attached by the agent.
+#[cgroup_skb]
+pub fn noop(_ctx: SkBuffContext) -> i32 {
+    PASS
+}
+
 /// Both hooks do the same: the flow table tells the directions apart.
 #[inline(always)]
 fn handle(ctx: &SkBuffContext) -> i32 {

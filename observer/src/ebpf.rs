@@ -314,6 +314,17 @@ impl Datapath {
         }
     }
 
+    /// Loads a program the agent never attaches (the benchmarks' `noop`).
+    pub fn load_extra(&mut self, name: &'static str) -> Result<(), DatapathError> {
+        match any_program_mut(&mut self.ebpf, name)? {
+            Program::CgroupSkb(p) => p.load().map_err(prog_err(name)),
+            _ => Err(DatapathError::Program {
+                name,
+                source: ProgramError::UnexpectedProgramType,
+            }),
+        }
+    }
+
     /// A loaded program, e.g. for `BPF_PROG_TEST_RUN` in tests.
     pub fn program(&self, name: &'static str) -> Result<&CgroupSkb, DatapathError> {
         let prog = self

@@ -8,6 +8,7 @@
 //! benchmarking range) and live only inside namespaces the lab creates.
 
 pub mod agent;
+pub mod bench;
 pub mod kube;
 pub mod metrics;
 pub mod netns;

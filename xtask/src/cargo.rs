@@ -42,6 +42,11 @@ pub fn build_bin(package: &str, bin: &str) -> Result<PathBuf> {
     build_bin_with(package, bin, false)
 }
 
+/// Like [`build_bin`], optimised.
+pub fn build_release_bin(package: &str, bin: &str) -> Result<PathBuf> {
+    build_bin_with(package, bin, true)
+}
+
 fn build_bin_with(package: &str, bin: &str, release: bool) -> Result<PathBuf> {
     let mut cmd = cargo();
     cmd.args([

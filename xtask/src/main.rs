@@ -4,6 +4,7 @@
 //!   not), then build the agent with its kernel programs.
 //! - `lab`: build, then run the lab: a simulated node and control plane in
 //!   network namespaces, with the real agent watching real traffic.
+//! - `bench`: measure the kernel programs per packet; write BENCHMARKS.md.
 //! - `test`: build, then run every test, privileged ones included (root),
 //!   the end-to-end ones against a real kube-apiserver (built once, cached).
 
@@ -33,6 +34,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmark the kernel programs (root) and write BENCHMARKS.md.
+    Bench,
     /// Run every test (root): unit, kernel (BPF_PROG_TEST_RUN) and integration.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -71,6 +74,15 @@ fn run(command: Command) -> Result<()> {
                     .env("CP_OBSERVER_KUBECTL", &kube.kubectl);
             }
             cargo::run_checked(cmd.arg("--agent").arg(agent).args(args))?;
+        }
+        Command::Bench => {
+            require_root("the benchmarks (BPF)")?;
+            toolchain::ensure()?;
+            let bench = cargo::build_release_bin("cp-observer-tests", "cp-observer-bench")?;
+            cargo::run_checked(
+                std::process::Command::new(bench)
+                    .arg(cargo::workspace_root().join("BENCHMARKS.md")),
+            )?;
         }
         Command::Test { args } => {
             require_root("the tests (BPF and network namespaces)")?;
