@@ -225,6 +225,30 @@ impl ControlPlane {
         self.create_pod("default", "web", "", addrs::POD4.into());
     }
 
+    /// A konnectivity agent pod at a second address of the pod namespace
+    /// (`pod`); returns its address.
+    pub fn add_konnectivity_agent(&self, pod: &NetNs) -> std::net::IpAddr {
+        let ip = addrs::KONNECTIVITY_AGENT4;
+        pod.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        self.create_pod(
+            "kube-system",
+            "konnectivity-agent-lab",
+            "k8s-app=konnectivity-agent",
+            ip.into(),
+        );
+        ip.into()
+    }
+
+    /// Agent flags for discovery only: this apiserver, the lab node.
+    pub fn discovery_args(&self) -> Vec<String> {
+        vec![
+            "--kubeconfig".to_owned(),
+            self.kubeconfig.display().to_string(),
+            "--node-name".to_owned(),
+            NODE.to_owned(),
+        ]
+    }
+
     /// Creates a pod on the lab node with `labels` (`k=v`, or empty) and
     /// sets its IP through the status subresource.
     pub fn create_pod(&self, namespace: &str, name: &str, labels: &str, ip: std::net::IpAddr) {

@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod bench;
 pub mod kube;
+pub mod manifests;
 pub mod metrics;
 pub mod netns;
 pub mod packets;

@@ -31,6 +31,8 @@ pub mod addrs {
     pub const POD4: Ipv4Addr = Ipv4Addr::new(198, 18, 16, 2);
     /// The pod CIDR.
     pub const POD_CIDR4: &str = "198.18.16.0/24";
+    /// A second pod address, for a konnectivity agent pod.
+    pub const KONNECTIVITY_AGENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 16, 3);
 
     /// IPv6 twins of the above.
     pub const CP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xcafe, 0, 0, 0, 0, 1);

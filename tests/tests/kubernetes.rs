@@ -156,27 +156,8 @@ fn discovery_learns_the_cluster_from_the_real_apiserver() {
     let lab = Lab::for_real_control_plane("t-disco");
     let cp = ControlPlane::start(&lab.topo.cp);
     cp.register_lab_objects();
-    // A konnectivity agent pod, at a second address of the pod namespace.
-    let agent_ip: std::net::IpAddr = "198.18.16.3".parse().expect("an address");
-    lab.topo
-        .pod
-        .ip(&["addr", "add", "198.18.16.3/24", "dev", "eth0"]);
-    cp.create_pod(
-        "kube-system",
-        "konnectivity-agent-lab",
-        "k8s-app=konnectivity-agent",
-        agent_ip,
-    );
-    let args: Vec<String> = [
-        "--kubeconfig",
-        cp.kubeconfig.to_str().expect("utf-8 path"),
-        "--node-name",
-        NODE,
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    let agent = Agent::start_in(Some(lab.topo.node.name()), &args);
+    let agent_ip = cp.add_konnectivity_agent(&lab.topo.pod);
+    let agent = Agent::start_in(Some(lab.topo.node.name()), &cp.discovery_args());
     agent.wait_for_complete_discovery();
     let before = agent.scrape();
 
@@ -271,26 +252,8 @@ fn a_silent_apiserver_leaves_the_last_configuration_in_force() {
     let lab = Lab::for_real_control_plane("t-silent");
     let mut cp = ControlPlane::start(&lab.topo.cp);
     cp.register_lab_objects();
-    let agent_ip: std::net::IpAddr = "198.18.16.3".parse().expect("an address");
-    lab.topo
-        .pod
-        .ip(&["addr", "add", "198.18.16.3/24", "dev", "eth0"]);
-    cp.create_pod(
-        "kube-system",
-        "konnectivity-agent-lab",
-        "k8s-app=konnectivity-agent",
-        agent_ip,
-    );
-    let args: Vec<String> = [
-        "--kubeconfig",
-        cp.kubeconfig.to_str().expect("utf-8 path"),
-        "--node-name",
-        NODE,
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    let agent = Agent::start_in(Some(lab.topo.node.name()), &args);
+    let agent_ip = cp.add_konnectivity_agent(&lab.topo.pod);
+    let agent = Agent::start_in(Some(lab.topo.node.name()), &cp.discovery_args());
     agent.wait_for_complete_discovery();
 
     cp.stop_apiserver();

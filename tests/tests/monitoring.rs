@@ -20,39 +20,12 @@ use std::{
 
 use lab::{
     agent::{Agent, free_port},
+    manifests::{kustomize, repo},
     scenario::{Lab, Where},
     topology::{Topology, addrs},
     traffic,
 };
-use serde::Deserialize as _;
 use serde_json::Value as Json;
-use serde_yaml::Value;
-
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path)
-}
-
-fn kustomize(dir: &str) -> (String, Vec<Value>) {
-    let kubectl = std::env::var_os("CP_OBSERVER_KUBECTL")
-        .expect("CP_OBSERVER_KUBECTL: run through `cargo xtask test`");
-    let out = Command::new(kubectl)
-        .arg("kustomize")
-        .arg(repo(dir))
-        .output()
-        .expect("kubectl runs");
-    assert!(
-        out.status.success(),
-        "kustomize {dir}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).expect("UTF-8");
-    let docs = serde_yaml::Deserializer::from_str(&text)
-        .map(|d| Value::deserialize(d).expect("YAML"))
-        .collect();
-    (text, docs)
-}
 
 /// The alert rules as a plain Prometheus rules file (the PrometheusRule's spec).
 fn rules_file() -> (PathBuf, Vec<(String, String)>) {

@@ -140,12 +140,7 @@ fn run(enforce: bool) -> bool {
         println!("    {line}");
     }
 
-    let (rss, cpu) = agent.usage();
-    println!(
-        "\nagent: peak RSS {:.1} MiB, CPU {:.2} s",
-        rss as f64 / 1024.0,
-        cpu.as_secs_f64()
-    );
+    report_usage(&agent);
     say("stopping the agent and removing the lab");
     let status = agent.stop();
     drop(lab);
@@ -161,35 +156,17 @@ fn run(enforce: bool) -> bool {
 /// plane, endpoint, VIP, node addresses, pod CIDRs and konnectivity agents
 /// from the apiserver, then sees the apiserver's own connections.
 fn run_kube(enforce: bool) -> bool {
-    use lab::{
-        kube::{ControlPlane, NODE},
-        topology::addrs,
-        traffic,
-    };
+    use lab::{kube::ControlPlane, topology::addrs, traffic};
     use std::net::SocketAddr;
 
     say("building the lab and starting etcd and kube-apiserver on the control plane");
     let lab = Lab::for_real_control_plane("lab");
     let cp = ControlPlane::start(&lab.topo.cp);
     cp.register_lab_objects();
-    let konnectivity: std::net::IpAddr = "198.18.16.3".parse().expect("an address");
-    lab.topo
-        .pod
-        .ip(&["addr", "add", "198.18.16.3/24", "dev", "eth0"]);
-    cp.create_pod(
-        "kube-system",
-        "konnectivity-agent-lab",
-        "k8s-app=konnectivity-agent",
-        konnectivity,
-    );
+    let konnectivity = cp.add_konnectivity_agent(&lab.topo.pod);
 
     say("starting the agent on the node with discovery only");
-    let mut args = vec![
-        "--kubeconfig".to_owned(),
-        cp.kubeconfig.display().to_string(),
-        "--node-name".to_owned(),
-        NODE.to_owned(),
-    ];
+    let mut args = cp.discovery_args();
     if enforce {
         args.extend(["--policy".to_owned(), ENFORCE_RULE.to_owned()]);
     }
@@ -280,12 +257,7 @@ fn run_kube(enforce: bool) -> bool {
     for line in agent.stdout_lines().iter().take(3) {
         println!("    {line}");
     }
-    let (rss, cpu) = agent.usage();
-    println!(
-        "\nagent: peak RSS {:.1} MiB, CPU {:.2} s",
-        rss as f64 / 1024.0,
-        cpu.as_secs_f64()
-    );
+    report_usage(&agent);
     say("stopping the agent and removing the lab");
     let status = agent.stop();
     drop(steps);
@@ -293,6 +265,16 @@ fn run_kube(enforce: bool) -> bool {
     drop(lab);
     println!("agent exited with {status}");
     ok && status.success()
+}
+
+/// The agent's peak memory and CPU time, measured by the lab.
+fn report_usage(agent: &Agent) {
+    let (rss, cpu) = agent.usage();
+    println!(
+        "\nagent: peak RSS {:.1} MiB, CPU {:.2} s",
+        rss as f64 / 1024.0,
+        cpu.as_secs_f64()
+    );
 }
 
 /// The connection series that grew between two scrapes, as `path/protocol`.
