@@ -119,6 +119,19 @@ fn a_real_apiserver_accepts_the_rendered_manifests() {
     }
 }
 
+/// The lab's agent flags, plus what the overlay's policy blocks that the
+/// tests exercise (plaintext HTTP on the proxy path).
+fn agent_args(overlay: &str) -> Vec<String> {
+    let mut args = Topology::agent_args();
+    if overlay == "enforce" {
+        args.extend([
+            "--policy".to_owned(),
+            "apiserver-proxy-to-pod:http=block".to_owned(),
+        ]);
+    }
+    args
+}
+
 /// The agent with each overlay's capabilities and nothing else does its
 /// job: observing, it loads, attaches, pins and counts; enforcing, it also
 /// blocks and resets.
@@ -129,13 +142,7 @@ fn the_daemonset_capabilities_are_enough() {
     for overlay in ["observe", "enforce"] {
         let (_, docs) = render(overlay);
         let caps = capabilities(&docs);
-        let mut args = Topology::agent_args();
-        if overlay == "enforce" {
-            args.extend([
-                "--policy".to_owned(),
-                "apiserver-proxy-to-pod:http=block".to_owned(),
-            ]);
-        }
+        let args = agent_args(overlay);
         let agent = Agent::start_with_caps(&caps, &args);
         let plain = traffic::http_get(lab.ns(Where::ControlPlane), pod(8080));
         if overlay == "enforce" {
@@ -178,13 +185,7 @@ fn each_daemonset_capability_is_needed() {
     for overlay in ["observe", "enforce"] {
         let (_, docs) = render(overlay);
         let caps = capabilities(&docs);
-        let mut args = Topology::agent_args();
-        if overlay == "enforce" {
-            args.extend([
-                "--policy".to_owned(),
-                "apiserver-proxy-to-pod:http=block".to_owned(),
-            ]);
-        }
+        let args = agent_args(overlay);
         for missing in &caps {
             let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
             let Ok(agent) = std::panic::catch_unwind(|| Agent::start_with_caps(&fewer, &args))
