@@ -32,12 +32,13 @@ impl Roles {
 
 /// An IP address as the kernel maps store it: 16 bytes in network order,
 /// IPv4 as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), so one map and one
-/// code path serve both families.
-#[repr(C)]
+/// code path serve both families. Aligned to 4 bytes so the kernel programs
+/// build and compare it a 32-bit word at a time.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Addr(pub [u8; 16]);
 
-const _: () = assert!(size_of::<Addr>() == 16);
+const _: () = assert!(size_of::<Addr>() == 16 && align_of::<Addr>() == 4);
 
 impl Addr {
     /// The IPv4-mapped form of an IPv4 address given as its 4 bytes.
@@ -46,6 +47,28 @@ impl Addr {
         Self([
             0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
         ])
+    }
+
+    /// The address as four 32-bit words, each from 4 bytes in memory order
+    /// (as a kernel program loads them from a packet).
+    #[inline(always)]
+    pub const fn words(&self) -> [u32; 4] {
+        // SAFETY: same size, and every bit pattern is a valid `[u32; 4]`.
+        unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(self.0) }
+    }
+
+    /// The inverse of [`Self::words`].
+    #[inline(always)]
+    pub const fn from_words(words: [u32; 4]) -> Self {
+        // SAFETY: same size, and every bit pattern is a valid `[u8; 16]`.
+        Self(unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) })
+    }
+
+    /// The IPv4-mapped form of an IPv4 address given as the 32-bit word
+    /// its 4 bytes make in memory order.
+    #[inline(always)]
+    pub const fn from_v4_word(word: u32) -> Self {
+        Self::from_words([0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), word])
     }
 
     /// The 4 bytes of an IPv4-mapped address, or `None` for a true IPv6 one.

@@ -30,7 +30,9 @@ impl FlowKey {
     /// whether the source is the key's `lo` end.
     #[inline(always)]
     pub fn new(src: Addr, sport: u16, dst: Addr, dport: u16) -> (Self, bool) {
-        let src_is_lo = (src.0, sport) <= (dst.0, dport);
+        // Any total order that both directions agree on will do: compare
+        // 32-bit words, which a kernel program does in four steps.
+        let src_is_lo = (src.words(), sport) <= (dst.words(), dport);
         if src_is_lo {
             (
                 Self {
@@ -55,7 +57,34 @@ impl FlowKey {
     }
 }
 
+/// Number of counters of the `FLOW_FILTER` map (a power of two).
+pub const FILTER_SLOTS: u32 = 1 << 16;
+
+/// The `FLOW_FILTER` counter of a connection between `a:a_port` and
+/// `b:b_port`; symmetric, so both directions of a connection share it.
+///
+/// `FLOW_FILTER[slot]` is never below the number of `FLOWS` entries whose
+/// key hashes to `slot`: the kernel adds one before it inserts an entry,
+/// and whoever removes one (the kernel on the last FIN or a RST, the agent
+/// on idle expiry) subtracts one after. A packet whose counter is 0 belongs
+/// to no tracked connection, and costs no flow table lookup.
+#[inline(always)]
+pub const fn filter_slot(a: &Addr, a_port: u16, b: &Addr, b_port: u16) -> u32 {
+    let (a, b) = (a.words(), b.words());
+    let addrs = (a[0] ^ a[1] ^ a[2] ^ a[3]).wrapping_add(b[0] ^ b[1] ^ b[2] ^ b[3]);
+    let ports = (a_port as u32).wrapping_add(b_port as u32);
+    // Fibonacci hashing: the top bits of the product are well mixed.
+    (addrs ^ ports.rotate_left(16)).wrapping_mul(0x9e37_79b1)
+        >> (32 - FILTER_SLOTS.trailing_zeros())
+}
+
 impl FlowKey {
+    /// This key's `FLOW_FILTER` counter (see [`filter_slot`]).
+    #[inline(always)]
+    pub const fn filter_slot(&self) -> u32 {
+        filter_slot(&self.lo, self.lo_port, &self.hi, self.hi_port)
+    }
+
     /// (client, client port, server, server port) of the connection `flow`
     /// describes.
     #[inline(always)]
@@ -313,6 +342,25 @@ mod tests {
         assert_eq!(k1.ends(&f), (a(1), 40000, a(2), 8080));
         let g = Flow::new(3, lo2, 100, 0);
         assert_eq!(k2.ends(&g), (a(2), 8080, a(1), 40000));
+    }
+
+    #[test]
+    fn filter_slots_are_symmetric_and_spread() {
+        let v6 = Addr([0x20, 1, 0x0d, 0xb8, 0, 0x16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        for (x, xp, y, yp) in [(a(1), 40000, a(2), 8080), (v6, 443, a(7), 1)] {
+            let s = filter_slot(&x, xp, &y, yp);
+            assert_eq!(s, filter_slot(&y, yp, &x, xp));
+            assert!(s < FILTER_SLOTS);
+            assert_eq!(FlowKey::new(x, xp, y, yp).0.filter_slot(), s);
+        }
+        // One client's connections to one server land in many slots.
+        let mut seen = [0u32; 1000];
+        for (i, port) in (32768..33768).enumerate() {
+            seen[i] = filter_slot(&a(1), port, &a(2), 6443);
+        }
+        seen.sort_unstable();
+        let distinct = 1 + seen.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(distinct > 900, "{distinct} distinct slots of 1000");
     }
 
     #[test]

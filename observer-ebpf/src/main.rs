@@ -7,6 +7,10 @@
 //! packet.
 #![no_std]
 #![no_main]
+// `atomic_xadd` (see `maps::filter_add`): the BPF target has no atomic types
+// with read-modify-write methods. The build enables unstable features.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 mod connect;
 mod maps;

@@ -9,7 +9,7 @@ use observer_common::{
     config::{Addr, Endpoint, Ports},
     counters::{BYTE_ENTRIES, CONNECTION_ENTRIES, STAT_ENTRIES, Stat},
     event::EVENTS_BYTES,
-    flow::{Connect, Flow, FlowKey},
+    flow::{Connect, FILTER_SLOTS, Flow, FlowKey},
     policy::{POLICY_ENTRIES, POLICY_SLOTS, VIOLATION_ENTRIES},
 };
 
@@ -17,6 +17,15 @@ use observer_common::{
 /// (`--flow-table-capacity`).
 #[map]
 pub static FLOWS: HashMap<FlowKey, Flow> = HashMap::with_max_entries(65536, 0);
+
+/// Counters in front of `FLOWS` (`observer_common::flow::filter_slot`): a
+/// packet whose counter is 0 is untracked, decided without hashing its key.
+/// Memory-mappable, so the agent's idle expiry can decrement atomically.
+#[map]
+pub static FLOW_FILTER: Array<u64> = Array::with_max_entries(FILTER_SLOTS, BPF_F_MMAPABLE);
+
+/// `BPF_F_MMAPABLE`: the array can be mmap()ed by the agent.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Address prefix → [`observer_common::config::Roles`] bits. The agent folds
 /// the roles of enclosing prefixes into each entry, so one longest-prefix
@@ -76,6 +85,35 @@ pub fn add(counters: &PerCpuArray<u64>, index: u32, n: u64) {
         // SAFETY: per-CPU slot, and programs do not migrate CPUs mid-run.
         unsafe { *c += n };
     }
+}
+
+/// Adds `delta` (wrapping: `u64::MAX` subtracts one) to a `FLOW_FILTER`
+/// counter, atomically: other CPUs update the same counters. (64-bit: the
+/// BPF target has no 32-bit atomics.)
+#[inline(always)]
+pub fn filter_add(slot: u32, delta: u64) {
+    if let Some(c) = FLOW_FILTER.get_ptr_mut(slot) {
+        // The BPF target offers no `AtomicU64::fetch_add`; the intrinsic is
+        // what it would call, and compiles to one `lock xadd` instruction.
+        // SAFETY: an aligned u64 inside the map's value area, valid for the run.
+        #[cfg(target_arch = "bpf")]
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                c, delta,
+            );
+        }
+        // Host builds (clippy, rustdoc) only.
+        // SAFETY: as above.
+        #[cfg(not(target_arch = "bpf"))]
+        unsafe { core::sync::atomic::AtomicU64::from_ptr(c) }
+            .fetch_add(delta, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// True when some tracked connection may hash to `slot`.
+#[inline(always)]
+pub fn filter_maybe(slot: u32) -> bool {
+    FLOW_FILTER.get(slot).is_some_and(|c| *c != 0)
 }
 
 /// Counts one occurrence of `stat`.

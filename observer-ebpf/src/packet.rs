@@ -33,26 +33,132 @@ pub struct Segment {
 }
 
 /// Parses the packet, or `None` when it is not a TCP segment we can read.
-/// A subprogram of its own so its header copies stay off the caller's stack.
-#[inline(never)]
+///
+/// The common case, headers in the linear part of the skb and IPv6 without
+/// extension headers, is read in place (direct packet access): no helper
+/// call, no copy. Anything else takes [`parse_copied`].
+#[inline(always)]
 pub fn parse(ctx: &SkBuffContext) -> Option<Segment> {
+    // SAFETY: two plain reads of the program's context.
+    let (data, end) = unsafe {
+        let skb = ctx.skb.skb;
+        ((*skb).data as usize, (*skb).data_end as usize)
+    };
+    // 20 bytes: an IPv4 header without options, the smallest of both
+    // families. (Checking for 1 byte would let LLVM rewrite the check into
+    // `data >= end`, a form the verifier does not follow.)
+    if data + 20 > end {
+        return parse_copied(ctx);
+    }
+    // SAFETY (every read below): the bounds check before it proves the
+    // bytes are inside the packet; the verifier checks the same.
+    let first = unsafe { *(data as *const u8) };
+    let (src, dst, tcp) = match first >> 4 {
+        4 => {
+            let (proto, frag, src, dst) = unsafe {
+                (
+                    *((data + 9) as *const u8),
+                    *((data + 6) as *const u16),
+                    *((data + 12) as *const u32),
+                    *((data + 16) as *const u32),
+                )
+            };
+            let ihl = usize::from(first & 0x0f) * 4;
+            if proto != IPPROTO_TCP || ihl < 20 || u16::from_be(frag) & 0x1fff != 0 {
+                return None;
+            }
+            (Addr::from_v4_word(src), Addr::from_v4_word(dst), data + ihl)
+        }
+        6 => {
+            if data + 40 > end {
+                return parse_copied(ctx);
+            }
+            if unsafe { *((data + 6) as *const u8) } != IPPROTO_TCP {
+                return parse_copied(ctx); // extension headers, or not TCP
+            }
+            let (src, dst) = unsafe {
+                (
+                    *((data + 8) as *const [u32; 4]),
+                    *((data + 24) as *const [u32; 4]),
+                )
+            };
+            (Addr::from_words(src), Addr::from_words(dst), data + 40)
+        }
+        _ => return None,
+    };
+    if tcp + 20 > end {
+        return parse_copied(ctx);
+    }
+    let (ports, seq, doff_flags) = unsafe {
+        (
+            *(tcp as *const [u16; 2]),
+            *((tcp + 4) as *const u32),
+            *((tcp + 12) as *const [u8; 2]),
+        )
+    };
+    segment(
+        ctx,
+        src,
+        dst,
+        (tcp - data) as u32,
+        [u16::from_be(ports[0]), u16::from_be(ports[1])],
+        u32::from_be(seq),
+        doff_flags,
+    )
+}
+
+/// The rest of [`parse`] once the addresses and the TCP header are read.
+#[inline(always)]
+fn segment(
+    ctx: &SkBuffContext,
+    src: Addr,
+    dst: Addr,
+    l4_off: u32,
+    ports: [u16; 2],
+    seq: u32,
+    [doff, flags]: [u8; 2],
+) -> Option<Segment> {
+    let len = ctx.len();
+    let doff = u32::from(doff >> 4) * 4;
+    let payload_off = l4_off + doff;
+    if doff < 20 || payload_off > len {
+        return None;
+    }
+    Some(Segment {
+        src,
+        dst,
+        sport: ports[0],
+        dport: ports[1],
+        seq,
+        flags,
+        payload_off,
+        payload_len: len - payload_off,
+    })
+}
+
+/// [`parse`] for packets whose headers are not all in the linear part of
+/// the skb, or that carry IPv6 extension headers: copies them out with
+/// `bpf_skb_load_bytes`. A subprogram of its own so its copies stay off
+/// the caller's stack.
+#[inline(never)]
+fn parse_copied(ctx: &SkBuffContext) -> Option<Segment> {
     // A header we cannot read is a truncated packet: not a segment of ours.
     let Ok(first) = ctx.load::<u8>(0) else {
         return None;
     };
     let (src, dst, l4_off) = match first >> 4 {
         4 => {
-            let Ok(ip) = ctx.load::<[u8; 20]>(0) else {
+            // Words as in memory: byte 0 of the header is the low byte.
+            let Ok(ip) = ctx.load::<[u32; 5]>(0) else {
                 return None;
             };
-            let ihl = u32::from(ip[0] & 0x0f) * 4;
-            let frag_off = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff;
-            if ip[9] != IPPROTO_TCP || ihl < 20 || frag_off != 0 {
+            let ihl = (ip[0] & 0x0f) * 4;
+            let frag = u16::from_be((ip[1] >> 16) as u16) & 0x1fff;
+            let proto = (ip[2] >> 8) as u8;
+            if proto != IPPROTO_TCP || ihl < 20 || frag != 0 {
                 return None;
             }
-            let src = Addr::from_v4([ip[12], ip[13], ip[14], ip[15]]);
-            let dst = Addr::from_v4([ip[16], ip[17], ip[18], ip[19]]);
-            (src, dst, ihl)
+            (Addr::from_v4_word(ip[3]), Addr::from_v4_word(ip[4]), ihl)
         }
         6 => {
             let Ok(next) = ctx.load::<u8>(6) else {
@@ -68,25 +174,23 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Segment> {
         }
         _ => return None,
     };
-    let len = ctx.len();
-    let Ok(tcp) = ctx.load::<[u8; 20]>(l4_off as usize) else {
+    let Ok(tcp) = ctx.load::<[u32; 4]>(l4_off as usize) else {
         return None;
     };
-    let doff = u32::from(tcp[12] >> 4) * 4;
-    let payload_off = l4_off + doff;
-    if doff < 20 || payload_off > len {
-        return None;
-    }
-    Some(Segment {
+    let ports = tcp[0].to_ne_bytes();
+    let doff_flags = tcp[3].to_ne_bytes();
+    segment(
+        ctx,
         src,
         dst,
-        sport: u16::from_be_bytes([tcp[0], tcp[1]]),
-        dport: u16::from_be_bytes([tcp[2], tcp[3]]),
-        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
-        flags: tcp[13],
-        payload_off,
-        payload_len: len - payload_off,
-    })
+        l4_off,
+        [
+            u16::from_be_bytes([ports[0], ports[1]]),
+            u16::from_be_bytes([ports[2], ports[3]]),
+        ],
+        u32::from_be(tcp[1]),
+        [doff_flags[0], doff_flags[1]],
+    )
 }
 
 /// Walks IPv6 extension headers from `next` (the fixed header's Next

@@ -4,8 +4,8 @@
 //!    role trie and endpoint set and the connection is put on a path
 //!    (`observer_common::path::classify`). Untracked connections stop here and
 //!    never enter the flow table.
-//! 2. Any other segment looks up its flow; a miss (untracked traffic) ends
-//!    the work after one hash lookup.
+//! 2. Any other segment reads its `FLOW_FILTER` counter: 0 (untracked
+//!    traffic) ends the work there. Otherwise it looks up its flow.
 //! 3. Payload of a tracked flow is counted once per byte (sequence numbers,
 //!    so the two sightings of a segment whose both ends are local, and
 //!    retransmissions, count once) and, until the protocol is decided, fed to
@@ -25,7 +25,7 @@ use observer_common::{
     config::{Addr, Endpoint, Roles},
     counters::{Direction, Stat, byte_index, connection_index},
     event::{self, Event},
-    flow::{C2S, Flow, FlowKey, UNDECIDED, flags},
+    flow::{C2S, Flow, FlowKey, UNDECIDED, filter_slot, flags},
     path::{End, Path, classify},
     policy::{self, Action, Verdict, policy_index, violation_index},
     protocol::{Detection, detect},
@@ -49,11 +49,15 @@ pub fn on_packet(ctx: &SkBuffContext) -> Result<i32, ()> {
     let Some(seg) = packet::parse(ctx) else {
         return Ok(PASS);
     };
-    let (key, src_is_lo) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
     if seg.flags & (SYN | ACK) == SYN {
-        open(ctx, &seg, &key, src_is_lo);
+        open(ctx, &seg);
         return Ok(PASS);
     }
+    // Untracked traffic ends here: one array read, no key, no hashing.
+    if !maps::filter_maybe(filter_slot(&seg.src, seg.sport, &seg.dst, seg.dport)) {
+        return Ok(PASS);
+    }
+    let (key, src_is_lo) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
     let Some(flow) = FLOWS.get_ptr_mut(&key) else {
         return Ok(PASS);
     };
@@ -93,7 +97,7 @@ pub fn on_packet(ctx: &SkBuffContext) -> Result<i32, ()> {
 /// A SYN: classify the new connection and, if it is on a path, track it.
 /// A BPF subprogram of its own: it keeps its stack frame out of the hot path.
 #[inline(never)]
-fn open(ctx: &SkBuffContext, seg: &Segment, key: &FlowKey, src_is_lo: bool) {
+fn open(ctx: &SkBuffContext, seg: &Segment) {
     let Some(ports) = PORTS.get(0) else { return };
     let client = End {
         roles: roles_of(seg.src),
@@ -127,15 +131,24 @@ fn open(ctx: &SkBuffContext, seg: &Segment, key: &FlowKey, src_is_lo: bool) {
     let Some(path) = classify(&client, &server, ports) else {
         return;
     };
+    let (key, src_is_lo) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
     let mut flow = Flow::new(path as u8, src_is_lo, seg.seq, now());
     if asked.is_some() {
         flow.client_cookie = cookie;
     }
-    match FLOWS.insert(key, &flow, u64::from(BPF_NOEXIST)) {
+    // The filter counts the entry before it exists, so no other CPU can
+    // find the entry with the filter saying there is none.
+    let slot = key.filter_slot();
+    maps::filter_add(slot, 1);
+    match FLOWS.insert(&key, &flow, u64::from(BPF_NOEXIST)) {
         Ok(()) => maps::count_stat(Stat::FlowsCreated),
-        // The other end's sighting of this SYN, or a retransmitted SYN.
-        Err(e) if e == -EEXIST => {}
-        Err(_) => maps::count_stat(Stat::FlowTableFull),
+        Err(e) => {
+            maps::filter_add(slot, u64::MAX);
+            if e != -EEXIST {
+                maps::count_stat(Stat::FlowTableFull);
+            }
+            // EEXIST: the other end's sighting of this SYN, or a retransmitted SYN.
+        }
     }
 }
 
@@ -261,6 +274,7 @@ fn close(flow: &mut Flow, key: &FlowKey, dir: usize, reset: bool) {
     };
     let both = flags::FIN_C2S | flags::FIN_S2C;
     if (reset || flow.flags & both == both) && FLOWS.remove(key).is_ok() {
+        maps::filter_add(key.filter_slot(), u64::MAX);
         maps::add(&STATS, Stat::FlowsClosed as u32, 1);
     }
 }

@@ -58,6 +58,14 @@ pub enum DatapathError {
         /// Why.
         source: MapError,
     },
+    /// A map cannot be mapped into the agent's memory.
+    #[error("cannot mmap map {name}: {source}")]
+    MapMemory {
+        /// The map.
+        name: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A program is missing, rejected by the verifier, or cannot attach.
     #[error("program {name}: {source}")]
     Program {
@@ -197,7 +205,16 @@ impl Datapath {
             sockets_reset: std::sync::atomic::AtomicU64::new(0),
             reset_errors: std::sync::atomic::AtomicU64::new(0),
         };
-        let flows = FlowTable::new(take(&mut ebpf, "FLOWS")?);
+        let filter_err = |source| DatapathError::MapMemory {
+            name: "FLOW_FILTER",
+            source,
+        };
+        let filter = match ebpf.take_map("FLOW_FILTER") {
+            Some(aya::maps::Map::Array(data)) => data,
+            Some(_) => return Err(filter_err(std::io::Error::other("not an array"))),
+            None => return Err(missing_map("FLOW_FILTER")),
+        };
+        let flows = FlowTable::new(take(&mut ebpf, "FLOWS")?, filter).map_err(filter_err)?;
         let events = take(&mut ebpf, "EVENTS")?;
         Ok(Loaded {
             datapath: Self {

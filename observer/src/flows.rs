@@ -4,19 +4,83 @@
 //! such entries would fill the table over weeks.
 
 use std::{
-    sync::{Arc, atomic::Ordering, mpsc},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
     thread::JoinHandle,
     time::Duration,
 };
 
 use aya::maps::{HashMap, MapData, MapError};
-use observer_common::flow::{Flow, FlowKey};
+use observer_common::flow::{FILTER_SLOTS, Flow, FlowKey};
 
 use crate::ebpf::Counters;
 
-/// The kernel's `FLOWS` map, owned by whoever maintains it.
+/// The kernel's `FLOWS` map, owned by whoever maintains it, with the
+/// `FLOW_FILTER` counters in front of it.
 pub struct FlowTable {
     map: HashMap<MapData, FlowKey, Flow>,
+    filter: Filter,
+}
+
+/// `FLOW_FILTER`, memory-mapped: the kernel programs and the agent update
+/// its counters with atomic instructions on the same memory, so a removal
+/// here cannot lose a concurrent increment there.
+struct Filter {
+    slots: std::ptr::NonNull<AtomicU64>,
+    /// Keeps the map open while it is mapped.
+    _map: MapData,
+}
+
+// SAFETY: the mapping is only accessed through atomics.
+unsafe impl Send for Filter {}
+// SAFETY: as above.
+unsafe impl Sync for Filter {}
+
+const FILTER_BYTES: usize = FILTER_SLOTS as usize * size_of::<u64>();
+
+impl Filter {
+    fn new(map: MapData) -> std::io::Result<Self> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        // SAFETY: a shared mapping of a BPF_F_MMAPABLE array of exactly
+        // FILTER_BYTES (checked by the pin shapes and the object's map).
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                FILTER_BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let slots = std::ptr::NonNull::new(ptr.cast())
+            .ok_or_else(|| std::io::Error::other("mmap returned NULL"))?;
+        Ok(Self { slots, _map: map })
+    }
+
+    fn slot(&self, slot: u32) -> &AtomicU64 {
+        assert!(slot < FILTER_SLOTS, "filter slot {slot} out of range");
+        // SAFETY: in bounds, aligned, and alive as long as `self`.
+        unsafe { self.slots.add(slot as usize).as_ref() }
+    }
+
+    /// One entry hashing to `slot` is gone.
+    fn release(&self, slot: u32) {
+        self.slot(slot).fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Filter {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.slots.as_ptr().cast(), FILTER_BYTES) };
+    }
 }
 
 impl std::fmt::Debug for FlowTable {
@@ -37,8 +101,19 @@ pub fn monotonic_ns() -> u64 {
 }
 
 impl FlowTable {
-    pub(crate) fn new(map: HashMap<MapData, FlowKey, Flow>) -> Self {
-        Self { map }
+    pub(crate) fn new(
+        map: HashMap<MapData, FlowKey, Flow>,
+        filter: MapData,
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            map,
+            filter: Filter::new(filter)?,
+        })
+    }
+
+    /// The `FLOW_FILTER` counter of `slot` (tests: it must match the table).
+    pub fn filter_count(&self, slot: u32) -> u64 {
+        self.filter.slot(slot).load(Ordering::Relaxed)
     }
 
     /// Every entry now (a snapshot; the kernel keeps changing it).
@@ -69,8 +144,10 @@ impl FlowTable {
             .collect();
         let mut removed = 0;
         for key in stale {
-            // The kernel may have removed it meanwhile (the connection closed).
+            // The kernel may have removed it meanwhile (the connection
+            // closed); then it released the filter slot itself.
             if self.map.remove(&key).is_ok() {
+                self.filter.release(key.filter_slot());
                 removed += 1;
             }
         }

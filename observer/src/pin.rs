@@ -29,7 +29,7 @@ use crate::sys;
 use observer_common::{
     counters::{BYTE_ENTRIES, CONNECTION_ENTRIES, STAT_ENTRIES},
     event::EVENTS_BYTES,
-    flow::{Flow, FlowKey},
+    flow::{FILTER_SLOTS, Flow, FlowKey},
     policy::VIOLATION_ENTRIES,
 };
 
@@ -47,13 +47,20 @@ pub struct StateMap {
     max_entries: Option<u32>,
 }
 
-/// The maps whose contents must survive a restart.
-pub const STATE_MAPS: [StateMap; 6] = [
+/// The maps whose contents must survive a restart. The first two go
+/// together: `FLOW_FILTER` counts the entries of `FLOWS`.
+pub const STATE_MAPS: [StateMap; 7] = [
     StateMap {
         name: "FLOWS",
         key_size: size_of::<FlowKey>() as u32,
         value_size: size_of::<Flow>() as u32,
         max_entries: None,
+    },
+    StateMap {
+        name: "FLOW_FILTER",
+        key_size: 4,
+        value_size: 8,
+        max_entries: Some(FILTER_SLOTS),
     },
     StateMap {
         name: "CONNECTIONS",
@@ -135,11 +142,17 @@ fn is_bpffs(path: &Path) -> io::Result<bool> {
 /// Removes pinned state maps whose shape differs from what this build and
 /// `flow_capacity` need (an upgrade that changed a map, a new capacity):
 /// they are recreated empty. Returns the names removed.
+///
+/// The flow table and its filter are one piece of state: if either is
+/// missing or dropped, so is the other (a filter that undercounts its
+/// table would hide tracked connections).
 pub fn drop_incompatible(dir: &Path, flow_capacity: u32) -> io::Result<Vec<&'static str>> {
     let mut dropped = Vec::new();
-    for m in &STATE_MAPS {
+    let mut flows_whole = true;
+    for (i, m) in STATE_MAPS.iter().enumerate() {
         let path = dir.join(m.name);
         let Ok(info) = MapInfo::from_pin(&path) else {
+            flows_whole &= i >= 2;
             continue;
         };
         let max = m.max_entries.unwrap_or(flow_capacity);
@@ -148,6 +161,14 @@ pub fn drop_incompatible(dir: &Path, flow_capacity: u32) -> io::Result<Vec<&'sta
         {
             std::fs::remove_file(&path)?;
             dropped.push(m.name);
+            flows_whole &= i >= 2;
+        }
+    }
+    if !flows_whole {
+        for m in &STATE_MAPS[..2] {
+            if std::fs::remove_file(dir.join(m.name)).is_ok() && !dropped.contains(&m.name) {
+                dropped.push(m.name);
+            }
         }
     }
     Ok(dropped)

@@ -14,6 +14,7 @@ use observer::{
 };
 use observer_common::{
     counters::{Direction, Stat, byte_index, connection_index},
+    flow::{FILTER_SLOTS, filter_slot},
     path::Path,
     policy::{Action, Verdict},
     protocol::Protocol,
@@ -98,6 +99,22 @@ impl Kernel {
 
     fn flows(&self) -> usize {
         self.flows.len()
+    }
+
+    /// The filter in front of the flow table counts exactly its entries,
+    /// slot by slot (no packet is in flight here).
+    fn assert_filter_matches(&self) {
+        let mut want = std::collections::HashMap::<u32, u64>::new();
+        for (key, _) in self.flows.entries() {
+            *want.entry(key.filter_slot()).or_default() += 1;
+        }
+        for slot in 0..FILTER_SLOTS {
+            assert_eq!(
+                self.flows.filter_count(slot),
+                want.get(&slot).copied().unwrap_or(0),
+                "FLOW_FILTER slot {slot}"
+            );
+        }
     }
 
     /// SYN, SYN-ACK and the handshake's last ACK of `c` → `s`.
@@ -255,6 +272,41 @@ fn untracked_traffic_leaves_no_trace() {
     assert_eq!(k.flows(), 0);
     assert_eq!(k.total(), 0);
     assert!(k.counters.bytes().unwrap().iter().all(|b| *b == 0));
+    k.assert_filter_matches();
+}
+
+/// Untracked traffic that shares its filter slot with a tracked connection
+/// takes the flow table lookup, misses, and stays untracked; the tracked
+/// connection is counted as usual.
+#[test]
+fn untracked_traffic_in_a_tracked_slot_stays_untracked() {
+    let k = kernel();
+    let (c, s) = (sa(CP, 40100), sa(POD, 8080)); // apiserver-proxy-to-pod
+    let slot = |c: SocketAddr, s: SocketAddr| {
+        let addr = |a: SocketAddr| match a.ip() {
+            std::net::IpAddr::V4(v4) => observer_common::config::Addr::from_v4(v4.octets()),
+            std::net::IpAddr::V6(v6) => observer_common::config::Addr(v6.octets()),
+        };
+        filter_slot(&addr(c), c.port(), &addr(s), s.port())
+    };
+    let twin = (1024..u16::MAX)
+        .map(|port| (sa(NODE, port), sa(POD, 8080))) // node → pod: no path
+        .find(|(uc, us)| slot(*uc, *us) == slot(c, s))
+        .expect("some node port shares the slot");
+    k.handshake(c, s);
+    k.handshake(twin.0, twin.1);
+    k.both(&Tcp::new(twin.0, twin.1).seq(1001).payload(GET));
+    k.both(&Tcp::new(c, s).seq(1001).payload(GET));
+    assert_eq!(k.flows(), 1);
+    assert_eq!(k.total(), 1);
+    assert_eq!(
+        k.bytes(Path::ApiserverProxyToPod, Direction::Rx),
+        GET.len() as u64
+    );
+    assert_eq!(k.flows.filter_count(slot(c, s)), 1);
+    k.both(&Tcp::new(c, s).seq(2000).rst());
+    k.assert_filter_matches();
+    assert_eq!(k.flows.filter_count(slot(c, s)), 0);
 }
 
 #[test]
@@ -419,6 +471,7 @@ fn every_path_every_protocol_both_families() {
     }
     assert_eq!(k.flows(), 0, "every case cleaned up after itself");
     assert_eq!(k.total(), (ROWS.len() * Protocol::COUNT * 2) as u64);
+    k.assert_filter_matches();
 }
 
 #[test]
@@ -544,6 +597,7 @@ fn full_flow_table_loses_visibly() {
         k.handshake(sa(CP, 46000 + i), sa(POD, 8080));
     }
     assert_eq!(k.flows(), 8, "the table holds its capacity");
+    k.assert_filter_matches(); // refused connections took nothing
     let stat = |s: Stat| k.counters.stat(s).unwrap();
     assert_eq!(stat(Stat::FlowsCreated), 8);
     // Each refused connection is counted at each sighting of its SYN
@@ -565,6 +619,7 @@ fn full_flow_table_loses_visibly() {
         k.both(&Tcp::new(sa(CP, 46000 + i), sa(POD, 8080)).seq(2000).rst());
     }
     assert_eq!(k.flows(), 0);
+    k.assert_filter_matches();
     k.handshake(sa(CP, 47000), sa(POD, 8080));
     assert_eq!(k.flows(), 1);
 }
@@ -607,6 +662,8 @@ fn idle_flows_expire_and_active_ones_stay() {
     let left = k.flows.entries();
     assert_eq!(left.len(), 1);
     assert!(left[0].0.lo_port == active.0.port() || left[0].0.hi_port == active.0.port());
+    // The expiry released the idle entry's filter slot.
+    k.assert_filter_matches();
 }
 
 /// A `block` rule: the deciding segment and every later payload segment of

@@ -159,3 +159,43 @@ fn pins_outlive_the_agent_and_a_restart_adopts_them() {
         "cleanup removes the pin directory"
     );
 }
+
+/// A pinned flow table and its filter are kept or dropped together: a new
+/// capacity drops both, and a table pinned without its filter (an older
+/// agent's) is dropped rather than adopted with counts that miss it.
+#[test]
+fn the_flow_table_and_its_filter_are_one_piece_of_state() {
+    use observer::{cli::RunArgs, config::Settings, ebpf::Datapath, pin};
+    let dir = Path::new("/sys/fs/bpf/cp-observer-test-filter-pins");
+    let _ = std::fs::remove_dir_all(dir);
+    let load = |capacity: u32| {
+        let args = RunArgs {
+            control_plane: vec!["198.18.0.1".parse().expect("cidr")],
+            flow_table_capacity: Some(capacity),
+            pin_dir: Some(dir.to_owned()),
+            ..RunArgs::default()
+        };
+        drop(Datapath::load(&Settings::from_args(&args).expect("settings")).expect("load"));
+    };
+    load(1024);
+    assert!(dir.join("FLOWS").exists() && dir.join("FLOW_FILTER").exists());
+    assert_eq!(
+        pin::drop_incompatible(dir, 1024).expect("readable pins"),
+        Vec::<&str>::new(),
+        "same shapes: everything kept"
+    );
+    assert_eq!(
+        pin::drop_incompatible(dir, 2048).expect("readable pins"),
+        ["FLOWS", "FLOW_FILTER"],
+        "a new capacity drops the table and its filter"
+    );
+    load(1024);
+    std::fs::remove_file(dir.join("FLOW_FILTER")).expect("filter pinned");
+    assert_eq!(
+        pin::drop_incompatible(dir, 1024).expect("readable pins"),
+        ["FLOWS"],
+        "a table without its filter is not adopted"
+    );
+    assert!(!dir.join("FLOWS").exists());
+    std::fs::remove_dir_all(dir).expect("remove the test pins");
+}
