@@ -39,11 +39,7 @@ pub struct Segment {
 /// call, no copy. Anything else takes [`parse_copied`].
 #[inline(always)]
 pub fn parse(ctx: &SkBuffContext) -> Option<Segment> {
-    // SAFETY: two plain reads of the program's context.
-    let (data, end) = unsafe {
-        let skb = ctx.skb.skb;
-        ((*skb).data as usize, (*skb).data_end as usize)
-    };
+    let (data, end) = bounds(ctx);
     // 20 bytes: an IPv4 header without options, the smallest of both
     // families. (Checking for 1 byte would let LLVM rewrite the check into
     // `data >= end`, a form the verifier does not follow.)
@@ -106,6 +102,20 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Segment> {
         doff_flags,
     )
 }
+
+/// Where the linear part of the skb starts (the network header) and ends.
+#[inline(always)]
+fn bounds(ctx: &SkBuffContext) -> (usize, usize) {
+    // SAFETY: two plain reads of the program's context.
+    unsafe {
+        let skb = ctx.skb.skb;
+        ((*skb).data as usize, (*skb).data_end as usize)
+    }
+}
+
+/// Largest payload offset [`load_prefix`] reads in place (IPv4 and TCP
+/// headers full of options); a bound the verifier needs, too.
+const MAX_LINEAR_PAYLOAD_OFF: u32 = 120;
 
 /// The rest of [`parse`] once the addresses and the TCP header are read.
 #[inline(always)]
@@ -241,6 +251,17 @@ fn skip_v6_ext_headers(ctx: &SkBuffContext, mut next: u8) -> Option<u32> {
 /// into `buf` (packed as `Prefix`: little-endian words) and returns how many.
 #[inline(always)]
 pub fn load_prefix(ctx: &SkBuffContext, seg: &Segment, buf: &mut Prefix) -> Result<usize, ()> {
+    // The usual first payload (a TLS ClientHello, an HTTP request) has 16
+    // bytes in the linear part of the skb: read them in place.
+    if seg.payload_len >= PREFIX_LEN as u32 && seg.payload_off <= MAX_LINEAR_PAYLOAD_OFF {
+        let (data, end) = bounds(ctx);
+        let p = data + seg.payload_off as usize;
+        if p + PREFIX_LEN <= end {
+            // SAFETY: checked inside the packet just above.
+            *buf = unsafe { *(p as *const Prefix) };
+            return Ok(PREFIX_LEN);
+        }
+    }
     let n = seg.payload_len.min(PREFIX_LEN as u32);
     // Verifier-only: the helper needs a length it can prove is in 1..=16;
     // LLVM would fold away a check it can prove itself, so hide the value.

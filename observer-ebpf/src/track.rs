@@ -64,7 +64,12 @@ pub fn on_packet(ctx: &SkBuffContext) -> Result<i32, ()> {
     // SAFETY: the entry stays valid for the whole program run (RCU); racing
     // updates from the connection's other end can at worst skew one counter.
     let flow = unsafe { &mut *flow };
-    flow.last_ns = now();
+    // The idle clock. Segments that feed detection skip it: they follow the
+    // handshake (whose SYN set it, and whose ACK refreshed it) closely, and
+    // reading the clock is a good part of a first payload's cost.
+    if seg.payload_len == 0 || flow.protocol != UNDECIDED {
+        flow.last_ns = now();
+    }
     let dir = flow.direction(src_is_lo);
     if seg.flags & SYN != 0 {
         flow.start(dir, seg.seq); // SYN-ACK: the server's ISN

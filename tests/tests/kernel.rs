@@ -636,6 +636,8 @@ fn idle_flows_expire_and_active_ones_stay() {
     let t0 = monotonic_ns();
     std::thread::sleep(std::time::Duration::from_millis(300));
     k.both(&Tcp::new(active.0, active.1).seq(1001).payload(GET));
+    // The server's ACK: any segment but one feeding detection moves the clock.
+    k.both(&Tcp::new(active.1, active.0).seq(5001));
     let entries = k.flows.entries();
     let last = |c: SocketAddr| {
         entries
