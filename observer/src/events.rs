@@ -126,10 +126,12 @@ pub async fn run(
     // SAFETY: the ring buffer owns its map fd and keeps it for its lifetime.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+    // One write per batch of events, not one per line: at thousands of
+    // events a second the syscalls would be most of the agent's work.
+    let mut batch = Vec::with_capacity(64 * 1024);
     loop {
         let mut guard = fd.readable_mut().await?;
         let ring = guard.get_inner_mut();
-        let mut out = std::io::stdout().lock();
         while let Some(item) = ring.next() {
             if item.len() < size_of::<Event>() {
                 tracing::warn!(len = item.len(), "short event in ring buffer EVENTS");
@@ -143,17 +145,31 @@ pub async fn run(
             match Violation::from_event(&event, std::time::SystemTime::now()) {
                 Some(v) => {
                     let v = v.attribute(&event, &pods);
-                    let line = serde_json::to_string(&v).expect("a Violation serialises");
-                    // stdout gone (a closed pipe): nothing better to do than log.
-                    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-                        tracing::warn!("cannot write an event to stdout");
-                    }
+                    serde_json::to_writer(&mut batch, &v).expect("a Violation serialises");
+                    batch.push(b'\n');
                 }
                 None => tracing::warn!(?event, "event with unknown values"),
             }
+            if batch.len() >= 60 * 1024 {
+                write_out(&mut batch);
+            }
         }
+        write_out(&mut batch);
         guard.clear_ready();
     }
+}
+
+/// Writes and clears `batch` (whole lines) on standard output.
+fn write_out(batch: &mut Vec<u8>) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    // stdout gone (a closed pipe): nothing better to do than log.
+    if out.write_all(batch).and_then(|()| out.flush()).is_err() {
+        tracing::warn!("cannot write events to stdout");
+    }
+    batch.clear();
 }
 
 #[cfg(test)]
