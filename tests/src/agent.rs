@@ -260,6 +260,11 @@ impl Agent {
         self.stdout.lock().expect("lock").clone()
     }
 
+    /// How many lines the agent printed on stdout so far.
+    pub fn stdout_len(&self) -> usize {
+        self.stdout.lock().expect("lock").len()
+    }
+
     /// What the agent printed on stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().expect("lock").clone()

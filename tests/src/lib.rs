@@ -7,14 +7,18 @@
 //! also removes it on Ctrl-C. Addresses come from 198.18.0.0/15 (RFC 2544
 //! benchmarking range) and live only inside namespaces the lab creates.
 
+pub mod ab;
 pub mod agent;
 pub mod bench;
 pub mod kube;
+pub mod load;
 pub mod manifests;
 pub mod metrics;
 pub mod netns;
 pub mod packets;
 pub mod scenario;
+pub mod signals;
 pub mod tls;
 pub mod topology;
 pub mod traffic;
+pub mod workload;

@@ -4,7 +4,9 @@
 //!   not), then build the agent with its kernel programs.
 //! - `lab`: build, then run the lab: a simulated node and control plane in
 //!   network namespaces, with the real agent watching real traffic.
-//! - `bench`: measure the kernel programs per packet; write BENCHMARKS.md.
+//! - `bench`: measure the kernel programs per packet, the network workloads
+//!   with and without the agent, and the agent under load; write
+//!   BENCHMARKS.md.
 //! - `test`: build, then run every test, privileged ones included (root),
 //!   the end-to-end ones against a real kube-apiserver (built once, cached).
 
@@ -34,7 +36,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmark the kernel programs (root) and write BENCHMARKS.md.
+    /// Benchmark the kernel programs, the network workloads with and without
+    /// the agent, and the agent under load (root); write BENCHMARKS.md.
     Bench,
     /// Run every test (root): unit, kernel (BPF_PROG_TEST_RUN) and integration.
     Test {
@@ -76,11 +79,15 @@ fn run(command: Command) -> Result<()> {
             cargo::run_checked(cmd.arg("--agent").arg(agent).args(args))?;
         }
         Command::Bench => {
-            require_root("the benchmarks (BPF)")?;
+            require_root("the benchmarks (BPF and network namespaces)")?;
             toolchain::ensure()?;
+            toolchain::ensure_lab_tools()?;
+            // The A/B and load benchmarks measure the agent as shipped.
+            let agent = cargo::build_agent(true)?;
             let bench = cargo::build_release_bin("cp-observer-tests", "cp-observer-bench")?;
             cargo::run_checked(
                 std::process::Command::new(bench)
+                    .env("CP_OBSERVER_BIN", agent)
                     .arg(cargo::workspace_root().join("BENCHMARKS.md")),
             )?;
         }

@@ -1,13 +1,34 @@
-//! `cargo xtask bench`: kernel cost per packet (BPF_PROG_TEST_RUN), printed
-//! and written to BENCHMARKS.md with the machine it ran on.
+//! `cargo xtask bench`: the kernel programs' cost per packet
+//! (BPF_PROG_TEST_RUN), the A/B network workloads with and without the
+//! agent, and the agent under load; printed and written to BENCHMARKS.md
+//! with the machine it ran on. Needs root and `CP_OBSERVER_BIN` (the
+//! release agent, which `cargo xtask bench` builds and sets).
+
+use std::time::Instant;
+
+use lab::{ab, load, workload};
 
 fn main() {
+    lab::signals::cleanup_on_signals("bench");
     let out = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "BENCHMARKS.md".to_owned());
+    let started = Instant::now();
+
     let rows = lab::bench::kernel(200_000, 7, 2000);
-    let table = lab::bench::markdown(&rows);
-    println!("{table}");
+    let kernel_table = lab::bench::markdown(&rows);
+    println!("{kernel_table}");
+
+    let ab_plan = ab::Plan::FULL;
+    let ab_rows = ab::run(&ab_plan);
+    let ab_tables = ab::markdown(&ab_rows);
+    println!("{ab_tables}");
+
+    let load_plan = load::Plan::FULL;
+    let report = load::run(&load_plan);
+    let load_table = load::markdown(&report);
+    println!("{load_table}");
+
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
@@ -23,11 +44,38 @@ fn main() {
          ## Kernel programs, per packet\n\nBPF_PROG_TEST_RUN of the release object: median of 7 batches of \
          200,000 runs (the kernel's mean per run), and for the first payload of a new flow the median of \
          2,000 fresh flows run once each. The no-op `cgroup_skb` program is the floor of any program at \
-         these hooks.\n\n{table}\n\
-         Not measured yet: the A/B workloads with and without the agent attached (throughput, \
-         request/response, connection rate), and the agent's CPU and memory under load.\n",
-        kernel.trim()
+         these hooks.\n\n{kernel_table}\n\
+         ## A/B workloads: none, no-op program, agent\n\n\
+         A Rust client in the lab's node namespace and server in its control-plane namespace (veth \
+         between them, both ends pinned to the same CPU), each workload measured for {:.0} s (the \
+         run's figure is its median 100 ms slice, so a moment's stall of the machine does not move \
+         it) with nothing attached (`none`), with the no-op `cgroup_skb` program at ingress and egress of the \
+         cgroup v2 root (`noop`) and with the release agent (`agent`, policy `{}`: the tracked traffic \
+         is tracked, decided and counted but prints no event), the three alternating in {} rounds \
+         with their order rotated each round; the tables give the medians, the spread of `none` \
+         ((max − min) / median, the noise to read the ratios against), the ratios to `none`, and the \
+         agent's overhead (1 − ratio) over the no-op program's (not computed when the no-op \
+         program's overhead is ≤ 0, i.e. within noise). Bulk: one connection, {} KiB writes; \
+         request/response: one connection, 1-byte messages each way; new connections: {} client \
+         threads each connecting, sending 1 byte, reading 1 byte and closing first.\n\n{ab_tables}\
+         ## The agent under load\n\n\
+         {} client threads in the node namespace (on one CPU with the server, as above) made {:.0} \
+         short tracked connections a second, paced, for {:.0} s (connect to the apiserver endpoint, \
+         1-byte request and answer, close), with the policy `{}` so that each is one JSON event; the \
+         agent's CPU is utime + stime from /proc/PID/stat from the first connection until its last \
+         event was printed, over the length of the load, its peak RSS is VmHWM from \
+         /proc/PID/status, and the events are the lines on its stdout.\n\n{load_table}",
+        kernel.trim(),
+        ab_plan.duration.as_secs_f64(),
+        ab::AB_POLICY,
+        ab_plan.rounds,
+        workload::BULK_WRITE / 1024,
+        ab_plan.connection_threads,
+        load_plan.threads,
+        load_plan.rate,
+        load_plan.duration.as_secs_f64(),
+        load::LOAD_POLICY,
     );
     std::fs::write(&out, doc).unwrap_or_else(|e| panic!("cannot write {out}: {e}"));
-    eprintln!("wrote {out}");
+    eprintln!("wrote {out} in {:.0} s", started.elapsed().as_secs_f64());
 }

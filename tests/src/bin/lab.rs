@@ -11,7 +11,6 @@ use observer_common::policy::Verdict;
 use lab::{
     agent::{self, Agent},
     metrics::Metrics,
-    netns,
     scenario::{self, Lab},
     topology::Topology,
 };
@@ -37,7 +36,7 @@ fn main() -> ExitCode {
     }
     let enforce = args.iter().any(|a| a == "--enforce");
     let kube = args.iter().any(|a| a == "--kube");
-    cleanup_on_signals();
+    lab::signals::cleanup_on_signals("lab");
     match std::panic::catch_unwind(|| {
         if kube {
             run_kube(enforce)
@@ -349,28 +348,4 @@ fn print_table(m: &Metrics) {
             bytes("tx")
         );
     }
-}
-
-/// Ctrl-C or SIGTERM: stop the agent and remove the namespaces (Drop will
-/// not run), then exit. The signals are blocked in every thread and taken by
-/// one waiting thread, so the cleanup runs outside signal-handler context.
-fn cleanup_on_signals() {
-    // SAFETY: plain libc signal-set manipulation on a local set.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
-    std::thread::spawn(move || {
-        let mut sig = 0;
-        // SAFETY: waits on the set blocked above.
-        unsafe { libc::sigwait(&set, &mut sig) };
-        eprintln!("\nlab: signal {sig}: stopping the agent and removing the lab");
-        agent::terminate_all();
-        netns::cleanup_all();
-        std::process::exit(130);
-    });
 }
