@@ -57,9 +57,15 @@ pub static VIOLATIONS: PerCpuArray<u64> =
 
 /// Socket cookie → what `connect()` asked for, and who asked. Least
 /// recently used entries make room: only the SYN that follows a connect
-/// needs its entry.
+/// (and the event of its connection) needs its entry. Per-CPU LRU lists
+/// (`BPF_F_NO_COMMON_LRU`): an insert on every `connect()` of the node
+/// would otherwise take the map's global LRU lock, the hook's main cost.
 #[map]
-pub static CONNECTS: LruHashMap<u64, Connect> = LruHashMap::with_max_entries(16384, 0);
+pub static CONNECTS: LruHashMap<u64, Connect> =
+    LruHashMap::with_max_entries(16384, BPF_F_NO_COMMON_LRU);
+
+/// `BPF_F_NO_COMMON_LRU`: one LRU list per CPU.
+pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 /// Violation events for the agent (`observer_common::event::Event`).
 #[map]

@@ -103,6 +103,13 @@ pub fn on_packet(ctx: &SkBuffContext) -> Result<i32, ()> {
 /// A BPF subprogram of its own: it keeps its stack frame out of the hot path.
 #[inline(never)]
 fn open(ctx: &SkBuffContext, seg: &Segment) {
+    let (key, src_is_lo) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
+    let slot = key.filter_slot();
+    // The other end's sighting of the SYN (both ends on this node), or a
+    // retransmission: already tracked, no need to classify again.
+    if maps::filter_maybe(slot) && FLOWS.get_ptr(&key).is_some() {
+        return;
+    }
     let Some(ports) = PORTS.get(0) else { return };
     let client = End {
         roles: roles_of(seg.src),
@@ -136,14 +143,12 @@ fn open(ctx: &SkBuffContext, seg: &Segment) {
     let Some(path) = classify(&client, &server, ports) else {
         return;
     };
-    let (key, src_is_lo) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
     let mut flow = Flow::new(path as u8, src_is_lo, seg.seq, now());
     if asked.is_some() {
         flow.client_cookie = cookie;
     }
     // The filter counts the entry before it exists, so no other CPU can
     // find the entry with the filter saying there is none.
-    let slot = key.filter_slot();
     maps::filter_add(slot, 1);
     match FLOWS.insert(&key, &flow, u64::from(BPF_NOEXIST)) {
         Ok(()) => maps::count_stat(Stat::FlowsCreated),
