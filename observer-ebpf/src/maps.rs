@@ -24,6 +24,13 @@ pub static FLOWS: HashMap<FlowKey, Flow> = HashMap::with_max_entries(65536, 0);
 #[map]
 pub static FLOW_FILTER: Array<u64> = Array::with_max_entries(FILTER_SLOTS, BPF_F_MMAPABLE);
 
+/// The agent's clock, CLOCK_MONOTONIC nanoseconds, advanced by its expiry
+/// thread (`observer/src/flows.rs`): what `Flow::last_ns` is stamped with.
+/// Reading it is a load; the kernel's clock would be a helper call on every
+/// tracked packet.
+#[map]
+pub static CLOCK: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
 /// `BPF_F_MMAPABLE`: the array can be mmap()ed by the agent.
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 

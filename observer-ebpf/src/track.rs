@@ -16,9 +16,7 @@
 //!    `none`. The entry goes away with the RST or the second FIN.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_socket_cookie, bpf_ktime_get_coarse_ns},
-    maps::lpm_trie::Key,
+    bindings::BPF_NOEXIST, helpers::bpf_get_socket_cookie, maps::lpm_trie::Key,
     programs::SkBuffContext,
 };
 use observer_common::{
@@ -34,8 +32,8 @@ use observer_common::{
 use crate::{
     DROP, PASS,
     maps::{
-        self, APISERVERS, BYTES, CONNECTIONS, CONNECTS, EVENTS, FLOWS, POLICY, POLICY_SLOT, PORTS,
-        ROLES, STATS, VIOLATIONS,
+        self, APISERVERS, BYTES, CLOCK, CONNECTIONS, CONNECTS, EVENTS, FLOWS, POLICY, POLICY_SLOT,
+        PORTS, ROLES, STATS, VIOLATIONS,
     },
     packet::{self, ACK, FIN, RST, SYN, Segment},
 };
@@ -64,12 +62,7 @@ pub fn on_packet(ctx: &SkBuffContext) -> Result<i32, ()> {
     // SAFETY: the entry stays valid for the whole program run (RCU); racing
     // updates from the connection's other end can at worst skew one counter.
     let flow = unsafe { &mut *flow };
-    // The idle clock. Segments that feed detection skip it: they follow the
-    // handshake (whose SYN set it, and whose ACK refreshed it) closely, and
-    // reading the clock is a good part of a first payload's cost.
-    if seg.payload_len == 0 || flow.protocol != UNDECIDED {
-        flow.last_ns = now();
-    }
+    flow.last_ns = now();
     let dir = flow.direction(src_is_lo);
     if seg.flags & SYN != 0 {
         flow.start(dir, seg.seq); // SYN-ACK: the server's ISN
@@ -162,12 +155,10 @@ fn open(ctx: &SkBuffContext, seg: &Segment) {
     }
 }
 
-/// CLOCK_MONOTONIC at tick resolution: cheaper than the precise clock,
-/// and idle timeouts are counted in seconds.
+/// The agent's CLOCK_MONOTONIC, at its tick resolution (see `maps::CLOCK`).
 #[inline(always)]
 fn now() -> u64 {
-    // SAFETY: a plain helper call without arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    CLOCK.get(0).map_or(0, |t| *t)
 }
 
 #[inline(always)]

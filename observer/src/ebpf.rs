@@ -205,16 +205,15 @@ impl Datapath {
             sockets_reset: std::sync::atomic::AtomicU64::new(0),
             reset_errors: std::sync::atomic::AtomicU64::new(0),
         };
-        let filter_err = |source| DatapathError::MapMemory {
-            name: "FLOW_FILTER",
+        let flows = FlowTable::new(
+            take(&mut ebpf, "FLOWS")?,
+            take_mappable(&mut ebpf, "FLOW_FILTER")?,
+            take_mappable(&mut ebpf, "CLOCK")?,
+        )
+        .map_err(|source| DatapathError::MapMemory {
+            name: "FLOW_FILTER, CLOCK",
             source,
-        };
-        let filter = match ebpf.take_map("FLOW_FILTER") {
-            Some(aya::maps::Map::Array(data)) => data,
-            Some(_) => return Err(filter_err(std::io::Error::other("not an array"))),
-            None => return Err(missing_map("FLOW_FILTER")),
-        };
-        let flows = FlowTable::new(take(&mut ebpf, "FLOWS")?, filter).map_err(filter_err)?;
+        })?;
         let events = take(&mut ebpf, "EVENTS")?;
         Ok(Loaded {
             datapath: Self {
@@ -381,6 +380,18 @@ where
 {
     let map = ebpf.take_map(name).ok_or_else(|| missing_map(name))?;
     T::try_from(map).map_err(map_err(name))
+}
+
+/// Takes array `name` out of the object untyped, to be memory-mapped.
+fn take_mappable(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, DatapathError> {
+    match ebpf.take_map(name) {
+        Some(aya::maps::Map::Array(data)) => Ok(data),
+        Some(_) => Err(DatapathError::MapMemory {
+            name,
+            source: std::io::Error::other("not an array"),
+        }),
+        None => Err(missing_map(name)),
+    }
 }
 
 fn map_mut<'a>(

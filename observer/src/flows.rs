@@ -19,37 +19,43 @@ use observer_common::flow::{FILTER_SLOTS, Flow, FlowKey};
 use crate::ebpf::Counters;
 
 /// The kernel's `FLOWS` map, owned by whoever maintains it, with the
-/// `FLOW_FILTER` counters in front of it.
+/// `FLOW_FILTER` counters in front of it and the `CLOCK` its entries are
+/// stamped with.
 pub struct FlowTable {
     map: HashMap<MapData, FlowKey, Flow>,
-    filter: Filter,
+    /// `FLOW_FILTER`: the kernel programs and the agent update its counters
+    /// with atomic instructions on the same memory, so a removal here
+    /// cannot lose a concurrent increment there.
+    filter: Mapped,
+    /// `CLOCK`: CLOCK_MONOTONIC nanoseconds, written here, read by the
+    /// kernel programs for `Flow::last_ns` (a load instead of a helper call
+    /// on every tracked packet).
+    clock: Mapped,
 }
 
-/// `FLOW_FILTER`, memory-mapped: the kernel programs and the agent update
-/// its counters with atomic instructions on the same memory, so a removal
-/// here cannot lose a concurrent increment there.
-struct Filter {
-    slots: std::ptr::NonNull<AtomicU64>,
+/// A `BPF_F_MMAPABLE` array of `u64`, mapped into the agent's memory.
+struct Mapped {
+    words: std::ptr::NonNull<AtomicU64>,
+    len: usize,
     /// Keeps the map open while it is mapped.
     _map: MapData,
 }
 
 // SAFETY: the mapping is only accessed through atomics.
-unsafe impl Send for Filter {}
+unsafe impl Send for Mapped {}
 // SAFETY: as above.
-unsafe impl Sync for Filter {}
+unsafe impl Sync for Mapped {}
 
-const FILTER_BYTES: usize = FILTER_SLOTS as usize * size_of::<u64>();
-
-impl Filter {
-    fn new(map: MapData) -> std::io::Result<Self> {
+impl Mapped {
+    /// Maps the `len` words of `map` (the map's exact size).
+    fn new(map: MapData, len: usize) -> std::io::Result<Self> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
-        // SAFETY: a shared mapping of a BPF_F_MMAPABLE array of exactly
-        // FILTER_BYTES (checked by the pin shapes and the object's map).
+        // SAFETY: a shared mapping of a BPF_F_MMAPABLE array of `len`
+        // u64 values (the object defines them so; the pin shapes check it).
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                FILTER_BYTES,
+                len * size_of::<u64>(),
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 map.fd().as_fd().as_raw_fd(),
@@ -59,27 +65,26 @@ impl Filter {
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        let slots = std::ptr::NonNull::new(ptr.cast())
+        let words = std::ptr::NonNull::new(ptr.cast())
             .ok_or_else(|| std::io::Error::other("mmap returned NULL"))?;
-        Ok(Self { slots, _map: map })
+        Ok(Self {
+            words,
+            len,
+            _map: map,
+        })
     }
 
-    fn slot(&self, slot: u32) -> &AtomicU64 {
-        assert!(slot < FILTER_SLOTS, "filter slot {slot} out of range");
+    fn word(&self, i: usize) -> &AtomicU64 {
+        assert!(i < self.len, "word {i} of a {}-word map", self.len);
         // SAFETY: in bounds, aligned, and alive as long as `self`.
-        unsafe { self.slots.add(slot as usize).as_ref() }
-    }
-
-    /// One entry hashing to `slot` is gone.
-    fn release(&self, slot: u32) {
-        self.slot(slot).fetch_sub(1, Ordering::Relaxed);
+        unsafe { self.words.add(i).as_ref() }
     }
 }
 
-impl Drop for Filter {
+impl Drop for Mapped {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.slots.as_ptr().cast(), FILTER_BYTES) };
+        unsafe { libc::munmap(self.words.as_ptr().cast(), self.len * size_of::<u64>()) };
     }
 }
 
@@ -104,16 +109,26 @@ impl FlowTable {
     pub(crate) fn new(
         map: HashMap<MapData, FlowKey, Flow>,
         filter: MapData,
+        clock: MapData,
     ) -> std::io::Result<Self> {
-        Ok(Self {
+        let table = Self {
             map,
-            filter: Filter::new(filter)?,
-        })
+            filter: Mapped::new(filter, FILTER_SLOTS as usize)?,
+            clock: Mapped::new(clock, 1)?,
+        };
+        table.tick(monotonic_ns());
+        Ok(table)
+    }
+
+    /// Sets the kernel's `CLOCK` to `now_ns` (CLOCK_MONOTONIC): segments
+    /// from now on stamp their flows with it.
+    pub fn tick(&self, now_ns: u64) {
+        self.clock.word(0).store(now_ns, Ordering::Relaxed);
     }
 
     /// The `FLOW_FILTER` counter of `slot` (tests: it must match the table).
     pub fn filter_count(&self, slot: u32) -> u64 {
-        self.filter.slot(slot).load(Ordering::Relaxed)
+        self.filter.word(slot as usize).load(Ordering::Relaxed)
     }
 
     /// Every entry now (a snapshot; the kernel keeps changing it).
@@ -147,7 +162,9 @@ impl FlowTable {
             // The kernel may have removed it meanwhile (the connection
             // closed); then it released the filter slot itself.
             if self.map.remove(&key).is_ok() {
-                self.filter.release(key.filter_slot());
+                self.filter
+                    .word(key.filter_slot() as usize)
+                    .fetch_sub(1, Ordering::Relaxed);
                 removed += 1;
             }
         }
@@ -161,10 +178,21 @@ pub fn sweep_interval(idle: Duration) -> Duration {
     (idle / 2).clamp(Duration::from_millis(500), Duration::from_secs(60))
 }
 
-/// Runs the expiry on its own thread until `stop` is dropped or sent to.
-/// Removed entries are added to `counters`' expired count.
+/// How often the agent advances the kernel's `CLOCK`: the resolution of
+/// `Flow::last_ns`, a small part of the idle timeout.
+pub fn tick_interval(idle: Duration) -> Duration {
+    (idle / 8).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+/// Runs the clock and the expiry on their own thread until `stop` is
+/// dropped or sent to. Removed entries are added to `counters`' expired
+/// count.
+///
+/// The first sweep waits one idle timeout: entries the kernel kept while no
+/// agent ran were stamped with the clock the last agent left, however busy
+/// they were since; by then every live one has been stamped anew.
 pub fn spawn_expiry(
-    mut table: FlowTable,
+    table: FlowTable,
     idle: Duration,
     counters: Arc<Counters>,
     stop: mpsc::Receiver<()>,
@@ -172,9 +200,17 @@ pub fn spawn_expiry(
     std::thread::Builder::new()
         .name("flow-expiry".into())
         .spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(sweep_interval(idle))
+            let mut table = table;
+            let mut next_sweep = std::time::Instant::now() + idle.max(sweep_interval(idle));
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(tick_interval(idle))
             {
-                match table.expire_idle(idle, monotonic_ns()) {
+                let now = monotonic_ns();
+                table.tick(now);
+                if std::time::Instant::now() < next_sweep {
+                    continue;
+                }
+                next_sweep += sweep_interval(idle);
+                match table.expire_idle(idle, now) {
                     Ok(0) => {}
                     Ok(n) => {
                         counters
@@ -206,6 +242,22 @@ mod tests {
         assert_eq!(
             sweep_interval(Duration::from_millis(100)),
             Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn ticks_are_a_fraction_of_the_timeout() {
+        assert_eq!(
+            tick_interval(Duration::from_secs(3600)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            tick_interval(Duration::from_secs(1)),
+            Duration::from_millis(125)
+        );
+        assert_eq!(
+            tick_interval(Duration::from_millis(1)),
+            Duration::from_millis(10)
         );
     }
 
