@@ -199,3 +199,84 @@ fn the_flow_table_and_its_filter_are_one_piece_of_state() {
     assert!(!dir.join("FLOWS").exists());
     std::fs::remove_dir_all(dir).expect("remove the test pins");
 }
+
+/// A connection busy while no agent ran is not taken for idle by the next
+/// agent. Its segments were stamped with the clock the killed agent left;
+/// the new agent's first sweep waits one idle timeout, so a connection
+/// quiet for less than the timeout around the restart is still tracked
+/// (a sweep at the usual interval would find its stamp old and drop it).
+#[test]
+fn a_connection_busy_while_no_agent_ran_is_not_expired() {
+    use std::{
+        io::{Read as _, Write as _},
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        },
+    };
+    let _ = cleanup();
+    let lab = Lab::new("t-busy");
+    let server = lab::workload::Server::start(
+        lab.ns(Where::Pod),
+        pod(9090),
+        lab::workload::Service::Echo,
+        1,
+    );
+    let agent_args = || {
+        let mut args = Topology::agent_args();
+        args.extend(["--pin-dir", PIN_DIR, "--flow-idle-timeout", "2"].map(str::to_owned));
+        args
+    };
+    let first = Agent::start(&agent_args());
+    // apiserver-proxy-to-pod: one byte each way every 100 ms while `busy`.
+    let busy = Arc::new(AtomicBool::new(true));
+    let done = Arc::new(AtomicBool::new(false));
+    let client = {
+        let cp = lab.topo.cp.name().to_owned();
+        let (busy, done) = (busy.clone(), done.clone());
+        std::thread::spawn(move || {
+            lab::netns::NetNs::existing(&cp).run(|| {
+                let mut s = std::net::TcpStream::connect(pod(9090))?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                let mut n = 0u64;
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    if busy.load(Ordering::Relaxed) {
+                        s.write_all(b"x")?;
+                        s.read_exact(&mut [0u8; 1])?;
+                        n += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                io::Result::Ok(n)
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(first.kill().code(), None, "SIGKILL");
+    // Busy with no agent: stamped with the killed agent's last clock.
+    std::thread::sleep(Duration::from_secs(2));
+    // Quiet across the restart, for less than the 2 s timeout.
+    busy.store(false, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(150));
+    let second = Agent::start(&agent_args());
+    std::thread::sleep(Duration::from_millis(1500));
+    busy.store(true, Ordering::Relaxed);
+    // Past the new agent's first sweeps.
+    std::thread::sleep(Duration::from_millis(1500));
+    done.store(true, Ordering::Relaxed);
+    let exchanged = client.join().expect("client thread").expect("echo works");
+    let m = second.scrape();
+    assert_eq!(m.sum("cp_observer_flows_expired_total", &[]), 0.0);
+    assert_eq!(
+        m.sum(
+            "cp_observer_bytes_total",
+            &[("path", "apiserver-proxy-to-pod"), ("direction", "rx")]
+        ),
+        exchanged as f64,
+        "every byte toward the pod counted, across the restart"
+    );
+    assert!(second.stop().success());
+    drop(server);
+    assert!(cleanup().status.success());
+}
