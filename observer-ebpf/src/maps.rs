@@ -2,6 +2,7 @@
 //! `observer/src/ebpf.rs`; types come from `observer-common`.
 
 use aya_ebpf::{
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -30,9 +31,6 @@ pub static FLOW_FILTER: Array<u64> = Array::with_max_entries(FILTER_SLOTS, BPF_F
 /// tracked packet.
 #[map]
 pub static CLOCK: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
-
-/// `BPF_F_MMAPABLE`: the array can be mmap()ed by the agent.
-pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Address prefix → [`observer_common::config::Roles`] bits. The agent folds
 /// the roles of enclosing prefixes into each entry, so one longest-prefix
@@ -70,9 +68,6 @@ pub static VIOLATIONS: PerCpuArray<u64> =
 #[map]
 pub static CONNECTS: LruHashMap<u64, Connect> =
     LruHashMap::with_max_entries(16384, BPF_F_NO_COMMON_LRU);
-
-/// `BPF_F_NO_COMMON_LRU`: one LRU list per CPU.
-pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 /// Violation events for the agent (`observer_common::event::Event`).
 #[map]

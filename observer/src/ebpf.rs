@@ -19,6 +19,7 @@ use aya::{
 use observer_common::{
     config::Endpoint,
     counters::{BYTE_ENTRIES, CONNECTION_ENTRIES, STAT_ENTRIES, Stat},
+    flow::FILTER_SLOTS,
     policy::{POLICY_ENTRIES, VIOLATION_ENTRIES},
 };
 
@@ -207,13 +208,9 @@ impl Datapath {
         };
         let flows = FlowTable::new(
             take(&mut ebpf, "FLOWS")?,
-            take_mappable(&mut ebpf, "FLOW_FILTER")?,
-            take_mappable(&mut ebpf, "CLOCK")?,
-        )
-        .map_err(|source| DatapathError::MapMemory {
-            name: "FLOW_FILTER, CLOCK",
-            source,
-        })?;
+            take_mapped(&mut ebpf, "FLOW_FILTER", FILTER_SLOTS as usize)?,
+            take_mapped(&mut ebpf, "CLOCK", 1)?,
+        );
         let events = take(&mut ebpf, "EVENTS")?;
         Ok(Loaded {
             datapath: Self {
@@ -382,15 +379,76 @@ where
     T::try_from(map).map_err(map_err(name))
 }
 
-/// Takes array `name` out of the object untyped, to be memory-mapped.
-fn take_mappable(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, DatapathError> {
+/// Takes the `len`-word array `name` out of the object and maps it into our
+/// memory.
+fn take_mapped(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    len: usize,
+) -> Result<MappedArray, DatapathError> {
+    let mmap_err = |source| DatapathError::MapMemory { name, source };
     match ebpf.take_map(name) {
-        Some(aya::maps::Map::Array(data)) => Ok(data),
-        Some(_) => Err(DatapathError::MapMemory {
-            name,
-            source: std::io::Error::other("not an array"),
-        }),
+        Some(aya::maps::Map::Array(data)) => MappedArray::new(data, len).map_err(mmap_err),
+        Some(_) => Err(mmap_err(std::io::Error::other("not an array"))),
         None => Err(missing_map(name)),
+    }
+}
+
+/// A `BPF_F_MMAPABLE` array of `u64`, mapped into the agent's memory: the
+/// kernel programs and the agent update it with atomic instructions on the
+/// same memory.
+pub struct MappedArray {
+    words: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+    len: usize,
+    /// Keeps the map open while it is mapped.
+    _map: MapData,
+}
+
+// SAFETY: the mapping is only accessed through atomics.
+unsafe impl Send for MappedArray {}
+// SAFETY: as above.
+unsafe impl Sync for MappedArray {}
+
+impl MappedArray {
+    /// Maps the `len` words of `map` (the map's exact size).
+    fn new(map: MapData, len: usize) -> std::io::Result<Self> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        // SAFETY: a shared mapping of a BPF_F_MMAPABLE array of `len`
+        // u64 values (the object defines them so; the pin shapes check it).
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len * size_of::<u64>(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let words = std::ptr::NonNull::new(ptr.cast())
+            .ok_or_else(|| std::io::Error::other("mmap returned NULL"))?;
+        Ok(Self {
+            words,
+            len,
+            _map: map,
+        })
+    }
+
+    /// Word `i`; panics past the end.
+    pub fn word(&self, i: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(i < self.len, "word {i} of a {}-word map", self.len);
+        // SAFETY: in bounds, aligned, and alive as long as `self`.
+        unsafe { self.words.add(i).as_ref() }
+    }
+}
+
+impl Drop for MappedArray {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.words.as_ptr().cast(), self.len * size_of::<u64>()) };
     }
 }
 

@@ -127,6 +127,9 @@ impl Violation {
 /// of over 300,000 events a second.
 const BATCH_INTERVAL: Duration = Duration::from_millis(10);
 
+/// Events are written out once this many bytes of them are waiting.
+const BATCH_BYTES: usize = 64 * 1024;
+
 /// Prints every event until the ring buffer's fd fails, naming the pods
 /// `pods` knows; sends the ends of blocked connections to `blocked`.
 pub async fn run(
@@ -139,7 +142,7 @@ pub async fn run(
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     // One write per batch of events, not one per line: at thousands of
     // events a second the syscalls would be most of the agent's work.
-    let mut batch = Vec::with_capacity(64 * 1024);
+    let mut batch = Vec::with_capacity(BATCH_BYTES);
     loop {
         let mut guard = fd.readable_mut().await?;
         let ring = guard.get_inner_mut();
@@ -161,7 +164,7 @@ pub async fn run(
                 }
                 None => tracing::warn!(?event, "event with unknown values"),
             }
-            if batch.len() >= 60 * 1024 {
+            if batch.len() >= BATCH_BYTES {
                 write_out(&mut batch);
             }
         }

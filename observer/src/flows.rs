@@ -4,19 +4,15 @@
 //! such entries would fill the table over weeks.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-        mpsc,
-    },
+    sync::{Arc, atomic::Ordering, mpsc},
     thread::JoinHandle,
     time::Duration,
 };
 
 use aya::maps::{HashMap, MapData, MapError};
-use observer_common::flow::{FILTER_SLOTS, Flow, FlowKey};
+use observer_common::flow::{Flow, FlowKey};
 
-use crate::ebpf::Counters;
+use crate::ebpf::{Counters, MappedArray};
 
 /// The kernel's `FLOWS` map, owned by whoever maintains it, with the
 /// `FLOW_FILTER` counters in front of it and the `CLOCK` its entries are
@@ -26,66 +22,11 @@ pub struct FlowTable {
     /// `FLOW_FILTER`: the kernel programs and the agent update its counters
     /// with atomic instructions on the same memory, so a removal here
     /// cannot lose a concurrent increment there.
-    filter: Mapped,
+    filter: MappedArray,
     /// `CLOCK`: CLOCK_MONOTONIC nanoseconds, written here, read by the
     /// kernel programs for `Flow::last_ns` (a load instead of a helper call
     /// on every tracked packet).
-    clock: Mapped,
-}
-
-/// A `BPF_F_MMAPABLE` array of `u64`, mapped into the agent's memory.
-struct Mapped {
-    words: std::ptr::NonNull<AtomicU64>,
-    len: usize,
-    /// Keeps the map open while it is mapped.
-    _map: MapData,
-}
-
-// SAFETY: the mapping is only accessed through atomics.
-unsafe impl Send for Mapped {}
-// SAFETY: as above.
-unsafe impl Sync for Mapped {}
-
-impl Mapped {
-    /// Maps the `len` words of `map` (the map's exact size).
-    fn new(map: MapData, len: usize) -> std::io::Result<Self> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        // SAFETY: a shared mapping of a BPF_F_MMAPABLE array of `len`
-        // u64 values (the object defines them so; the pin shapes check it).
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len * size_of::<u64>(),
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let words = std::ptr::NonNull::new(ptr.cast())
-            .ok_or_else(|| std::io::Error::other("mmap returned NULL"))?;
-        Ok(Self {
-            words,
-            len,
-            _map: map,
-        })
-    }
-
-    fn word(&self, i: usize) -> &AtomicU64 {
-        assert!(i < self.len, "word {i} of a {}-word map", self.len);
-        // SAFETY: in bounds, aligned, and alive as long as `self`.
-        unsafe { self.words.add(i).as_ref() }
-    }
-}
-
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.words.as_ptr().cast(), self.len * size_of::<u64>()) };
-    }
+    clock: MappedArray,
 }
 
 impl std::fmt::Debug for FlowTable {
@@ -108,16 +49,12 @@ pub fn monotonic_ns() -> u64 {
 impl FlowTable {
     pub(crate) fn new(
         map: HashMap<MapData, FlowKey, Flow>,
-        filter: MapData,
-        clock: MapData,
-    ) -> std::io::Result<Self> {
-        let table = Self {
-            map,
-            filter: Mapped::new(filter, FILTER_SLOTS as usize)?,
-            clock: Mapped::new(clock, 1)?,
-        };
+        filter: MappedArray,
+        clock: MappedArray,
+    ) -> Self {
+        let table = Self { map, filter, clock };
         table.tick(monotonic_ns());
-        Ok(table)
+        table
     }
 
     /// Sets the kernel's `CLOCK` to `now_ns` (CLOCK_MONOTONIC): segments
@@ -192,7 +129,7 @@ pub fn tick_interval(idle: Duration) -> Duration {
 /// agent ran were stamped with the clock the last agent left, however busy
 /// they were since; by then every live one has been stamped anew.
 pub fn spawn_expiry(
-    table: FlowTable,
+    mut table: FlowTable,
     idle: Duration,
     counters: Arc<Counters>,
     stop: mpsc::Receiver<()>,
@@ -200,7 +137,6 @@ pub fn spawn_expiry(
     std::thread::Builder::new()
         .name("flow-expiry".into())
         .spawn(move || {
-            let mut table = table;
             let mut next_sweep = std::time::Instant::now() + idle.max(sweep_interval(idle));
             while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(tick_interval(idle))
             {
