@@ -16,6 +16,7 @@ use observer::{
 
 use crate::{
     agent::Agent,
+    bench::median,
     metrics::Metrics,
     topology::{Topology, addrs},
     workload::{self, Server, Service},
@@ -221,16 +222,6 @@ impl Row {
     pub fn overhead_vs_noop(&self) -> Option<f64> {
         let noop = 1.0 - self.ratio(Mode::Noop);
         (noop > 0.0).then(|| (1.0 - self.ratio(Mode::Agent)) / noop)
-    }
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 

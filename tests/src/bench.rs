@@ -50,9 +50,16 @@ fn run(d: &Datapath, prog: &'static str, packet: &[u8], repeat: u32) -> f64 {
     r.duration.as_nanos() as f64
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `values` (the mean of the middle two for an even count;
+/// NaN for none). Every benchmark here reports medians through this.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// Measures every kind: `repeat` runs per batch, `batches` batches,
@@ -87,13 +94,18 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
     let untracked_syn = Tcp::new(sa("198.18.0.2:40002"), sa("198.18.16.2:8080"))
         .syn(1000)
         .build();
-    let batch =
-        |prog, pkt: &[u8]| median((0..batches).map(|_| run(&d, prog, pkt, repeat)).collect());
+    let batch = |prog, pkt: &[u8]| {
+        median(
+            &(0..batches)
+                .map(|_| run(&d, prog, pkt, repeat))
+                .collect::<Vec<_>>(),
+        )
+    };
 
     // The first payload of a new flow: one run per flow, each flow fresh.
     let first = |client: &str, server: SocketAddr, payload: &[u8]| {
         median(
-            (0..new_flows)
+            &(0..new_flows)
                 .map(|i| {
                     let c = SocketAddr::new(client.parse().expect("ip"), 20000 + i);
                     run(&d, "egress", &Tcp::new(c, server).syn(1000).build(), 1);
@@ -107,7 +119,7 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
                     );
                     t
                 })
-                .collect(),
+                .collect::<Vec<_>>(),
         )
     };
     // node-to-apiserver/tls: allowed, no event.
@@ -117,9 +129,9 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
     // The floor of the row above: one run costs more than one of many
     // (the kernel reads the clock around each batch).
     let noop_once = median(
-        (0..new_flows)
+        &(0..new_flows)
             .map(|_| run(&d, "noop", &untracked, 1))
-            .collect(),
+            .collect::<Vec<_>>(),
     );
     let noop = batch("noop", &untracked);
     vec![

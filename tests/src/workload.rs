@@ -226,20 +226,13 @@ impl Slices {
     /// `duration`; `None` when the run is shorter than one slice.
     pub fn median_rate(&self, duration: Duration) -> Option<f64> {
         let whole = usize::try_from(duration.as_nanos() / SLICE.as_nanos()).unwrap_or(0);
-        let mut v: Vec<u64> = (0..whole)
-            .map(|i| self.0.get(i).copied().unwrap_or(0))
+        let v: Vec<f64> = (0..whole)
+            .map(|i| self.0.get(i).copied().unwrap_or(0) as f64)
             .collect();
         if v.is_empty() {
             return None;
         }
-        v.sort_unstable();
-        let n = v.len();
-        let median = if n % 2 == 1 {
-            v[n / 2] as f64
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) as f64 / 2.0
-        };
-        Some(median / SLICE.as_secs_f64())
+        Some(crate::bench::median(&v) / SLICE.as_secs_f64())
     }
 }
 
