@@ -117,6 +117,9 @@ fn bounds(ctx: &SkBuffContext) -> (usize, usize) {
 /// headers full of options); a bound the verifier needs, too.
 const MAX_LINEAR_PAYLOAD_OFF: u32 = 120;
 
+// `load_prefix` bounds a length by masking with `PREFIX_LEN - 1`.
+const _: () = assert!(PREFIX_LEN.is_power_of_two());
+
 /// The rest of [`parse`] once the addresses and the TCP header are read.
 #[inline(always)]
 fn segment(
@@ -263,12 +266,15 @@ pub fn load_prefix(ctx: &SkBuffContext, seg: &Segment, buf: &mut Prefix) -> Resu
         }
     }
     let n = seg.payload_len.min(PREFIX_LEN as u32);
-    // Verifier-only: the helper needs a length it can prove is in 1..=16;
-    // LLVM would fold away a check it can prove itself, so hide the value.
-    let n = core::hint::black_box(n);
-    if n == 0 || n > PREFIX_LEN as u32 {
+    if n == 0 {
         return Ok(0);
     }
+    // Verifier-only: the helper needs a length it can prove is in 1..=16.
+    // Verifiers before 6.8 learn nothing from `n != 0`, so the bound comes
+    // from arithmetic instead: `((n - 1) & 15) + 1` is `n` for `n` in
+    // 1..=16, and provably in 1..=16 to every verifier. `black_box` keeps
+    // LLVM from folding it back into `n`.
+    let n = (core::hint::black_box(n - 1) & (PREFIX_LEN as u32 - 1)) + 1;
     // SAFETY: `buf` has room for `n <= PREFIX_LEN` bytes.
     let ret = unsafe {
         bpf_skb_load_bytes(

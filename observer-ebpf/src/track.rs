@@ -93,17 +93,31 @@ pub fn on_packet(ctx: &SkBuffContext) -> Result<i32, ()> {
 }
 
 /// A SYN: classify the new connection and, if it is on a path, track it.
-/// A BPF subprogram of its own: it keeps its stack frame out of the hot path.
-#[inline(never)]
+///
+/// Two subprograms called one after the other, not one: the verifier
+/// limits the stack of a whole call chain to 512 bytes, and kernels before
+/// 6.x round every frame up to 32 bytes when they add it up. Classifying
+/// (trie keys, endpoints) and inserting (key, flow) each need a large
+/// frame; side by side under the entry point, neither adds to the other.
+#[inline(always)]
 fn open(ctx: &SkBuffContext, seg: &Segment) {
-    let (key, src_is_lo) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
-    let slot = key.filter_slot();
+    if let Some((path, cookie)) = classify_syn(ctx, seg) {
+        insert(seg, path, cookie);
+    }
+}
+
+/// The path of a new connection, and the socket cookie of its local client
+/// (0 when the client is not a local `connect()`), or `None` when it is on
+/// no path or is tracked already.
+#[inline(never)]
+fn classify_syn(ctx: &SkBuffContext, seg: &Segment) -> Option<(Path, u64)> {
+    let (key, _) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
     // The other end's sighting of the SYN (both ends on this node), or a
     // retransmission: already tracked, no need to classify again.
-    if maps::filter_maybe(slot) && FLOWS.get_ptr(&key).is_some() {
-        return;
+    if maps::filter_maybe(key.filter_slot()) && FLOWS.get_ptr(&key).is_some() {
+        return None;
     }
-    let Some(ports) = PORTS.get(0) else { return };
+    let ports = PORTS.get(0)?;
     let client = End {
         roles: roles_of(seg.src),
         port: seg.sport,
@@ -133,13 +147,17 @@ fn open(ctx: &SkBuffContext, seg: &Segment) {
         apiserver: APISERVERS.get_ptr(&endpoint).is_some()
             || asked.is_some_and(|a| APISERVERS.get_ptr(&a).is_some()),
     };
-    let Some(path) = classify(&client, &server, ports) else {
-        return;
-    };
+    let path = classify(&client, &server, ports)?;
+    Some((path, if asked.is_some() { cookie } else { 0 }))
+}
+
+/// Puts a new connection on `path` into the flow table.
+#[inline(never)]
+fn insert(seg: &Segment, path: Path, client_cookie: u64) {
+    let (key, src_is_lo) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
+    let slot = key.filter_slot();
     let mut flow = Flow::new(path as u8, src_is_lo, seg.seq, now());
-    if asked.is_some() {
-        flow.client_cookie = cookie;
-    }
+    flow.client_cookie = client_cookie;
     // The filter counts the entry before it exists, so no other CPU can
     // find the entry with the filter saying there is none.
     maps::filter_add(slot, 1);
