@@ -49,42 +49,45 @@ pub fn build_release_bin(package: &str, bin: &str) -> Result<PathBuf> {
 
 fn build_bin_with(package: &str, bin: &str, release: bool) -> Result<PathBuf> {
     let mut cmd = cargo();
-    cmd.args([
-        "build",
-        "--package",
-        package,
-        "--bin",
-        bin,
-        "--message-format=json-render-diagnostics",
-    ]);
+    cmd.args(["build", "--package", package, "--bin", bin]);
     if release {
         cmd.arg("--release");
     }
+    built_executable(&mut cmd, bin)
+}
+
+/// Builds one integration test of a package (`tests/NAME.rs`) without
+/// running it and returns the path of its executable.
+pub fn build_test(package: &str, test: &str) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["test", "--no-run", "--package", package, "--test", test]);
+    built_executable(&mut cmd, test)
+}
+
+/// Runs a cargo build command and returns the executable it reports for
+/// the target `name`.
+fn built_executable(cmd: &mut Command, name: &str) -> Result<PathBuf> {
+    cmd.arg("--message-format=json-render-diagnostics");
     let out = cmd
         .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
-        bail!("building {bin} failed");
+        bail!("building {name} failed");
     }
-    // The last compiler-artifact line naming an executable is our binary.
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .filter(|l| {
-            l.contains("\"compiler-artifact\"") && l.contains(&format!("\"name\":\"{bin}\""))
-        })
-        .filter_map(|l| json_string(l, "executable"))
-        .next_back()
-        .map(PathBuf::from)
-        .with_context(|| format!("cargo did not report the {bin} executable"))
+    executable(&String::from_utf8_lossy(&out.stdout), name)
+        .with_context(|| format!("cargo did not report the {name} executable"))
 }
 
-/// Extracts a string field from one line of cargo's JSON (no escapes in paths).
-fn json_string(line: &str, key: &str) -> Option<String> {
-    let start = line.find(&format!("\"{key}\":\""))? + key.len() + 4;
-    let end = line[start..].find('"')? + start;
-    Some(line[start..end].to_owned())
+/// The executable of target `name` in cargo's JSON messages: the last
+/// `compiler-artifact` message for that target that has one.
+fn executable(messages: &str, name: &str) -> Option<PathBuf> {
+    messages
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
+        .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .next_back()
 }
 
 /// Runs every test of the workspace's default members (all but the kernel
@@ -111,13 +114,21 @@ pub fn test(agent: &std::path::Path, kube: &crate::kube::Binaries, extra: &[Stri
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     #[test]
-    fn json_string() {
-        let l = r#"{"reason":"compiler-artifact","target":{"name":"x"},"executable":"/t/debug/x","fresh":true}"#;
+    fn executable() {
+        let messages = [
+            r#"{"reason":"compiler-artifact","target":{"name":"x"},"executable":"/t/debug/x","fresh":true}"#,
+            r#"{"reason":"compiler-artifact","target":{"name":"y"},"executable":"/t/debug/y"}"#,
+            r#"{"reason":"compiler-artifact","target":{"name":"x"},"executable":null}"#,
+            r#"{"reason":"build-finished","success":true}"#,
+        ]
+        .join("\n");
         assert_eq!(
-            super::json_string(l, "executable").as_deref(),
-            Some("/t/debug/x")
+            super::executable(&messages, "x").as_deref(),
+            Some(Path::new("/t/debug/x"))
         );
-        assert_eq!(super::json_string(l, "missing"), None);
+        assert_eq!(super::executable(&messages, "z"), None);
     }
 }
