@@ -1,7 +1,7 @@
 //! `cp-observer run`: validate everything, attach, serve, shut down cleanly.
 //!
 //! Order matters for "bad input leaves nothing attached": settings, cgroup,
-//! kernel version and the metrics socket are all checked before the
+//! kernel features and the metrics socket are all checked before the
 //! programs are loaded, and the programs are attached last.
 
 use std::{
@@ -11,7 +11,6 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::util::KernelVersion;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
@@ -21,18 +20,15 @@ use crate::{
     config::Settings,
     discovery,
     ebpf::{Attachment, Datapath, Loaded},
-    enforce, events, flows, kubelet, metrics, pin, server,
+    enforce, events, features, flows, kubelet, metrics, pin, server,
 };
 use observer_common::policy::Verdict;
-
-/// Oldest kernel the programs are written for (bpf_link cgroup attach, BTF).
-const MIN_KERNEL: (u8, u8) = (5, 8);
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings::from_args(&args)?;
     let cgroup = cgroup::resolve(settings.cgroup.as_deref())?;
-    check_kernel()?;
+    features::check()?;
     if settings.control_plane.is_empty()
         && settings.apiservers.is_empty()
         && settings.apiserver_vips.is_empty()
@@ -233,15 +229,6 @@ pub fn cleanup(pin_dir: &Path) -> anyhow::Result<()> {
     let n = pin::cleanup(pin_dir)
         .with_context(|| format!("cannot clean up --pin-dir {}", pin_dir.display()))?;
     info!(pins = n, dir = %pin_dir.display(), "removed; pinned programs detached");
-    Ok(())
-}
-
-fn check_kernel() -> anyhow::Result<()> {
-    let v = KernelVersion::current().context("cannot read the kernel version")?;
-    let (major, minor) = MIN_KERNEL;
-    if v < KernelVersion::new(major, minor, 0) {
-        bail!("kernel {v:?} is too old: cp-observer needs Linux {major}.{minor} or newer");
-    }
     Ok(())
 }
 

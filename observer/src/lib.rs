@@ -9,6 +9,7 @@
 //! - [`discovery`]: learning endpoints, VIPs, node addresses, pod CIDRs and
 //!   konnectivity agents from the cluster;
 //! - [`cgroup`]: finding and checking the cgroup v2 mount;
+//! - [`features`]: the kernel features the agent needs, probed at start;
 //! - [`ebpf`]: loading, configuring and attaching the kernel programs;
 //! - [`pin`]: pinning under bpffs, so counting and enforcement outlive the agent;
 //! - [`flows`]: the flow table seen from userspace, and idle expiry;
@@ -28,6 +29,7 @@ pub mod discovery;
 pub mod ebpf;
 pub mod enforce;
 pub mod events;
+pub mod features;
 pub mod flows;
 pub mod kubelet;
 pub mod metrics;
