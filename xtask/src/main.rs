@@ -8,11 +8,16 @@
 //!   with and without the agent, and the agent under load; write
 //!   BENCHMARKS.md.
 //! - `test`: build, then run every test, privileged ones included (root),
-//!   the end-to-end ones against a real kube-apiserver (built once, cached).
+//!   the end-to-end ones against a real kube-apiserver (built once, cached);
+//!   with `--kernels`, then the kernel matrix too.
+//! - `kernels`: only the kernel matrix: the kernel tests and the enforcing
+//!   lab plan on the host's kernel and in VMs booted from Debian's kernels.
 
 mod cargo;
+mod kernels;
 mod kube;
 mod toolchain;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -38,12 +43,28 @@ enum Command {
     },
     /// Benchmark the kernel programs, the network workloads with and without
     /// the agent, and the agent under load (root); write BENCHMARKS.md.
-    Bench,
+    /// `--kernel`: only the kernel programs' rows, printed.
+    Bench {
+        /// Only the per-packet rows of the kernel programs, printed; nothing written.
+        #[arg(long)]
+        kernel: bool,
+    },
     /// Run every test (root): unit, kernel (BPF_PROG_TEST_RUN) and integration.
     Test {
+        /// Then run the kernel matrix (see `kernels`): all of it, or the
+        /// series listed (`--kernels 5.10,6.1`).
+        #[arg(long, value_delimiter = ',', num_args = 0.., value_name = "SERIES")]
+        kernels: Option<Vec<String>>,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Run the kernel tests and the enforcing lab plan on the host's kernel
+    /// and in VMs booted from Debian's kernels (root): all of them, or the
+    /// series named (5.10, 6.1, 6.12).
+    Kernels {
+        /// Kernel series to boot; all when none is named.
+        series: Vec<String>,
     },
 }
 
@@ -78,7 +99,7 @@ fn run(command: Command) -> Result<()> {
             }
             cargo::run_checked(cmd.arg("--agent").arg(agent).args(args))?;
         }
-        Command::Bench => {
+        Command::Bench { kernel } => {
             require_root("the benchmarks (BPF and network namespaces)")?;
             toolchain::ensure()?;
             toolchain::ensure_lab_tools()?;
@@ -88,10 +109,11 @@ fn run(command: Command) -> Result<()> {
             cargo::run_checked(
                 std::process::Command::new(bench)
                     .env("CP_OBSERVER_BIN", agent)
-                    .arg(cargo::workspace_root().join("BENCHMARKS.md")),
+                    .arg(cargo::workspace_root().join("BENCHMARKS.md"))
+                    .args(kernel.then_some("--kernel")),
             )?;
         }
-        Command::Test { args } => {
+        Command::Test { kernels, args } => {
             require_root("the tests (BPF and network namespaces)")?;
             toolchain::ensure()?;
             toolchain::ensure_lab_tools()?;
@@ -102,6 +124,15 @@ fn run(command: Command) -> Result<()> {
             // A real Prometheus (and promtool) for the monitoring tests.
             toolchain::ensure_debian_packages(&["prometheus"])?;
             cargo::test(&agent, &kube, &args)?;
+            if let Some(series) = kernels {
+                kernels::run(&series)?;
+            }
+        }
+        Command::Kernels { series } => {
+            require_root("the kernel matrix (BPF, network namespaces, VMs)")?;
+            toolchain::ensure()?;
+            toolchain::ensure_lab_tools()?;
+            kernels::run(&series)?;
         }
     }
     Ok(())

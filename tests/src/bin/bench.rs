@@ -10,14 +10,23 @@ use lab::{ab, load, workload};
 
 fn main() {
     lab::signals::cleanup_on_signals("bench");
-    let out = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `--kernel`: the per-packet rows only, printed, nothing written (a
+    // minute; for comparing two builds of the kernel programs).
+    let kernel_only = args.iter().any(|a| a == "--kernel");
+    let out = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .cloned()
         .unwrap_or_else(|| "BENCHMARKS.md".to_owned());
     let started = Instant::now();
 
     let rows = lab::bench::kernel(200_000, 7, 2000);
     let kernel_table = lab::bench::markdown(&rows);
     println!("{kernel_table}");
+    if kernel_only {
+        return;
+    }
 
     let ab_plan = ab::Plan::FULL;
     let ab_rows = ab::run(&ab_plan);
