@@ -9,6 +9,7 @@ use aya::{
     maps::MapType,
     programs::ProgramType,
     sys::{is_map_supported, is_program_supported},
+    util::KernelVersion,
 };
 
 /// The oldest Linux release with every [`REQUIRED`] feature.
@@ -62,6 +63,18 @@ pub enum MissingFeature {
         /// The configuration it needs.
         config: &'static str,
     },
+    /// The kernel reports a release before 5.7. The agent attaches its
+    /// cgroup programs as `bpf_link`s (pinned, swapped in place on
+    /// upgrade), and aya 0.14 decides by the reported version alone whether
+    /// to make links: on an older-numbered kernel with backported BPF (RHEL
+    /// 8's 4.18), it would attach without one and the agent could not pin.
+    #[error(
+        "this kernel reports version {reported}: cp-observer attaches its programs as bpf_links, which its BPF library (aya 0.14) makes only on kernels that report 5.7 or newer"
+    )]
+    LinkAttach {
+        /// The version the kernel reports.
+        reported: String,
+    },
     /// The probe itself failed (typically: not root, or no CAP_BPF).
     #[error(
         "cannot probe the kernel for {what} (is this root, or CAP_BPF and CAP_NET_ADMIN?): {error}"
@@ -75,6 +88,7 @@ pub enum MissingFeature {
 }
 
 /// Probes every [`REQUIRED`] feature; the first one missing is the error.
+/// Then one check that is not a probe: see [`MissingFeature::LinkAttach`].
 pub fn check() -> Result<(), MissingFeature> {
     for f in &REQUIRED {
         match (f.probe)() {
@@ -94,7 +108,14 @@ pub fn check() -> Result<(), MissingFeature> {
             }
         }
     }
-    Ok(())
+    // aya's own test (`KernelVersion::at_least`, private), which also
+    // makes no link when the version cannot be read.
+    let reported = match KernelVersion::current() {
+        Ok(v) if v >= KernelVersion::new(5, 7, 0) => return Ok(()),
+        Ok(v) => v.to_string(),
+        Err(e) => format!("nothing readable ({e})"),
+    };
+    Err(MissingFeature::LinkAttach { reported })
 }
 
 #[cfg(test)]
