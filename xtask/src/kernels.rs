@@ -172,7 +172,7 @@ pub fn run(only: &[String]) -> Result<()> {
     ));
     rows.push(run_host(&steps, &out.join("host"))?);
     let accel = match kernels.first() {
-        Some((_, k)) => vm::accel(k, &out.join("probe"))?,
+        Some((_, k)) => vm::accel(&k.image, &out.join("probe"))?,
         None => vm::Accel::Tcg,
     };
     for (debian, kernel) in &kernels {
@@ -277,7 +277,7 @@ fn run_vm(
 ) -> Result<Row> {
     let script = prepare(steps, dir)?;
     let start = Instant::now();
-    vm::boot(kernel, accel, dir, &script, VM_DEADLINE)?;
+    vm::boot(&kernel.image, accel, dir, &script, VM_DEADLINE)?;
     Ok(row(
         kernel.version.clone(),
         debian.release.into(),

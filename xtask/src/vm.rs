@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cargo::run_checked, kernels::Kernel, toolchain};
+use crate::{cargo::run_checked, toolchain};
 
 /// virtme-ng release known to work here.
 const VIRTME_NG: &str = "virtme-ng==1.42";
@@ -89,11 +89,11 @@ pub fn ensure_tools() -> Result<()> {
     Ok(())
 }
 
-/// Boots `kernel`, runs `script` inside (it must write its results under
+/// Boots the kernel `image`, runs `script` inside (it must write its results under
 /// `dir`, which the guest can write to) and waits for the guest to power
 /// off, at most `deadline`. virtme-ng's console goes to `dir/vng.log`.
 pub fn boot(
-    kernel: &Kernel,
+    image: &Path,
     accel: Accel,
     dir: &Path,
     script: &Path,
@@ -105,7 +105,7 @@ pub fn boot(
     let mut cmd = Command::new(vng()?);
     cmd.arg("--verbose")
         .arg("--run")
-        .arg(&kernel.image)
+        .arg(image)
         .args(["--cpus", CPUS, "--memory", MEMORY])
         .arg("--rwdir")
         .arg(dir)
@@ -133,7 +133,7 @@ pub fn boot(
             let _ = child.wait();
             eprintln!(
                 "xtask: {} did not power off within {} s: stopped (console: {})",
-                kernel.version,
+                image.display(),
                 deadline.as_secs(),
                 console.display()
             );
@@ -143,10 +143,10 @@ pub fn boot(
     }
 }
 
-/// Whether KVM boots `kernel` here: the cached answer for this host kernel
+/// Whether KVM boots the kernel `image` here: the cached answer for this host kernel
 /// (and CPU, QEMU and virtme-ng), or a trial boot of a script that only
 /// leaves a file.
-pub fn accel(kernel: &Kernel, dir: &Path) -> Result<Accel> {
+pub fn accel(image: &Path, dir: &Path) -> Result<Accel> {
     if !Path::new("/dev/kvm").exists() {
         return Ok(Accel::Tcg);
     }
@@ -176,7 +176,7 @@ pub fn accel(kernel: &Kernel, dir: &Path) -> Result<Accel> {
     let script = dir.join("probe.sh");
     let done = dir.join("booted");
     std::fs::write(&script, format!("#!/bin/sh\ntouch '{}'\n", done.display()))?;
-    boot(kernel, Accel::Kvm, dir, &script, KVM_PROBE_DEADLINE)?;
+    boot(image, Accel::Kvm, dir, &script, KVM_PROBE_DEADLINE)?;
     let answer = if done.exists() {
         Accel::Kvm
     } else {
