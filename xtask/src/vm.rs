@@ -103,7 +103,14 @@ pub fn boot(
     let log = std::fs::File::create(&console)
         .with_context(|| format!("cannot create {}", console.display()))?;
     let mut cmd = Command::new(vng()?);
-    cmd.arg("--verbose")
+    // vng starts `virtme-run`, of the same package, by name.
+    let path = format!(
+        "{}:{}",
+        venv()?.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    cmd.env("PATH", path)
+        .arg("--verbose")
         .arg("--run")
         .arg(image)
         .args(["--cpus", CPUS, "--memory", MEMORY])
