@@ -270,9 +270,9 @@ pub fn load_prefix(ctx: &SkBuffContext, seg: &Segment, buf: &mut Prefix) -> Resu
         return Ok(0);
     }
     // Verifier-only: the helper needs a length it can prove is in 1..=16.
-    // Verifiers before 6.8 learn nothing from `n != 0`, so the bound comes
-    // from arithmetic instead: `((n - 1) & 15) + 1` is `n` for `n` in
-    // 1..=16, and provably in 1..=16 to every verifier. `black_box` keeps
+    // The verifiers of 5.10 and 6.1 learn nothing from `n != 0`, so the
+    // bound comes from arithmetic instead: `((n - 1) & 15) + 1` is `n` for
+    // `n` in 1..=16, and provably in 1..=16 to every verifier. `black_box` keeps
     // LLVM from folding it back into `n`.
     let n = (core::hint::black_box(n - 1) & (PREFIX_LEN as u32 - 1)) + 1;
     // SAFETY: `buf` has room for `n <= PREFIX_LEN` bytes.

@@ -102,8 +102,8 @@ pub fn on_packet(ctx: &SkBuffContext) -> Result<i32, ()> {
 /// A SYN: classify the new connection and, if it is on a path, track it.
 ///
 /// Two subprograms called one after the other, not one: the verifier
-/// limits the stack of a whole call chain to 512 bytes, and kernels before
-/// 6.x round every frame up to 32 bytes when they add it up. Classifying
+/// limits the stack of a whole call chain to 512 bytes, and 5.10 and 6.1
+/// round every frame up to 32 bytes when they add it up. Classifying
 /// (trie keys, endpoints) and inserting (key, flow) each need a large
 /// frame; side by side under the entry point, neither adds to the other.
 #[inline(always)]
