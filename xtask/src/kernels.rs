@@ -17,7 +17,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cargo, vm};
+use crate::{
+    cargo,
+    toolchain::{self, host_release},
+    vm,
+};
 
 /// A Debian release and the kernel series its suite ships.
 pub struct Debian {
@@ -195,11 +199,6 @@ pub fn run(only: &[String]) -> Result<()> {
 
 fn say(what: &str) {
     eprintln!("xtask: {what}");
-}
-
-fn host_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map_or_else(|_| "unknown".into(), |s| s.trim().to_owned())
 }
 
 /// The shell script that runs the steps in one kernel, writing their
@@ -396,66 +395,55 @@ fn report(rows: &[Row], steps: &[Step]) -> Result<()> {
     Ok(())
 }
 
-/// The cache of kernels and of the apt state that finds them.
-fn cache_dir() -> Result<PathBuf> {
-    let home = std::env::var_os("HOME").context("HOME is not set")?;
-    Ok(PathBuf::from(home).join(".cache/cp-observer/kernels"))
-}
-
-/// The kernels of `chosen`, each fetched and unpacked once: apt is asked
-/// only for the suites not in the cache.
+/// The kernels of `chosen`, each fetched and unpacked once: apt is set
+/// up only when some suite is not in the cache, and only for those.
 fn ensure_all<'a>(chosen: &[&'a Debian]) -> Result<Vec<(&'a Debian, Kernel)>> {
-    let missing: Vec<&str> = chosen
+    let cache = toolchain::cache_dir("kernels")?;
+    let found: Vec<(&Debian, Option<Kernel>)> = chosen
         .iter()
-        .filter(|d| cached(d).is_none())
-        .map(|d| d.suite)
+        .map(|d| (*d, cached(&cache.join(d.suite))))
+        .collect();
+    let missing: Vec<&str> = found
+        .iter()
+        .filter(|(_, k)| k.is_none())
+        .map(|(d, _)| d.suite)
         .collect();
     let apt = if missing.is_empty() {
         None
     } else {
-        Some(Apt::new(&cache_dir()?.join("apt"), &missing)?)
+        Some(Apt::new(&cache.join("apt"), &missing)?)
     };
-    chosen
-        .iter()
-        .map(|d| {
-            let kernel = match (cached(d), &apt) {
-                (Some(k), _) => k,
-                (None, Some(apt)) => fetch(d, apt)?,
-                (None, None) => unreachable!("apt is set up for every missing suite"),
-            };
-            Ok((*d, kernel))
+    found
+        .into_iter()
+        .map(|(d, kernel)| match (kernel, &apt) {
+            (Some(k), _) => Ok((d, k)),
+            (None, Some(apt)) => Ok((d, fetch(d, apt, &cache.join(d.suite))?)),
+            (None, None) => unreachable!("apt is set up whenever a kernel is missing"),
         })
         .collect()
 }
 
-/// Where `debian`'s kernel is unpacked.
-fn kernel_dir(debian: &Debian) -> Option<PathBuf> {
-    cache_dir().ok().map(|d| d.join(debian.suite))
-}
-
-/// The cached kernel of `debian`'s suite, if complete: its `version` file
-/// is written last.
-fn cached(debian: &Debian) -> Option<Kernel> {
-    let dir = kernel_dir(debian)?;
+/// The kernel unpacked in `dir`, if complete: its `version` file is
+/// written last.
+fn cached(dir: &Path) -> Option<Kernel> {
     let version = std::fs::read_to_string(dir.join("version")).ok()?;
     let version = version.trim().to_owned();
     let image = dir.join(format!("boot/vmlinuz-{version}"));
     image.is_file().then_some(Kernel { version, image })
 }
 
-/// Fetches and unpacks the kernel `linux-image-amd64` of `debian`'s suite
-/// points at.
-fn fetch(debian: &Debian, apt: &Apt) -> Result<Kernel> {
+/// Fetches the kernel `linux-image-amd64` of `debian`'s suite points at
+/// and unpacks it into `dir`.
+fn fetch(debian: &Debian, apt: &Apt, dir: &Path) -> Result<Kernel> {
     say(&format!(
         "fetching the {} kernel ({}) from Debian's registry (once)",
         debian.series, debian.suite
     ));
-    let dir = kernel_dir(debian).context("HOME is not set")?;
     let package = apt.kernel_package(debian.suite)?;
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let deb = apt.download(&package, &dir)?;
-    cargo::run_checked(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let deb = apt.download(&package, dir)?;
+    cargo::run_checked(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dir))?;
     std::fs::remove_file(&deb)?;
     let version = package
         .name

@@ -49,8 +49,7 @@ pub fn ensure() -> Result<Binaries> {
 }
 
 fn cache_dir() -> Result<PathBuf> {
-    let home = std::env::var_os("HOME").context("HOME is not set")?;
-    let dir = PathBuf::from(home).join(".cache/cp-observer/kube");
+    let dir = toolchain::cache_dir("kube")?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
 }

@@ -185,8 +185,20 @@ fn ensure_linked_toolchain() -> Result<()> {
 }
 
 fn toolchain_dir() -> Result<PathBuf> {
+    cache_dir("toolchain")
+}
+
+/// `~/.cache/cp-observer/NAME`, where everything installed or built once
+/// is kept (not created here).
+pub fn cache_dir(name: &str) -> Result<PathBuf> {
     let home = std::env::var_os("HOME").context("HOME is not set")?;
-    Ok(PathBuf::from(home).join(".cache/cp-observer/toolchain"))
+    Ok(PathBuf::from(home).join(".cache/cp-observer").join(name))
+}
+
+/// The release of the running kernel (`uname -r`).
+pub fn host_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "unknown".into(), |s| s.trim().to_owned())
 }
 
 pub fn which(program: &str) -> Option<PathBuf> {

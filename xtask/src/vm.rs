@@ -55,8 +55,7 @@ impl Accel {
 }
 
 fn venv() -> Result<PathBuf> {
-    let home = std::env::var_os("HOME").context("HOME is not set")?;
-    Ok(PathBuf::from(home).join(".cache/cp-observer/virtme-ng"))
+    toolchain::cache_dir("virtme-ng")
 }
 
 fn vng() -> Result<PathBuf> {
@@ -159,11 +158,11 @@ pub fn accel(image: &Path, dir: &Path) -> Result<Accel> {
     }
     let key = format!(
         "{} / {} / {} / {VIRTME_NG}",
-        host_kernel(),
+        toolchain::host_release(),
         cpu_model(),
         qemu_version()
     );
-    let cache = venv()?.with_file_name("kvm");
+    let cache = toolchain::cache_dir("kvm")?;
     if let Ok(text) = std::fs::read_to_string(&cache)
         && let Some((k, answer)) = text.trim().rsplit_once(" = ")
         && k == key
@@ -201,13 +200,6 @@ pub fn accel(image: &Path, dir: &Path) -> Result<Accel> {
     let word = if answer == Accel::Kvm { "kvm" } else { "tcg" };
     std::fs::write(&cache, format!("{key} = {word}\n"))?;
     Ok(answer)
-}
-
-fn host_kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
 }
 
 fn cpu_model() -> String {
