@@ -130,11 +130,13 @@ const fn sig(bytes: &[u8], protocol: Protocol) -> Signature {
     }
 }
 
-/// Signatures besides TLS's (whose version byte is a range). HTTP methods
-/// carry their trailing space so that `GETX` is not taken for HTTP.
-const SIGNATURES: [Signature; 11] = [
+/// Signatures besides TLS's (see [`tls`]). HTTP methods carry their
+/// trailing space so that `GETX` is not taken for HTTP; SSH needs a whole
+/// protocol version (RFC 4253 §4.2).
+const SIGNATURES: [Signature; 12] = [
     sig(b"PRI * HTTP/2.0\r\n", Protocol::Http2),
-    sig(b"SSH-", Protocol::Ssh),
+    sig(b"SSH-2.0-", Protocol::Ssh),
+    sig(b"SSH-1.99-", Protocol::Ssh),
     sig(b"GET ", Protocol::Http),
     sig(b"POST ", Protocol::Http),
     sig(b"PUT ", Protocol::Http),
@@ -160,19 +162,8 @@ pub fn detect(prefix: &Prefix, len: usize, closed: bool) -> Detection {
     }
     let final_ = closed || len >= PREFIX_LEN;
     let have = first_bytes(if len > PREFIX_LEN { PREFIX_LEN } else { len });
-    let w = prefix[0];
-    // TLS record header: content type 22 (handshake), major version 3, minor
-    // version 0 (SSL 3.0) to 4.
-    if w & 0xff == 0x16 {
-        if len < 3 {
-            return if final_ {
-                Detection::Decided(Protocol::Other)
-            } else {
-                Detection::NeedMore
-            };
-        }
-        let tls = (w >> 8) & 0xff == 3 && (w >> 16) & 0xff <= 4;
-        return Detection::Decided(if tls { Protocol::Tls } else { Protocol::Other });
+    if prefix[0] & 0xff == 0x16 {
+        return tls(prefix, len, final_, have);
     }
     let mut need_more = false;
     let mut s = 0;
@@ -194,6 +185,57 @@ pub fn detect(prefix: &Prefix, len: usize, closed: bool) -> Detection {
     } else {
         Detection::Decided(Protocol::Other)
     }
+}
+
+/// Bytes a TLS ClientHello's first [`TLS_LEN`] bytes must have: record
+/// type 22 (handshake), record version major 3, handshake type 1
+/// (ClientHello), handshake length below 64 KiB, client version major 3.
+const TLS_FIXED: Signature = sig(
+    &[0x16, 0x03, 0, 0, 0, 0x01, 0x00, 0, 0, 0x03],
+    Protocol::Tls,
+);
+/// Which of [`TLS_FIXED`]'s bytes are fixed (byte offsets 0, 1, 5, 6, 9).
+const TLS_FIXED_MASK: Prefix = [0x00ff_ff00_0000_ffff, 0xff00];
+/// How many bytes [`tls`] needs to decide.
+const TLS_LEN: usize = 11;
+/// The smallest ClientHello body: version, random, and the four length
+/// fields of an empty session id, cipher suite, compression and extension
+/// list (RFC 8446 §4.1.2), less the extensions' own.
+const CLIENT_HELLO_MIN: u64 = 2 + 32 + 1 + 2 + 2 + 1;
+/// The largest TLS plaintext record (RFC 8446 §5.1).
+const RECORD_MAX: u64 = 1 << 14;
+
+/// A stream starting with byte 22 is TLS only if it starts with the header
+/// of a record carrying a ClientHello, with consistent lengths: a
+/// TLS-looking prefix followed by anything else is `other`.
+#[inline(always)]
+fn tls(prefix: &Prefix, len: usize, final_: bool, have: Prefix) -> Detection {
+    let byte = |i: usize| (prefix[i / 8] >> (8 * (i % 8))) & 0xff;
+    let fixed_ok = (prefix[0] ^ TLS_FIXED.bytes[0]) & TLS_FIXED_MASK[0] & have[0] == 0
+        && (prefix[1] ^ TLS_FIXED.bytes[1]) & TLS_FIXED_MASK[1] & have[1] == 0;
+    // Minor versions: SSL 3.0 (0) to TLS 1.3 (4), in the record and hello.
+    let versions_ok = (len <= 2 || byte(2) <= 4) && (len <= 10 || byte(10) <= 4);
+    if !fixed_ok || !versions_ok {
+        return Detection::Decided(Protocol::Other);
+    }
+    if len < TLS_LEN {
+        return if final_ {
+            Detection::Decided(Protocol::Other)
+        } else {
+            Detection::NeedMore
+        };
+    }
+    let record = (byte(3) << 8) | byte(4);
+    let hello = (byte(7) << 8) | byte(8);
+    // The hello fills the record, or continues in the next ones.
+    let lengths_ok = hello >= CLIENT_HELLO_MIN
+        && (4 + CLIENT_HELLO_MIN..=RECORD_MAX).contains(&record)
+        && hello + 4 >= record;
+    Detection::Decided(if lengths_ok {
+        Protocol::Tls
+    } else {
+        Protocol::Other
+    })
 }
 
 #[cfg(test)]
@@ -227,11 +269,9 @@ mod tests {
             Protocol::Http2
         );
         assert_eq!(decided(b"SSH-2.0-OpenSSH_9.2p1\r\n"), Protocol::Ssh);
-        assert_eq!(
-            decided(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]),
-            Protocol::Tls
-        );
-        assert_eq!(decided(&[0x16, 0x03, 0x03]), Protocol::Tls);
+        assert_eq!(decided(b"SSH-1.99-x\r\n"), Protocol::Ssh);
+        assert_eq!(decided(b"SSH-3.0-x\r\n"), Protocol::Other);
+        assert_eq!(decided(CLIENT_HELLO), Protocol::Tls);
         assert_eq!(decided(&[0x16, 0x03, 0x09]), Protocol::Other);
         assert_eq!(decided(&[0x17, 0x03, 0x03]), Protocol::Other);
         assert_eq!(decided(b"\x00\x00\x00\x01hello"), Protocol::Other);
@@ -241,6 +281,46 @@ mod tests {
         assert_eq!(decided(b"PRI * HTTP/1.1\r\nX"), Protocol::Other);
     }
 
+    /// The start of a TLS 1.2/1.3 ClientHello: a 512-byte record holding a
+    /// 508-byte hello, client version 3.3.
+    const CLIENT_HELLO: &[u8] = &[
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03, 0xaa, 0xbb,
+    ];
+
+    /// A TLS-looking start followed by anything but a ClientHello is not
+    /// TLS: the record type alone proves nothing.
+    #[test]
+    fn tls_needs_a_whole_client_hello_header() {
+        let mut bad: Vec<(&str, Vec<u8>)> = Vec::new();
+        let with = |i: usize, b: u8| {
+            let mut v = CLIENT_HELLO.to_vec();
+            v[i] = b;
+            v
+        };
+        bad.push(("a request after 3 record bytes", b"\x16\x03\x01GET / HTTP/1.1\r\n".to_vec()));
+        bad.push(("record major version 2", with(1, 0x02)));
+        bad.push(("record minor version 5", with(2, 0x05)));
+        bad.push(("a ServerHello", with(5, 0x02)));
+        bad.push(("a hello of 64 KiB or more", with(6, 0x01)));
+        bad.push(("client version 2.x", with(9, 0x02)));
+        bad.push(("client minor version 9", with(10, 0x09)));
+        bad.push(("a record longer than TLS allows", with(3, 0x40)));
+        bad.push(("a hello shorter than the record", with(7, 0x00)));
+        bad.push(("a record too short for a hello", [&CLIENT_HELLO[..3], &[0x00, 0x10], &CLIENT_HELLO[5..]].concat()));
+        for (what, bytes) in bad {
+            assert_eq!(decided(&bytes), Protocol::Other, "{what}: {bytes:02x?}");
+        }
+        // A hello continued in the next record is fine.
+        assert_eq!(decided(&with(7, 0x40)), Protocol::Tls);
+        // TLS 1.3's record version 3.1 and hello version 3.3; SSL 3.0.
+        assert_eq!(decided(&with(2, 0x00)), Protocol::Tls);
+        // Ten bytes are not enough, unless one already is wrong.
+        assert_eq!(run(&CLIENT_HELLO[..10], false), Detection::NeedMore);
+        assert_eq!(run(&CLIENT_HELLO[..10], true), Detection::Decided(Protocol::Other));
+        assert_eq!(run(b"\x16\x03\x01G", false), Detection::NeedMore);
+        assert_eq!(run(b"\x16\x03\x01\x02\x00G", false), Detection::Decided(Protocol::Other));
+    }
+
     #[test]
     fn every_prefix_of_a_signature_waits() {
         let samples: [&[u8]; 6] = [
@@ -248,7 +328,7 @@ mod tests {
             b"CONNECT x:1 HTTP/1.1\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             b"SSH-2.0-x\r\n",
-            &[0x16, 0x03, 0x01, 0x00],
+            CLIENT_HELLO,
             b"DELETE /x HTTP/1.1\r\n",
         ];
         for s in samples {
