@@ -48,11 +48,12 @@ pub const fn byte_index(path: u8, direction: Direction) -> u32 {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stat {
-    /// Flow entries created.
+    /// Flow entries created (handshakes completed on a path).
     FlowsCreated = 0,
     /// Flow entries removed by the kernel programs (connection closed).
     FlowsClosed = 1,
-    /// Tracked connections that found the flow table full (not tracked).
+    /// Connections on a path without a block rule left untracked because
+    /// the flow table was full.
     FlowTableFull = 2,
     /// Packets the programs could not read (helper errors); passed untouched.
     ReadErrors = 3,
@@ -60,10 +61,66 @@ pub enum Stat {
     EventsLost = 4,
     /// Payload segments of blocked connections dropped.
     SegmentsDropped = 5,
+    /// SYNs that opened a half-open entry (`HALF_OPEN`). A spoofed-SYN
+    /// flood shows here; its entries never reach the flow table.
+    HalfOpen = 6,
 }
 
-/// Number of [`Stat`] entries.
-pub const STAT_ENTRIES: usize = 6;
+/// Why the kernel dropped a segment that belongs to no blocked connection:
+/// the datapath's hardening, on paths with a `block` rule (see README,
+/// "Threat model"). Each reason is a `STATS` entry after the [`Stat`]s.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Client bytes beyond a gap while the protocol is undecided.
+    OutOfOrder = 0,
+    /// Data in a SYN (TCP Fast Open).
+    SynData = 1,
+    /// Headers the programs cannot walk (IPv6 extension header chains
+    /// longer than they follow, fragments without the TCP header).
+    UnreadableHeaders = 2,
+    /// A SYN not sent by a TCP socket (a raw socket's), or data for a
+    /// half-open connection no TCP socket has accepted.
+    Crafted = 3,
+    /// A new connection while the flow table is full (fail closed).
+    TableFull = 4,
+}
+
+impl DropReason {
+    /// Number of reasons.
+    pub const COUNT: usize = 5;
+    /// All reasons, in table order.
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::OutOfOrder,
+        Self::SynData,
+        Self::UnreadableHeaders,
+        Self::Crafted,
+        Self::TableFull,
+    ];
+
+    /// The `reason` label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::OutOfOrder => "out-of-order",
+            Self::SynData => "syn-data",
+            Self::UnreadableHeaders => "unreadable-headers",
+            Self::Crafted => "crafted",
+            Self::TableFull => "table-full",
+        }
+    }
+
+    /// Its index in `STATS`.
+    #[inline(always)]
+    pub const fn index(self) -> u32 {
+        STATS_BEFORE_DROPS + self as u32
+    }
+}
+
+/// Number of [`Stat`] entries; the [`DropReason`] ones follow.
+const STATS_BEFORE_DROPS: u32 = 7;
+
+/// Entries of the `STATS` array.
+pub const STAT_ENTRIES: usize = STATS_BEFORE_DROPS as usize + DropReason::COUNT;
 
 #[cfg(test)]
 mod tests {
@@ -85,6 +142,14 @@ mod tests {
         assert_eq!(
             byte_index(Path::PodToApiserver as u8, Direction::Tx) as usize,
             BYTE_ENTRIES - 1
+        );
+        assert_eq!(Stat::HalfOpen as u32 + 1, STATS_BEFORE_DROPS);
+        for (i, r) in DropReason::ALL.into_iter().enumerate() {
+            assert_eq!(r as usize, i);
+        }
+        assert_eq!(
+            DropReason::TableFull.index() as usize,
+            STAT_ENTRIES - 1
         );
     }
 }

@@ -9,7 +9,7 @@ use crate::{
 
 /// Key of the `FLOWS` hash. The two ends are stored in a canonical order
 /// (lower address:port first) so that a packet in either direction finds the
-/// entry with one lookup; [`Flow::flags`] remembers which end is the client.
+/// entry with one lookup; [`Flow::client_is_lo`] remembers which end is the client.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -57,17 +57,36 @@ impl FlowKey {
     }
 }
 
-/// Number of counters of the `FLOW_FILTER` map (a power of two).
+/// Number of slots of the `FLOW_FILTER` map (a power of two).
 pub const FILTER_SLOTS: u32 = 1 << 16;
 
-/// The `FLOW_FILTER` counter of a connection between `a:a_port` and
+/// Value of one `FLOW_FILTER` slot: what a packet reads before hashing its
+/// key. A packet whose slot is all zeros belongs to no tracked and no
+/// half-open connection, and its work ends there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Never below the number of `FLOWS` entries whose key hashes here: the
+    /// kernel adds one before it inserts an entry, and whoever removes one
+    /// (the kernel on a valid close, the agent on idle expiry) subtracts
+    /// one after. Updated with atomic adds only.
+    pub flows: u64,
+    /// The agent's clock when a SYN or SYN-ACK of a half-open connection
+    /// hashing here was last seen, 0 when none is recent: the segment that
+    /// completes the handshake looks in `HALF_OPEN` only then. The agent
+    /// clears marks older than [`HALF_OPEN_MARK_TTL_NS`].
+    pub syn_ns: u64,
+}
+
+const _: () = assert!(size_of::<Filter>() == 16);
+
+/// How long a `Filter::syn_ns` mark lasts without a new SYN or SYN-ACK:
+/// longer than the kernel's handshake retransmissions (SYN-ACKs 1 s to
+/// 16 s apart).
+pub const HALF_OPEN_MARK_TTL_NS: u64 = 60_000_000_000;
+
+/// The `FLOW_FILTER` slot of a connection between `a:a_port` and
 /// `b:b_port`; symmetric, so both directions of a connection share it.
-///
-/// `FLOW_FILTER[slot]` is never below the number of `FLOWS` entries whose
-/// key hashes to `slot`: the kernel adds one before it inserts an entry,
-/// and whoever removes one (the kernel on the last FIN or a RST, the agent
-/// on idle expiry) subtracts one after. A packet whose counter is 0 belongs
-/// to no tracked connection, and costs no flow table lookup.
 #[inline(always)]
 pub const fn filter_slot(a: &Addr, a_port: u16, b: &Addr, b_port: u16) -> u32 {
     let (a, b) = (a.words(), b.words());
@@ -76,6 +95,16 @@ pub const fn filter_slot(a: &Addr, a_port: u16, b: &Addr, b_port: u16) -> u32 {
     // Fibonacci hashing: the top bits of the product are well mixed.
     (addrs ^ ports.rotate_left(16)).wrapping_mul(0x9e37_79b1)
         >> (32 - FILTER_SLOTS.trailing_zeros())
+}
+
+/// Words of the `FLOW_COUNT` map.
+pub mod flow_count {
+    /// Entries in `FLOWS` now (atomic adds by the kernel and the agent).
+    pub const ENTRIES: u32 = 0;
+    /// The capacity of `FLOWS`, written by the agent at load.
+    pub const CAPACITY: u32 = 1;
+    /// Number of words.
+    pub const WORDS: u32 = 2;
 }
 
 impl FlowKey {
@@ -89,7 +118,7 @@ impl FlowKey {
     /// describes.
     #[inline(always)]
     pub const fn ends(&self, flow: &Flow) -> (Addr, u16, Addr, u16) {
-        if flow.flags & flags::CLIENT_IS_LO != 0 {
+        if flow.client_is_lo != 0 {
             (self.lo, self.lo_port, self.hi, self.hi_port)
         } else {
             (self.hi, self.hi_port, self.lo, self.lo_port)
@@ -124,52 +153,43 @@ pub const S2C: usize = 1;
 /// [`Flow::protocol`] while no decision has been made.
 pub const UNDECIDED: u8 = 0xff;
 
-/// Bits of [`Flow::flags`].
-pub mod flags {
-    /// The key's `lo` end is the client.
-    pub const CLIENT_IS_LO: u32 = 1;
-    /// The client→server direction's start sequence is known.
-    pub const STARTED_C2S: u32 = 1 << 1;
-    /// The server→client direction's start sequence is known.
-    pub const STARTED_S2C: u32 = 1 << 2;
-    /// Some payload has been seen; `SPEAKER_S2C` tells the direction.
-    pub const SPOKE: u32 = 1 << 3;
-    /// The first payload went server→client (e.g. an SSH banner).
-    pub const SPEAKER_S2C: u32 = 1 << 4;
-    /// A FIN went client→server.
-    pub const FIN_C2S: u32 = 1 << 5;
-    /// A FIN went server→client.
-    pub const FIN_S2C: u32 = 1 << 6;
-}
-
-/// Value of the `FLOWS` hash: what is known about one tracked connection.
-#[repr(C)]
+/// Value of the `FLOWS` hash (and of `HALF_OPEN`, until the handshake
+/// completes): what is known about one tracked connection.
+///
+/// The ingress and egress programs update an entry from several CPUs at
+/// once. So every flag is a byte of its own, set with a plain store (no
+/// read-modify-write of shared bits), and the decision (protocol and
+/// verdict) is one aligned 16-bit store ([`Flow::set_decision`]): no CPU
+/// can see a protocol without its verdict.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flow {
     /// The [`crate::path::Path`] discriminant.
     pub path: u8,
+    /// 1 when the key's `lo` end is the client.
+    pub client_is_lo: u8,
     /// The [`Protocol`] discriminant, or [`UNDECIDED`].
     pub protocol: u8,
     /// The [`crate::policy::Verdict`] discriminant, valid once decided.
     pub verdict: u8,
-    /// Explicit padding, always 0.
-    pub _pad: u8,
-    /// Bits from [`flags`].
-    pub flags: u32,
-    /// Per direction ([`C2S`], [`S2C`]): the sequence number after the last
-    /// byte counted, so retransmissions and the second sighting of a segment
-    /// (both ends on this node) are not counted twice.
+    /// Per direction ([`C2S`], [`S2C`]): 1 once the start sequence is known.
+    pub started: [u8; 2],
+    /// Per direction: 1 once a valid FIN went that way.
+    pub fin: [u8; 2],
+    /// Per direction: the sequence number after the last byte let through,
+    /// so retransmissions and the second sighting of a segment (both ends
+    /// on this node) are not counted twice, and a RST can be checked.
     pub next_seq: [u32; 2],
     /// Per direction: the sequence number of the first payload byte.
     pub start_seq: [u32; 2],
-    /// How many leading bytes of the first speaker's stream are in `prefix`.
+    /// How many leading bytes of the client's stream are in `prefix`.
     pub prefix_len: u32,
-    /// Explicit padding, always 0.
-    pub _pad2: u32,
-    /// The first speaker's first bytes, in stream order, for detection.
+    /// The server's ISN + 1 (from its SYN-ACK), 0 if not seen: what the
+    /// client's handshake-completing ACK acknowledges.
+    pub server_start: u32,
+    /// The client's first bytes, in stream order, for detection.
     pub prefix: Prefix,
-    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC) when the connection was
-    /// first seen.
+    /// The agent's clock (`CLOCK`) when the connection was first seen.
     pub created_ns: u64,
     /// The same clock at the connection's last segment; the agent removes
     /// entries idle for longer than `--flow-idle-timeout` (connections that
@@ -179,9 +199,14 @@ pub struct Flow {
     /// (0 otherwise): the key of its `CONNECTS` entry (process, original
     /// destination).
     pub client_cookie: u64,
+    /// Explicit padding, always 0. (The layout differs from the 72-byte one
+    /// of earlier agents by its size too, so their pinned tables are
+    /// recreated rather than misread: see `observer/src/pin.rs`.)
+    pub _reserved: u64,
 }
 
-const _: () = assert!(size_of::<Flow>() == 72);
+const _: () = assert!(size_of::<Flow>() == 80);
+const _: () = assert!(core::mem::offset_of!(Flow, protocol) % 2 == 0);
 
 impl Flow {
     /// A new entry for a connection seen at its SYN with sequence `isn`.
@@ -190,25 +215,27 @@ impl Flow {
         let start = isn.wrapping_add(1);
         Self {
             path,
+            client_is_lo: client_is_lo as u8,
             protocol: UNDECIDED,
             verdict: 0,
-            _pad: 0,
-            flags: if client_is_lo { flags::CLIENT_IS_LO } else { 0 } | flags::STARTED_C2S,
+            started: [1, 0],
+            fin: [0; 2],
             next_seq: [start, 0],
             start_seq: [start, 0],
             prefix_len: 0,
-            _pad2: 0,
+            server_start: 0,
             prefix: [0; 2],
             created_ns: now_ns,
             last_ns: now_ns,
             client_cookie: 0,
+            _reserved: 0,
         }
     }
 
     /// The direction of a packet whose source is (or is not) the key's `lo`.
     #[inline(always)]
     pub const fn direction(&self, src_is_lo: bool) -> usize {
-        if src_is_lo == (self.flags & flags::CLIENT_IS_LO != 0) {
+        if src_is_lo == (self.client_is_lo != 0) {
             C2S
         } else {
             S2C
@@ -220,16 +247,38 @@ impl Flow {
         Protocol::from_u8(self.protocol)
     }
 
+    /// (protocol, verdict), read at once.
+    #[inline(always)]
+    pub fn decision(&self) -> (u8, u8) {
+        // SAFETY: `protocol` is 2-aligned (asserted above) and followed by
+        // `verdict`: one aligned 16-bit load of two fields of `self`.
+        let both = unsafe { core::ptr::read_volatile((&raw const self.protocol).cast::<u16>()) };
+        let [protocol, verdict] = both.to_le_bytes();
+        (protocol, verdict)
+    }
+
+    /// Sets protocol and verdict with one store.
+    #[inline(always)]
+    pub fn set_decision(&mut self, protocol: u8, verdict: u8) {
+        // SAFETY: as in `decision`, for a store.
+        unsafe {
+            core::ptr::write_volatile(
+                (&raw mut self.protocol).cast::<u16>(),
+                u16::from_le_bytes([protocol, verdict]),
+            );
+        }
+    }
+
     /// Records the first sequence number of direction `dir` (from a SYN or
     /// SYN-ACK: `seq` is the ISN, the first byte comes after it).
     #[inline(always)]
     pub fn start(&mut self, dir: usize, isn: u32) {
-        let bit = started_bit(dir);
-        if self.flags & bit == 0 {
+        let d = dir & 1;
+        if self.started[d] == 0 {
             let start = isn.wrapping_add(1);
-            self.start_seq[dir & 1] = start;
-            self.next_seq[dir & 1] = start;
-            self.flags |= bit;
+            self.start_seq[d] = start;
+            self.next_seq[d] = start;
+            self.started[d] = 1;
         }
     }
 
@@ -238,12 +287,11 @@ impl Flow {
     #[inline(always)]
     pub fn new_bytes(&mut self, dir: usize, seq: u32, len: u32) -> u32 {
         let d = dir & 1;
-        let bit = started_bit(dir);
-        if self.flags & bit == 0 {
+        if self.started[d] == 0 {
             // We missed this direction's handshake: start at this segment.
             self.start_seq[d] = seq;
             self.next_seq[d] = seq;
-            self.flags |= bit;
+            self.started[d] = 1;
         }
         let end = seq.wrapping_add(len);
         let next = self.next_seq[d];
@@ -258,22 +306,26 @@ impl Flow {
         }
     }
 
-    /// Where a segment at `seq` in direction `dir` starts in the stream
-    /// (0 = first payload byte), or `None` when it cannot add to the prefix.
+    /// Where a client segment at `seq` sits relative to the bytes detection
+    /// has: [`Place::Prefix`] with its stream offset when it starts inside
+    /// or right after them, [`Place::Hole`] when bytes before it are
+    /// missing, [`Place::Before`] when it starts before the stream (old or
+    /// crafted data the server discards).
     #[inline(always)]
-    pub fn prefix_offset(&self, dir: usize, seq: u32) -> Option<usize> {
-        let off = seq.wrapping_sub(self.start_seq[dir & 1]);
-        // A segment beyond the bytes we have would leave a hole; wait for
-        // the retransmission that fills it.
-        if off < PREFIX_LEN as u32 && off <= self.prefix_len {
-            Some(off as usize)
+    pub fn place(&self, seq: u32) -> Place {
+        let off = seq.wrapping_sub(self.start_seq[C2S]);
+        if (off as i32) < 0 {
+            Place::Before
+        } else if off <= self.prefix_len && off < PREFIX_LEN as u32 {
+            Place::Prefix(off as usize)
         } else {
-            None
+            Place::Hole
         }
     }
 
     /// Adds `n` bytes (`bytes`, packed), which start at stream offset `off`,
-    /// to the prefix, keeping what is already there.
+    /// to the prefix, keeping what is already there (as the receiving TCP
+    /// keeps the bytes it queued first).
     #[inline(always)]
     pub fn merge_prefix(&mut self, off: usize, bytes: &Prefix, n: usize) {
         let have = self.prefix_len as usize;
@@ -294,6 +346,17 @@ impl Flow {
     }
 }
 
+/// Where a client segment falls, for detection ([`Flow::place`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// At this stream offset, inside or right after the bytes we have.
+    Prefix(usize),
+    /// Beyond a gap: the receiver would hold it until the gap is filled.
+    Hole,
+    /// Before the first byte of the stream.
+    Before,
+}
+
 /// Moves packed bytes `off` positions up the stream (`off` in `0..16`).
 #[inline(always)]
 fn shift_up(w: &Prefix, off: usize) -> Prefix {
@@ -312,15 +375,6 @@ fn shift_up(w: &Prefix, off: usize) -> Prefix {
     }
 }
 
-#[inline(always)]
-const fn started_bit(dir: usize) -> u32 {
-    if dir & 1 == C2S {
-        flags::STARTED_C2S
-    } else {
-        flags::STARTED_S2C
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,8 +390,12 @@ mod tests {
         let (k2, lo2) = FlowKey::new(a(2), 8080, a(1), 40000);
         assert_eq!(k1, k2);
         assert_ne!(lo1, lo2);
-        let f = Flow::new(3, lo1, 100, 0);
+        let mut f = Flow::new(3, lo1, 100, 0);
         assert_eq!(f.direction(lo1), C2S);
+        assert_eq!(f.decision(), (UNDECIDED, 0));
+        f.set_decision(Protocol::Tls as u8, 2);
+        assert_eq!((f.protocol, f.verdict), (Protocol::Tls as u8, 2));
+        assert_eq!(f.decision(), (Protocol::Tls as u8, 2));
         assert_eq!(f.direction(lo2), S2C);
         assert_eq!(k1.ends(&f), (a(1), 40000, a(2), 8080));
         let g = Flow::new(3, lo2, 100, 0);
@@ -381,8 +439,9 @@ mod tests {
         assert_eq!(f.new_bytes(C2S, u32::MAX - 1, 4), 4);
         assert_eq!(f.next_seq[C2S], 2);
         assert_eq!(f.new_bytes(C2S, 2, 4), 4);
-        assert_eq!(f.prefix_offset(C2S, u32::MAX - 1), Some(0));
-        assert_eq!(f.prefix_offset(C2S, 1), None, "past the empty prefix");
+        assert_eq!(f.place(u32::MAX - 1), Place::Prefix(0));
+        assert_eq!(f.place(1), Place::Hole, "past the empty prefix");
+        assert_eq!(f.place(u32::MAX - 3), Place::Before);
     }
 
     /// A request line sent one byte per segment, with a duplicate and an
@@ -393,7 +452,7 @@ mod tests {
         let mut f = Flow::new(3, true, 0, 0);
         let mut decided = None;
         let feed = |f: &mut Flow, seq: u32, bytes: &[u8]| {
-            if let Some(off) = f.prefix_offset(C2S, seq) {
+            if let Place::Prefix(off) = f.place(seq) {
                 f.merge_prefix(off, &pack(bytes), bytes.len().min(PREFIX_LEN));
             }
         };

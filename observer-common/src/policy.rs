@@ -101,9 +101,27 @@ pub const fn policy_index(slot: u32, path: u8, protocol: u8) -> u32 {
 /// Bit of a `POLICY` entry: report a `block` instead of enforcing it.
 pub const DRY_RUN: u32 = 1 << 8;
 
-/// A `POLICY` entry: the action, and the dry-run bit.
-pub const fn encode(action: Action, dry_run: bool) -> u32 {
-    action as u32 | if dry_run { DRY_RUN } else { 0 }
+/// Bit of a `POLICY` entry: the entry's path has a `block` rule in force
+/// (not dry run) for some protocol, so the datapath's hardening applies to
+/// every connection on it (`counters::DropReason`).
+pub const ENFORCED_PATH: u32 = 1 << 9;
+
+/// Bit of the `POLICY_SLOT` value: some path is enforced (packets whose
+/// headers cannot be read are then dropped). Bit 0 is the table in force.
+pub const SLOT_ANY_ENFORCED: u32 = 1 << 1;
+
+/// A `POLICY` entry: the action, the dry-run bit, and whether its path is
+/// enforced.
+pub const fn encode(action: Action, dry_run: bool, path_enforced: bool) -> u32 {
+    action as u32
+        | if dry_run { DRY_RUN } else { 0 }
+        | if path_enforced { ENFORCED_PATH } else { 0 }
+}
+
+/// True when a `POLICY` entry's path is enforced ([`ENFORCED_PATH`]).
+#[inline(always)]
+pub const fn path_enforced(entry: u32) -> bool {
+    entry & ENFORCED_PATH != 0
 }
 
 /// The action and dry-run bit of a `POLICY` entry.
@@ -145,7 +163,10 @@ mod tests {
     fn entries_round_trip_and_give_verdicts() {
         for a in [Action::Allow, Action::Alert, Action::Block] {
             for d in [false, true] {
-                assert_eq!(decode(encode(a, d)), (a, d));
+                assert_eq!(decode(encode(a, d, false)), (a, d));
+                assert_eq!(decode(encode(a, d, true)), (a, d));
+                assert!(path_enforced(encode(a, d, true)));
+                assert!(!path_enforced(encode(a, d, false)));
             }
         }
         assert_eq!(verdict(Action::Block, false), Verdict::Blocked);

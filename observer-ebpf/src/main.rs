@@ -7,7 +7,7 @@
 //! packet.
 #![no_std]
 #![no_main]
-// `atomic_xadd` (see `maps::filter_add`): the BPF target has no atomic types
+// `atomic_xadd` (see `maps::atomic_add`): the BPF target has no atomic types
 // with read-modify-write methods. The build enables unstable features.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
@@ -17,6 +17,7 @@
 
 mod connect;
 mod maps;
+mod origin;
 mod packet;
 mod track;
 
@@ -34,13 +35,13 @@ const DROP: i32 = 0;
 /// Packets delivered to a socket on this node.
 #[cgroup_skb(ingress)]
 pub fn ingress(ctx: SkBuffContext) -> i32 {
-    handle(&ctx)
+    handle(&ctx, track::Hook::Ingress)
 }
 
 /// Packets sent by a socket on this node.
 #[cgroup_skb(egress)]
 pub fn egress(ctx: SkBuffContext) -> i32 {
-    handle(&ctx)
+    handle(&ctx, track::Hook::Egress)
 }
 
 /// IPv4 `connect()` on this node.
@@ -62,10 +63,11 @@ pub fn noop(_ctx: SkBuffContext) -> i32 {
     PASS
 }
 
-/// Both hooks do the same: the flow table tells the directions apart.
+/// Both hooks do the same: the flow table tells the directions apart, and
+/// the hook only says which socket a packet's socket is (see `origin.rs`).
 #[inline(always)]
-fn handle(ctx: &SkBuffContext) -> i32 {
-    match track::on_packet(ctx) {
+fn handle(ctx: &SkBuffContext, hook: track::Hook) -> i32 {
+    match track::on_packet(ctx, hook) {
         Ok(ret) => ret,
         Err(()) => {
             maps::count_stat(Stat::ReadErrors);

@@ -8,22 +8,36 @@ use aya_ebpf::{
 };
 use observer_common::{
     config::{Addr, Endpoint, Ports},
-    counters::{BYTE_ENTRIES, CONNECTION_ENTRIES, STAT_ENTRIES, Stat},
+    counters::{BYTE_ENTRIES, CONNECTION_ENTRIES, DropReason, STAT_ENTRIES, Stat},
     event::EVENTS_BYTES,
-    flow::{Connect, FILTER_SLOTS, Flow, FlowKey},
+    flow::{Connect, FILTER_SLOTS, Filter, Flow, FlowKey, flow_count},
     policy::{POLICY_ENTRIES, POLICY_SLOTS, VIOLATION_ENTRIES},
 };
 
-/// Tracked connections. The agent sets the capacity at load time
-/// (`--flow-table-capacity`).
+/// Tracked connections whose handshake completed. The agent sets the
+/// capacity at load time (`--flow-table-capacity`).
 #[map]
 pub static FLOWS: HashMap<FlowKey, Flow> = HashMap::with_max_entries(65536, 0);
 
-/// Counters in front of `FLOWS` (`observer_common::flow::filter_slot`): a
-/// packet whose counter is 0 is untracked, decided without hashing its key.
-/// Memory-mappable, so the agent's idle expiry can decrement atomically.
+/// Connections between their SYN and the end of their handshake. Least
+/// recently used entries make room, so a flood of SYNs nobody completes
+/// (spoofed sources) pushes out only its own kind and never fills `FLOWS`.
+/// Same capacity as `FLOWS`, set by the agent.
 #[map]
-pub static FLOW_FILTER: Array<u64> = Array::with_max_entries(FILTER_SLOTS, BPF_F_MMAPABLE);
+pub static HALF_OPEN: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(65536, 0);
+
+/// [`Filter`]s in front of `FLOWS` and `HALF_OPEN`
+/// (`observer_common::flow::filter_slot`): a packet whose slot is all zeros
+/// is untracked, decided without hashing its key. Memory-mappable, so the
+/// agent's expiry can update it atomically.
+#[map]
+pub static FLOW_FILTER: Array<Filter> = Array::with_max_entries(FILTER_SLOTS, BPF_F_MMAPABLE);
+
+/// `FLOWS`'s entry count and capacity (`observer_common::flow::flow_count`):
+/// a new connection on a path with a block rule is refused while the table
+/// is full. Memory-mappable, for the agent's expiry.
+#[map]
+pub static FLOW_COUNT: Array<u64> = Array::with_max_entries(flow_count::WORDS, BPF_F_MMAPABLE);
 
 /// The agent's clock, CLOCK_MONOTONIC nanoseconds, advanced by its expiry
 /// thread (`observer/src/flows.rs`): what `Flow::last_ns` is stamped with.
@@ -95,33 +109,64 @@ pub fn add(counters: &PerCpuArray<u64>, index: u32, n: u64) {
     }
 }
 
-/// Adds `delta` (wrapping: `u64::MAX` subtracts one) to a `FLOW_FILTER`
-/// counter, atomically: other CPUs update the same counters. (64-bit: the
-/// BPF target has no 32-bit atomics.)
+/// Adds `delta` (wrapping: `u64::MAX` subtracts one) to the word at `c`,
+/// atomically: other CPUs and the agent update the same words.
 #[inline(always)]
-pub fn filter_add(slot: u32, delta: u64) {
-    if let Some(c) = FLOW_FILTER.get_ptr_mut(slot) {
-        // The BPF target offers no `AtomicU64::fetch_add`; the intrinsic is
-        // what it would call, and compiles to one `lock xadd` instruction.
-        // SAFETY: an aligned u64 inside the map's value area, valid for the run.
-        #[cfg(target_arch = "bpf")]
-        unsafe {
-            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-                c, delta,
-            );
-        }
-        // Host builds (clippy, rustdoc) only.
-        // SAFETY: as above.
-        #[cfg(not(target_arch = "bpf"))]
-        unsafe { core::sync::atomic::AtomicU64::from_ptr(c) }
-            .fetch_add(delta, core::sync::atomic::Ordering::Relaxed);
+fn atomic_add(c: *mut u64, delta: u64) {
+    // The BPF target offers no `AtomicU64::fetch_add`; the intrinsic is
+    // what it would call, and compiles to one `lock xadd` instruction.
+    // (64-bit: the BPF target has no 32-bit atomics before 5.12.)
+    // SAFETY: an aligned u64 inside a map's value area, valid for the run.
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            c, delta,
+        );
+    }
+    // Host builds (clippy, rustdoc) only.
+    // SAFETY: as above.
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe { core::sync::atomic::AtomicU64::from_ptr(c) }
+        .fetch_add(delta, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// One more (`true`) or one less `FLOWS` entry in `slot`'s filter and in
+/// the table's count.
+#[inline(always)]
+pub fn count_flow(slot: u32, more: bool) {
+    let delta = if more { 1 } else { u64::MAX };
+    if let Some(f) = FLOW_FILTER.get_ptr_mut(slot) {
+        // SAFETY: a map value pointer, valid for the run.
+        atomic_add(unsafe { &raw mut (*f).flows }, delta);
+    }
+    if let Some(c) = FLOW_COUNT.get_ptr_mut(flow_count::ENTRIES) {
+        atomic_add(c, delta);
     }
 }
 
-/// True when some tracked connection may hash to `slot`.
+/// True when `FLOWS` holds as many entries as it can.
 #[inline(always)]
-pub fn filter_maybe(slot: u32) -> bool {
-    FLOW_FILTER.get(slot).is_some_and(|c| *c != 0)
+pub fn flows_full() -> bool {
+    let entries = FLOW_COUNT.get(flow_count::ENTRIES).map_or(0, |n| *n);
+    let capacity = FLOW_COUNT.get(flow_count::CAPACITY).map_or(0, |n| *n);
+    entries >= capacity
+}
+
+/// Marks `slot` as holding a half-open connection seen at `now_ns`.
+#[inline(always)]
+pub fn mark_half_open(slot: u32, now_ns: u64) {
+    if let Some(f) = FLOW_FILTER.get_ptr_mut(slot) {
+        // SAFETY: a map value pointer, valid for the run; a plain store
+        // (every writer writes about the same time), which the agent clears
+        // with a compare-and-swap.
+        unsafe { (*f).syn_ns = now_ns };
+    }
+}
+
+/// Counts a segment dropped by the datapath's hardening.
+#[inline(always)]
+pub fn count_drop(reason: DropReason) {
+    add(&STATS, reason.index(), 1);
 }
 
 /// Counts one occurrence of `stat`.

@@ -1,8 +1,10 @@
 //! Reading the IPv4/IPv6 and TCP headers of a packet.
 //!
 //! A `cgroup_skb` program sees the packet from its network header. Anything
-//! that is not a well-formed TCP segment yields `None`: such packets are
-//! passed untouched and cost as little as possible.
+//! that is not a TCP segment is [`Parsed::NotTcp`]: passed untouched, at as
+//! little cost as possible. What might be TCP but hides its header from us
+//! is [`Parsed::Unreadable`]: the receiving stack may read further than we
+//! do, so enforcement must not take it for "not ours".
 
 use aya_ebpf::{helpers::bpf_skb_load_bytes, programs::SkBuffContext};
 use observer_common::config::Addr;
@@ -13,6 +15,7 @@ pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
 pub const RST: u8 = 0x04;
 pub const ACK: u8 = 0x10;
+pub const URG: u8 = 0x20;
 
 const IPPROTO_TCP: u8 = 6;
 /// IPv6 extension headers walked before giving up.
@@ -25,6 +28,8 @@ pub struct Segment {
     pub sport: u16,
     pub dport: u16,
     pub seq: u32,
+    /// The acknowledgment number (meaningful with [`ACK`]).
+    pub ack: u32,
     pub flags: u8,
     /// Offset of the first payload byte from the network header.
     pub payload_off: u32,
@@ -32,13 +37,25 @@ pub struct Segment {
     pub payload_len: u32,
 }
 
-/// Parses the packet, or `None` when it is not a TCP segment we can read.
+/// What [`parse`] found.
+pub enum Parsed {
+    /// A TCP segment.
+    Segment(Segment),
+    /// Not TCP, or not a packet we could read at all (truncated headers).
+    NotTcp,
+    /// Maybe TCP, with its header where we cannot see it: an IPv6
+    /// extension header chain longer than we walk, or a fragment that does
+    /// not carry the TCP header.
+    Unreadable,
+}
+
+/// Parses the packet.
 ///
 /// The common case, headers in the linear part of the skb and IPv6 without
 /// extension headers, is read in place (direct packet access): no helper
 /// call, no copy. Anything else takes [`parse_copied`].
 #[inline(always)]
-pub fn parse(ctx: &SkBuffContext) -> Option<Segment> {
+pub fn parse(ctx: &SkBuffContext) -> Parsed {
     let (data, end) = bounds(ctx);
     // 20 bytes: an IPv4 header without options, the smallest of both
     // families. (Checking for 1 byte would let LLVM rewrite the check into
@@ -60,8 +77,11 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Segment> {
                 )
             };
             let ihl = usize::from(first & 0x0f) * 4;
-            if proto != IPPROTO_TCP || ihl < 20 || u16::from_be(frag) & 0x1fff != 0 {
-                return None;
+            if proto != IPPROTO_TCP || ihl < 20 {
+                return Parsed::NotTcp;
+            }
+            if u16::from_be(frag) & 0x1fff != 0 {
+                return Parsed::Unreadable;
             }
             (Addr::from_v4_word(src), Addr::from_v4_word(dst), data + ihl)
         }
@@ -80,15 +100,16 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Segment> {
             };
             (Addr::from_words(src), Addr::from_words(dst), data + 40)
         }
-        _ => return None,
+        _ => return Parsed::NotTcp,
     };
     if tcp + 20 > end {
         return parse_copied(ctx);
     }
-    let (ports, seq, doff_flags) = unsafe {
+    let (ports, seq, ack, doff_flags) = unsafe {
         (
             *(tcp as *const [u16; 2]),
             *((tcp + 4) as *const u32),
+            *((tcp + 8) as *const u32),
             *((tcp + 12) as *const [u8; 2]),
         )
     };
@@ -98,7 +119,7 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Segment> {
         dst,
         (tcp - data) as u32,
         [u16::from_be(ports[0]), u16::from_be(ports[1])],
-        u32::from_be(seq),
+        [u32::from_be(seq), u32::from_be(ack)],
         doff_flags,
     )
 }
@@ -128,21 +149,22 @@ fn segment(
     dst: Addr,
     l4_off: u32,
     ports: [u16; 2],
-    seq: u32,
+    [seq, ack]: [u32; 2],
     [doff, flags]: [u8; 2],
-) -> Option<Segment> {
+) -> Parsed {
     let len = ctx.len();
     let doff = u32::from(doff >> 4) * 4;
     let payload_off = l4_off + doff;
     if doff < 20 || payload_off > len {
-        return None;
+        return Parsed::NotTcp; // the receiving stack discards it too
     }
-    Some(Segment {
+    Parsed::Segment(Segment {
         src,
         dst,
         sport: ports[0],
         dport: ports[1],
         seq,
+        ack,
         flags,
         payload_off,
         payload_len: len - payload_off,
@@ -154,41 +176,49 @@ fn segment(
 /// `bpf_skb_load_bytes`. A subprogram of its own so its copies stay off
 /// the caller's stack.
 #[inline(never)]
-fn parse_copied(ctx: &SkBuffContext) -> Option<Segment> {
-    // A header we cannot read is a truncated packet: not a segment of ours.
+fn parse_copied(ctx: &SkBuffContext) -> Parsed {
+    // A header we cannot read is a truncated packet, which no stack
+    // accepts: not a segment of ours.
     let Ok(first) = ctx.load::<u8>(0) else {
-        return None;
+        return Parsed::NotTcp;
     };
     let (src, dst, l4_off) = match first >> 4 {
         4 => {
             // Words as in memory: byte 0 of the header is the low byte.
             let Ok(ip) = ctx.load::<[u32; 5]>(0) else {
-                return None;
+                return Parsed::NotTcp;
             };
             let ihl = (ip[0] & 0x0f) * 4;
             let frag = u16::from_be((ip[1] >> 16) as u16) & 0x1fff;
             let proto = (ip[2] >> 8) as u8;
-            if proto != IPPROTO_TCP || ihl < 20 || frag != 0 {
-                return None;
+            if proto != IPPROTO_TCP || ihl < 20 {
+                return Parsed::NotTcp;
+            }
+            if frag != 0 {
+                return Parsed::Unreadable;
             }
             (Addr::from_v4_word(ip[3]), Addr::from_v4_word(ip[4]), ihl)
         }
         6 => {
             let Ok(next) = ctx.load::<u8>(6) else {
-                return None;
+                return Parsed::NotTcp;
             };
             let Ok(src) = ctx.load::<Addr>(8) else {
-                return None;
+                return Parsed::NotTcp;
             };
             let Ok(dst) = ctx.load::<Addr>(24) else {
-                return None;
+                return Parsed::NotTcp;
             };
-            (src, dst, skip_v6_ext_headers(ctx, next)?)
+            match skip_v6_ext_headers(ctx, next) {
+                Transport::Tcp(off) => (src, dst, off),
+                Transport::Other => return Parsed::NotTcp,
+                Transport::Unknown => return Parsed::Unreadable,
+            }
         }
-        _ => return None,
+        _ => return Parsed::NotTcp,
     };
     let Ok(tcp) = ctx.load::<[u32; 4]>(l4_off as usize) else {
-        return None;
+        return Parsed::NotTcp;
     };
     let ports = tcp[0].to_ne_bytes();
     let doff_flags = tcp[3].to_ne_bytes();
@@ -201,16 +231,26 @@ fn parse_copied(ctx: &SkBuffContext) -> Option<Segment> {
             u16::from_be_bytes([ports[0], ports[1]]),
             u16::from_be_bytes([ports[2], ports[3]]),
         ],
-        u32::from_be(tcp[1]),
+        [u32::from_be(tcp[1]), u32::from_be(tcp[2])],
         [doff_flags[0], doff_flags[1]],
     )
 }
 
+/// Where [`skip_v6_ext_headers`] ended.
+enum Transport {
+    /// TCP, its header at this offset.
+    Tcp(u32),
+    /// Another transport, or a header the receiving stack cannot pass
+    /// either.
+    Other,
+    /// Past what we walk: a longer chain, or a later fragment.
+    Unknown,
+}
+
 /// Walks IPv6 extension headers from `next` (the fixed header's Next
-/// Header) to the TCP header. `None` for non-TCP, non-first fragments,
-/// or chains longer than we walk.
+/// Header) to the transport header.
 #[inline(always)]
-fn skip_v6_ext_headers(ctx: &SkBuffContext, mut next: u8) -> Option<u32> {
+fn skip_v6_ext_headers(ctx: &SkBuffContext, mut next: u8) -> Transport {
     const HOP_BY_HOP: u8 = 0;
     const ROUTING: u8 = 43;
     const FRAGMENT: u8 = 44;
@@ -219,35 +259,49 @@ fn skip_v6_ext_headers(ctx: &SkBuffContext, mut next: u8) -> Option<u32> {
     let mut off: u32 = 40;
     for _ in 0..MAX_V6_EXT_HEADERS {
         match next {
-            IPPROTO_TCP => return Some(off),
+            IPPROTO_TCP => return Transport::Tcp(off),
             HOP_BY_HOP | ROUTING | DEST_OPTS => {
                 let Ok(h) = ctx.load::<[u8; 2]>(off as usize) else {
-                    return None;
+                    return Transport::Other;
                 };
                 next = h[0];
                 off += (u32::from(h[1]) + 1) * 8;
             }
             FRAGMENT => {
                 let Ok(h) = ctx.load::<[u8; 4]>(off as usize) else {
-                    return None;
+                    return Transport::Other;
                 };
                 if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
-                    return None; // not the first fragment: no TCP header
+                    // Not the first fragment: a TCP header is in another
+                    // packet.
+                    return if h[0] == IPPROTO_TCP {
+                        Transport::Unknown
+                    } else {
+                        Transport::Other
+                    };
                 }
                 next = h[0];
                 off += 8;
             }
             AUTH => {
                 let Ok(h) = ctx.load::<[u8; 2]>(off as usize) else {
-                    return None;
+                    return Transport::Other;
                 };
                 next = h[0];
                 off += (u32::from(h[1]) + 2) * 4;
             }
-            _ => return None,
+            // UDP, ICMPv6, ESP, No Next Header, or a type the receiving
+            // stack rejects as well.
+            _ => return Transport::Other,
         }
     }
-    if next == IPPROTO_TCP { Some(off) } else { None }
+    if next == IPPROTO_TCP {
+        Transport::Tcp(off)
+    } else if matches!(next, HOP_BY_HOP | ROUTING | FRAGMENT | AUTH | DEST_OPTS) {
+        Transport::Unknown
+    } else {
+        Transport::Other
+    }
 }
 
 /// Copies the first `min(payload_len, PREFIX_LEN)` payload bytes of `seg`

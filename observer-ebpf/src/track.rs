@@ -1,19 +1,37 @@
-//! What happens to one TCP segment:
+//! What happens to one TCP segment. The model is an inline IPS's stream
+//! engine (Linux conntrack's TCP tracking, Suricata's inline mode), cut
+//! down to what a verdict on the first bytes needs; README, "Threat model",
+//! lists the attacks each rule answers.
 //!
-//! 1. A SYN (without ACK) opens a connection: its ends are looked up in the
-//!    role trie and endpoint set and the connection is put on a path
-//!    (`observer_common::path::classify`). Untracked connections stop here and
-//!    never enter the flow table.
-//! 2. Any other segment reads its `FLOW_FILTER` counter: 0 (untracked
-//!    traffic) ends the work there. Otherwise it looks up its flow.
-//! 3. Payload of a tracked flow is counted once per byte (sequence numbers,
-//!    so the two sightings of a segment whose both ends are local, and
-//!    retransmissions, count once) and, until the protocol is decided, fed to
-//!    detection, which reassembles the first speaker's first bytes across
-//!    segments.
-//! 4. The protocol decision counts the connection once, with the verdict the
-//!    policy gives (path, protocol). A FIN/RST before any payload decides
-//!    `none`. The entry goes away with the RST or the second FIN.
+//! 1. A SYN classifies the new connection (`observer_common::path::classify`).
+//!    Untracked connections stop here. A connection on a path opens a
+//!    *half-open* entry in `HALF_OPEN`, a least-recently-used table: SYNs
+//!    nobody completes (a spoofed flood) push out only each other and never
+//!    reach `FLOWS`. Only a TCP socket's SYN counts: one a `connect()`ing
+//!    socket sends, or one that reaches a listening socket. On a path with
+//!    a `block` rule ("enforced") a SYN carrying data (TCP Fast Open), a SYN
+//!    a raw socket made, and any new connection while `FLOWS` is full are
+//!    dropped: the client falls back to, or retries, a plain handshake.
+//! 2. Any other segment reads its `FLOW_FILTER` slot: all zeros (no
+//!    tracked and no half-open connection hashes there) ends the work.
+//! 3. A half-open connection moves to `FLOWS` at the first segment a TCP
+//!    socket sends or accepts after its handshake (or the handshake's last
+//!    ACK, when it acknowledges the server's ISN): proof that both ends
+//!    exist, which a spoofer cannot give.
+//! 4. Payload of a tracked connection is counted once per byte (sequence
+//!    numbers, so the two sightings of a segment whose both ends are local,
+//!    and retransmissions, count once). Until the protocol is decided, the
+//!    client's bytes are fed to detection in stream order, as the server's
+//!    TCP will deliver them: on an enforced path a segment beyond a gap is
+//!    dropped until the gap is filled, and urgent data (which a server
+//!    takes out of the stream) decides `other`.
+//! 5. The decision counts the connection once, with the verdict the policy
+//!    gives (path, protocol). A blocked connection's payload is dropped in
+//!    both directions; the agent resets both ends.
+//! 6. A FIN or RST counts only if the receiving TCP would accept it (its
+//!    sequence number is where the stream is, and a TCP socket sent or
+//!    receives it): a client FIN or any RST before a decision decides from
+//!    what was seen; the entry goes with the RST or the second FIN.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST, helpers::bpf_get_socket_cookie, maps::lpm_trie::Key,
@@ -21,107 +39,178 @@ use aya_ebpf::{
 };
 use observer_common::{
     config::{Addr, Endpoint, Roles},
-    counters::{Direction, Stat, byte_index, connection_index},
+    counters::{Direction, DropReason, Stat, byte_index, connection_index},
     event::{self, Event},
-    flow::{C2S, Flow, FlowKey, UNDECIDED, filter_slot, flags},
+    flow::{C2S, Flow, FlowKey, Place, S2C, UNDECIDED, filter_slot},
     path::{End, Path, classify},
-    policy::{self, Action, Verdict, policy_index, violation_index},
-    protocol::{Detection, detect},
+    policy::{self, Action, SLOT_ANY_ENFORCED, Verdict, policy_index, violation_index},
+    protocol::{Detection, Protocol, detect},
 };
 
 use crate::{
     DROP, PASS,
     maps::{
-        self, APISERVERS, BYTES, CLOCK, CONNECTIONS, CONNECTS, EVENTS, FLOWS, POLICY, POLICY_SLOT,
-        PORTS, ROLES, STATS, VIOLATIONS,
+        self, APISERVERS, BYTES, CLOCK, CONNECTIONS, CONNECTS, EVENTS, FLOW_FILTER, FLOWS,
+        HALF_OPEN, POLICY, POLICY_SLOT, PORTS, ROLES, STATS, VIOLATIONS,
     },
-    packet::{self, ACK, FIN, RST, SYN, Segment},
+    origin::{origin, state},
+    packet::{self, ACK, FIN, Parsed, RST, SYN, Segment, URG},
 };
 
 const EEXIST: i32 = 17;
 
+/// Which program runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// A packet about to be delivered to a local socket.
+    Ingress,
+    /// A packet a local socket sends.
+    Egress,
+}
+
 /// Handles one packet; `Err` means a read failed mid-way (the packet still
 /// passes, the failure is counted).
 #[inline(always)]
-pub fn on_packet(ctx: &SkBuffContext) -> Result<i32, ()> {
-    let Some(seg) = packet::parse(ctx) else {
-        return Ok(PASS);
+pub fn on_packet(ctx: &SkBuffContext, hook: Hook) -> Result<i32, ()> {
+    let seg = match packet::parse(ctx) {
+        Parsed::Segment(seg) => seg,
+        Parsed::NotTcp => return Ok(PASS),
+        Parsed::Unreadable => {
+            cold();
+            return Ok(unreadable());
+        }
     };
-    if seg.flags & (SYN | ACK) == SYN {
+    if seg.flags & SYN != 0 {
         // Once a connection: laid out away from every other segment's path.
-        #[expect(
-            clippy::incompatible_msrv,
-            reason = "only the BPF toolchain (rustc 1.96+) builds this crate; the \
-                      workspace's 1.87 only steers the resolver to aya 0.14"
-        )]
-        core::hint::cold_path();
-        open(ctx, &seg);
-        return Ok(PASS);
+        cold();
+        return Ok(handshake(ctx, hook, &seg));
     }
     // Untracked traffic ends here: one array read, no key, no hashing.
-    if !maps::filter_maybe(filter_slot(&seg.src, seg.sport, &seg.dst, seg.dport)) {
+    let slot = filter_slot(&seg.src, seg.sport, &seg.dst, seg.dport);
+    let Some(filter) = FLOW_FILTER.get_ptr(slot) else {
+        return Ok(PASS);
+    };
+    // SAFETY: a map value pointer, valid for this run.
+    let (flows, syn_ns) = unsafe { ((*filter).flows, (*filter).syn_ns) };
+    if flows | syn_ns == 0 {
         return Ok(PASS);
     }
     let (key, src_is_lo) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
-    let Some(flow) = FLOWS.get_ptr_mut(&key) else {
-        return Ok(PASS);
+    let flow = match FLOWS.get_ptr_mut(&key) {
+        Some(flow) => flow,
+        None if syn_ns != 0 => match promote(ctx, &key, &seg) {
+            Promotion::Tracked => match FLOWS.get_ptr_mut(&key) {
+                Some(flow) => flow,
+                None => return Ok(PASS),
+            },
+            Promotion::Pass => return Ok(PASS),
+            Promotion::Drop => return Ok(DROP),
+        },
+        None => return Ok(PASS),
     };
     // SAFETY: the entry stays valid for the whole program run (RCU); racing
-    // updates from the connection's other end can at worst skew one counter.
+    // updates from the connection's other end can at worst skew one counter
+    // (flags and the decision are single stores, see `Flow`).
     let flow = unsafe { &mut *flow };
     flow.last_ns = now();
     let dir = flow.direction(src_is_lo);
-    if seg.flags & SYN != 0 {
-        flow.start(dir, seg.seq); // SYN-ACK: the server's ISN
-        return Ok(PASS);
-    }
     let mut result = Ok(());
-    if seg.payload_len > 0 {
+    if seg.payload_len > 0 || seg.flags & URG != 0 {
+        if dir == C2S && flow.decision().0 == UNDECIDED {
+            match feed_detection(ctx, flow, &key, &seg) {
+                Ok(Fed::Hole) if path_enforced(flow.path) => {
+                    maps::count_drop(DropReason::OutOfOrder);
+                    return Ok(DROP);
+                }
+                Ok(_) => {}
+                Err(()) => result = Err(()),
+            }
+        }
+        // A blocked connection's payload goes no further, in either
+        // direction and at either end; the agent resets both ends. It is
+        // not counted as let through, so a RST must match what was.
+        let (protocol, verdict) = flow.decision();
+        if seg.payload_len > 0 && verdict == Verdict::Blocked as u8 && protocol != UNDECIDED {
+            maps::count_stat(Stat::SegmentsDropped);
+            return result.map(|()| DROP);
+        }
         let new = flow.new_bytes(dir, seg.seq, seg.payload_len);
         if new > 0 {
             let rx = (dir == C2S) == Path::from_u8(flow.path).is_some_and(Path::server_is_local);
             let d = if rx { Direction::Rx } else { Direction::Tx };
             maps::add(&BYTES, byte_index(flow.path, d), u64::from(new));
         }
-        if flow.protocol == UNDECIDED {
-            result = feed_detection(ctx, flow, &key, dir, &seg);
-        }
-        // A blocked connection's payload goes no further, in either
-        // direction and at either end; the agent resets both ends.
-        if flow.verdict == Verdict::Blocked as u8 && flow.protocol != UNDECIDED {
-            maps::count_stat(Stat::SegmentsDropped);
-            return result.map(|()| DROP);
-        }
     }
     if seg.flags & (FIN | RST) != 0 {
-        close(flow, &key, dir, seg.flags & RST != 0);
+        close(ctx, flow, &key, dir, &seg);
     }
     result.map(|()| PASS)
 }
 
-/// A SYN: classify the new connection and, if it is on a path, track it.
-///
-/// Two subprograms called one after the other, not one: the verifier
-/// limits the stack of a whole call chain to 512 bytes, and 5.10 and 6.1
-/// round every frame up to 32 bytes when they add it up. Classifying
-/// (trie keys, endpoints) and inserting (key, flow) each need a large
-/// frame; side by side under the entry point, neither adds to the other.
+/// Marks the branch it is in as rarely taken.
 #[inline(always)]
-fn open(ctx: &SkBuffContext, seg: &Segment) {
-    if let Some((path, cookie)) = classify_syn(ctx, seg) {
-        insert(seg, path, cookie);
+fn cold() {
+    #[expect(
+        clippy::incompatible_msrv,
+        reason = "only the BPF toolchain (rustc 1.96+) builds this crate; the \
+                  workspace's 1.87 only steers the resolver to aya 0.14"
+    )]
+    core::hint::cold_path();
+}
+
+/// A packet whose TCP header, if any, we cannot see. The receiving stack
+/// may see further, so while any path is enforced it does not pass.
+#[inline(never)]
+fn unreadable() -> i32 {
+    if POLICY_SLOT.get(0).is_some_and(|s| s & SLOT_ANY_ENFORCED != 0) {
+        maps::count_drop(DropReason::UnreadableHeaders);
+        DROP
+    } else {
+        PASS
+    }
+}
+
+/// True when `path` has a `block` rule in force (see `DropReason`).
+#[inline(always)]
+fn path_enforced(path: u8) -> bool {
+    let slot = POLICY_SLOT.get(0).map_or(0, |s| *s);
+    POLICY
+        .get(policy_index(slot, path, Protocol::None as u8))
+        .is_some_and(|e| policy::path_enforced(*e))
+}
+
+/// A SYN or a SYN-ACK.
+#[inline(always)]
+fn handshake(ctx: &SkBuffContext, hook: Hook, seg: &Segment) -> i32 {
+    if seg.flags & ACK != 0 {
+        answer(ctx, seg);
+        return PASS;
+    }
+    match classify_syn(ctx, seg) {
+        Some((path, cookie)) => open(ctx, hook, seg, path, cookie),
+        None => PASS,
     }
 }
 
 /// The path of a new connection, and the socket cookie of its local client
 /// (0 when the client is not a local `connect()`), or `None` when it is on
-/// no path or is tracked already.
+/// no path or is known already.
 #[inline(never)]
 fn classify_syn(ctx: &SkBuffContext, seg: &Segment) -> Option<(Path, u64)> {
     let (key, _) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
     // The other end's sighting of the SYN (both ends on this node), or a
-    // retransmission: already tracked, no need to classify again.
-    if maps::filter_maybe(key.filter_slot()) && FLOWS.get_ptr(&key).is_some() {
+    // retransmission: known already, no need to classify again. The same
+    // key with another ISN is a new connection.
+    let start = seg.seq.wrapping_add(1);
+    // SAFETY (both): map value pointers, valid for this run.
+    if let Some(f) = FLOWS.get_ptr(&key)
+        && unsafe { (*f).start_seq[C2S] } == start
+    {
+        return None;
+    }
+    if let Some(h) = HALF_OPEN.get_ptr(&key)
+        && unsafe { (*h).start_seq[C2S] } == start
+    {
         return None;
     }
     let ports = PORTS.get(0)?;
@@ -158,24 +247,133 @@ fn classify_syn(ctx: &SkBuffContext, seg: &Segment) -> Option<(Path, u64)> {
     Some((path, if asked.is_some() { cookie } else { 0 }))
 }
 
-/// Puts a new connection on `path` into the flow table.
+/// Admits a new connection on `path`: opens its half-open entry, or
+/// refuses it (see the module's step 1).
 #[inline(never)]
-fn insert(seg: &Segment, path: Path, client_cookie: u64) {
+fn open(ctx: &SkBuffContext, hook: Hook, seg: &Segment, path: Path, cookie: u64) -> i32 {
+    let enforced = path_enforced(path as u8);
+    if enforced && seg.payload_len > 0 {
+        // TCP Fast Open: a server would hand these bytes to its application
+        // before any other segment. Dropped, the client retries the SYN
+        // without them and sends them after the handshake, where they are
+        // inspected.
+        maps::count_drop(DropReason::SynData);
+        return DROP;
+    }
+    let from_tcp = origin(ctx).in_state(match hook {
+        Hook::Egress => state::SYN_SENT,
+        Hook::Ingress => state::LISTEN,
+    });
+    if !from_tcp {
+        if enforced {
+            maps::count_drop(DropReason::Crafted);
+            return DROP;
+        }
+        return PASS;
+    }
+    if enforced && maps::flows_full() {
+        // Fail closed: a connection that could not be tracked could not be
+        // blocked. Its client retries the SYN.
+        maps::count_drop(DropReason::TableFull);
+        return DROP;
+    }
     let (key, src_is_lo) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
     let slot = key.filter_slot();
-    let mut flow = Flow::new(path as u8, src_is_lo, seg.seq, now());
-    flow.client_cookie = client_cookie;
+    // A TCP socket's SYN on the key of a tracked connection with another
+    // ISN: that connection is over at this end (a new socket connects, or
+    // the SYN reached a listener), so the new one is judged afresh rather
+    // than inheriting a verdict.
+    if FLOWS.remove(&key).is_ok() {
+        maps::count_flow(slot, false);
+        maps::count_stat(Stat::FlowsClosed);
+    }
+    // Data in a SYN on a path without a block rule is counted out: the
+    // prefix starts after it.
+    let mut flow = Flow::new(path as u8, src_is_lo, seg.seq.wrapping_add(seg.payload_len), now());
+    flow.client_cookie = cookie;
+    if HALF_OPEN.insert(&key, &flow, 0).is_ok() {
+        maps::count_stat(Stat::HalfOpen);
+        maps::mark_half_open(slot, now());
+    }
+    PASS
+}
+
+/// A SYN-ACK: the server's ISN, for the half-open entry it answers.
+#[inline(never)]
+fn answer(ctx: &SkBuffContext, seg: &Segment) {
+    if !origin(ctx).is_tcp() {
+        return;
+    }
+    let (key, src_is_lo) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
+    let Some(half) = HALF_OPEN.get_ptr_mut(&key) else {
+        return;
+    };
+    // SAFETY: a map value pointer, valid for this run.
+    let half = unsafe { &mut *half };
+    if half.direction(src_is_lo) == S2C && seg.ack == half.start_seq[C2S] {
+        half.start(S2C, seg.seq);
+        half.server_start = seg.seq.wrapping_add(1);
+        maps::mark_half_open(key.filter_slot(), now());
+    }
+}
+
+/// What [`promote`] did.
+enum Promotion {
+    /// The connection is in `FLOWS` now.
+    Tracked,
+    /// Not (yet) tracked; the segment passes.
+    Pass,
+    /// Not tracked, on an enforced path; the segment is dropped.
+    Drop,
+}
+
+/// A segment of a connection that may be half-open: moves it to `FLOWS`
+/// when a TCP socket proves the handshake complete.
+#[inline(never)]
+fn promote(ctx: &SkBuffContext, key: &FlowKey, seg: &Segment) -> Promotion {
+    let Some(half) = HALF_OPEN.get_ptr(key) else {
+        return Promotion::Pass;
+    };
+    // SAFETY: a map value pointer, valid for this run.
+    let half = unsafe { &*half };
+    let enforced = path_enforced(half.path);
+    let from = origin(ctx);
+    // A segment from or to a socket past its handshake; or the handshake's
+    // last ACK, which reaches the listener, acknowledging the server's ISN
+    // (only the real client has seen it).
+    let confirmed = from.synchronized()
+        || (from.in_state(state::LISTEN)
+            && half.server_start != 0
+            && seg.flags & ACK != 0
+            && seg.ack == half.server_start);
+    if !confirmed {
+        if enforced && seg.payload_len > 0 {
+            maps::count_drop(DropReason::Crafted);
+            return Promotion::Drop;
+        }
+        return Promotion::Pass;
+    }
+    let slot = key.filter_slot();
     // The filter counts the entry before it exists, so no other CPU can
     // find the entry with the filter saying there is none.
-    maps::filter_add(slot, 1);
-    match FLOWS.insert(&key, &flow, u64::from(BPF_NOEXIST)) {
-        Ok(()) => maps::count_stat(Stat::FlowsCreated),
+    maps::count_flow(slot, true);
+    match FLOWS.insert(key, half, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {
+            let _ = HALF_OPEN.remove(key);
+            maps::count_stat(Stat::FlowsCreated);
+            Promotion::Tracked
+        }
         Err(e) => {
-            maps::filter_add(slot, u64::MAX);
-            if e != -EEXIST {
+            maps::count_flow(slot, false);
+            if e == -EEXIST {
+                Promotion::Tracked // another CPU promoted it meanwhile
+            } else if enforced {
+                maps::count_drop(DropReason::TableFull);
+                Promotion::Drop
+            } else {
                 maps::count_stat(Stat::FlowTableFull);
+                Promotion::Pass
             }
-            // EEXIST: the other end's sighting of this SYN, or a retransmitted SYN.
         }
     }
 }
@@ -193,29 +391,34 @@ fn roles_of(addr: Addr) -> Roles {
         .map_or(Roles::EMPTY, |r| Roles(*r))
 }
 
-/// Adds this segment's leading bytes to the first speaker's prefix and
-/// decides the protocol once the prefix is conclusive.
+/// What feeding a client segment to detection found.
+enum Fed {
+    /// The segment is in stream order (or old); detection has its bytes.
+    InOrder,
+    /// Bytes before it are missing.
+    Hole,
+}
+
+/// Adds a client segment's leading bytes to the prefix and decides the
+/// protocol once the prefix is conclusive.
 #[inline(never)]
 fn feed_detection(
     ctx: &SkBuffContext,
     flow: &mut Flow,
     key: &FlowKey,
-    dir: usize,
     seg: &Segment,
-) -> Result<(), ()> {
-    if flow.flags & flags::SPOKE == 0 {
-        flow.flags |= flags::SPOKE | if dir == C2S { 0 } else { flags::SPEAKER_S2C };
+) -> Result<Fed, ()> {
+    if seg.flags & URG != 0 {
+        // The server's TCP takes urgent data out of the stream (unless the
+        // application asked for SO_OOBINLINE): it would read something
+        // else than the sequence space holds.
+        decide(flow, key, Protocol::Other as u8);
+        return Ok(Fed::InOrder);
     }
-    let speaker = if flow.flags & flags::SPEAKER_S2C == 0 {
-        C2S
-    } else {
-        1
-    };
-    if dir != speaker {
-        return Ok(());
-    }
-    let Some(off) = flow.prefix_offset(dir, seg.seq) else {
-        return Ok(());
+    let off = match flow.place(seg.seq) {
+        Place::Prefix(off) => off,
+        Place::Hole => return Ok(Fed::Hole),
+        Place::Before => return Ok(Fed::InOrder),
     };
     let mut bytes = [0u64; 2];
     let n = packet::load_prefix(ctx, seg, &mut bytes)?;
@@ -223,7 +426,7 @@ fn feed_detection(
     if let Detection::Decided(protocol) = detect(&flow.prefix, flow.prefix_len as usize, false) {
         decide(flow, key, protocol as u8);
     }
-    Ok(())
+    Ok(Fed::InOrder)
 }
 
 /// Records the protocol and verdict, counts the connection once, and
@@ -236,8 +439,7 @@ fn decide(flow: &mut Flow, key: &FlowKey, protocol: u8) {
         .map_or(0, |a| *a);
     let (action, dry_run) = policy::decode(entry);
     let verdict = policy::verdict(action, dry_run) as u8;
-    flow.protocol = protocol;
-    flow.verdict = verdict;
+    flow.set_decision(protocol, verdict);
     maps::add(
         &CONNECTIONS,
         connection_index(flow.path, protocol, verdict),
@@ -284,23 +486,45 @@ fn report(flow: &Flow, key: &FlowKey, action: Action, dry_run: bool) {
     }
 }
 
-/// A FIN or RST: decide `none`/`other` if nothing was decided yet, and drop
-/// the entry when the connection is over.
+/// A FIN or RST. It counts only if the receiving TCP would take it: a
+/// FIN right after the last byte let through, a RST at the sequence number
+/// the receiver expects, from or to a TCP socket. Then a client FIN or any
+/// RST decides an undecided connection from what was seen, and the RST or
+/// the second FIN removes the entry.
 #[inline(never)]
-fn close(flow: &mut Flow, key: &FlowKey, dir: usize, reset: bool) {
-    if flow.protocol == UNDECIDED {
-        if let Detection::Decided(p) = detect(&flow.prefix, flow.prefix_len as usize, true) {
-            decide(flow, key, p as u8);
-        }
-    }
-    flow.flags |= if dir == C2S {
-        flags::FIN_C2S
+fn close(ctx: &SkBuffContext, flow: &mut Flow, key: &FlowKey, dir: usize, seg: &Segment) {
+    let d = dir & 1;
+    let reset = seg.flags & RST != 0;
+    let valid = if !reset {
+        seg.seq.wrapping_add(seg.payload_len) == flow.next_seq[d]
+    } else if flow.started[d] != 0 {
+        seg.seq == flow.next_seq[d]
     } else {
-        flags::FIN_S2C
+        // A RST from an end that never sent anything we saw: it must at
+        // least acknowledge all the other end sent.
+        seg.flags & ACK != 0 && seg.ack == flow.next_seq[d ^ 1]
     };
-    let both = flags::FIN_C2S | flags::FIN_S2C;
-    if (reset || flow.flags & both == both) && FLOWS.remove(key).is_ok() {
-        maps::filter_add(key.filter_slot(), u64::MAX);
+    if !valid || !origin(ctx).is_tcp() {
+        return;
+    }
+    if flow.decision().0 == UNDECIDED && (dir == C2S || reset) {
+        let protocol = match detect(&flow.prefix, flow.prefix_len as usize, true) {
+            // The server spoke, the client never did.
+            Detection::Decided(Protocol::None) if flow.next_seq[S2C] != flow.start_seq[S2C] => {
+                Protocol::Other
+            }
+            Detection::Decided(p) => p,
+            Detection::NeedMore => Protocol::Other,
+        };
+        decide(flow, key, protocol as u8);
+    }
+    if !reset {
+        // The FIN takes a sequence number: a RST after it comes one later.
+        flow.next_seq[d] = flow.next_seq[d].wrapping_add(1);
+        flow.fin[d] = 1;
+    }
+    if (reset || flow.fin[C2S] & flow.fin[S2C] != 0) && FLOWS.remove(key).is_ok() {
+        maps::count_flow(key.filter_slot(), false);
         maps::add(&STATS, Stat::FlowsClosed as u32, 1);
     }
 }

@@ -19,8 +19,8 @@ use aya::{
 use observer_common::{
     config::Endpoint,
     counters::{BYTE_ENTRIES, CONNECTION_ENTRIES, STAT_ENTRIES, Stat},
-    flow::FILTER_SLOTS,
-    policy::{POLICY_ENTRIES, VIOLATION_ENTRIES},
+    flow::{FILTER_SLOTS, flow_count},
+    policy::{POLICY_ENTRIES, SLOT_ANY_ENFORCED, VIOLATION_ENTRIES},
 };
 
 use crate::{config::Settings, flows::FlowTable, pin, policy::Policy, roles};
@@ -159,6 +159,7 @@ impl Datapath {
     pub fn load(settings: &Settings) -> Result<Loaded, DatapathError> {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries("FLOWS", settings.flow_table_capacity);
+        loader.map_max_entries("HALF_OPEN", settings.flow_table_capacity);
         let pin_paths: Vec<(&str, PathBuf)> = match &settings.pin_dir {
             Some(dir) => {
                 let pin_err = |source| DatapathError::Pin {
@@ -208,8 +209,11 @@ impl Datapath {
         };
         let flows = FlowTable::new(
             take(&mut ebpf, "FLOWS")?,
-            take_mapped(&mut ebpf, "FLOW_FILTER", FILTER_SLOTS as usize)?,
+            // Two words per slot: `observer_common::flow::Filter`.
+            take_mapped(&mut ebpf, "FLOW_FILTER", 2 * FILTER_SLOTS as usize)?,
+            take_mapped(&mut ebpf, "FLOW_COUNT", flow_count::WORDS as usize)?,
             take_mapped(&mut ebpf, "CLOCK", 1)?,
+            settings.flow_table_capacity,
         );
         let events = take(&mut ebpf, "EVENTS")?;
         Ok(Loaded {
@@ -541,6 +545,11 @@ fn set_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), DatapathError> {
     let slot: Array<_, u32> =
         Array::try_from(map_mut(ebpf, "POLICY_SLOT")?).map_err(map_err("POLICY_SLOT"))?;
     let next = (slot.get(&0, 0).map_err(map_err("POLICY_SLOT"))? + 1) & 1;
+    let any_enforced = if policy.enforces_anything() {
+        SLOT_ANY_ENFORCED
+    } else {
+        0
+    };
     let mut table: Array<_, u32> =
         Array::try_from(map_mut(ebpf, "POLICY")?).map_err(map_err("POLICY"))?;
     for (i, entry) in policy.table().into_iter().enumerate() {
@@ -550,7 +559,8 @@ fn set_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), DatapathError> {
     }
     let mut slot: Array<_, u32> =
         Array::try_from(map_mut(ebpf, "POLICY_SLOT")?).map_err(map_err("POLICY_SLOT"))?;
-    slot.set(0, next, 0).map_err(map_err("POLICY_SLOT"))
+    slot.set(0, next | any_enforced, 0)
+        .map_err(map_err("POLICY_SLOT"))
 }
 
 /// The kernel key of an endpoint.

@@ -10,19 +10,22 @@ use std::{
 };
 
 use aya::maps::{HashMap, MapData, MapError};
-use observer_common::flow::{Flow, FlowKey};
+use observer_common::flow::{FILTER_SLOTS, Flow, FlowKey, HALF_OPEN_MARK_TTL_NS, flow_count};
 
 use crate::ebpf::{Counters, MappedArray};
 
 /// The kernel's `FLOWS` map, owned by whoever maintains it, with the
-/// `FLOW_FILTER` counters in front of it and the `CLOCK` its entries are
-/// stamped with.
+/// `FLOW_FILTER` slots in front of it, its `FLOW_COUNT`, and the `CLOCK`
+/// its entries are stamped with.
 pub struct FlowTable {
     map: HashMap<MapData, FlowKey, Flow>,
-    /// `FLOW_FILTER`: the kernel programs and the agent update its counters
-    /// with atomic instructions on the same memory, so a removal here
-    /// cannot lose a concurrent increment there.
+    /// `FLOW_FILTER`, two words per slot (`observer_common::flow::Filter`):
+    /// the kernel programs and the agent update it with atomic instructions
+    /// on the same memory, so a change here cannot lose a concurrent one
+    /// there.
     filter: MappedArray,
+    /// `FLOW_COUNT`: entries and capacity.
+    count: MappedArray,
     /// `CLOCK`: CLOCK_MONOTONIC nanoseconds, written here, read by the
     /// kernel programs for `Flow::last_ns` (a load instead of a helper call
     /// on every tracked packet).
@@ -50,9 +53,20 @@ impl FlowTable {
     pub(crate) fn new(
         map: HashMap<MapData, FlowKey, Flow>,
         filter: MappedArray,
+        count: MappedArray,
         clock: MappedArray,
+        capacity: u32,
     ) -> Self {
-        let table = Self { map, filter, clock };
+        let table = Self {
+            map,
+            filter,
+            count,
+            clock,
+        };
+        table
+            .count
+            .word(flow_count::CAPACITY as usize)
+            .store(u64::from(capacity), Ordering::Relaxed);
         table.tick(monotonic_ns());
         table
     }
@@ -63,9 +77,42 @@ impl FlowTable {
         self.clock.word(0).store(now_ns, Ordering::Relaxed);
     }
 
-    /// The `FLOW_FILTER` counter of `slot` (tests: it must match the table).
+    /// The `FLOW_FILTER` count of `slot` (tests: it must match the table).
     pub fn filter_count(&self, slot: u32) -> u64 {
-        self.filter.word(slot as usize).load(Ordering::Relaxed)
+        self.filter_flows(slot).load(Ordering::Relaxed)
+    }
+
+    /// The `FLOW_COUNT` entry count (tests: it must match the table).
+    pub fn counted(&self) -> u64 {
+        self.count
+            .word(flow_count::ENTRIES as usize)
+            .load(Ordering::Relaxed)
+    }
+
+    /// `Filter::flows` of `slot`.
+    fn filter_flows(&self, slot: u32) -> &std::sync::atomic::AtomicU64 {
+        self.filter.word(2 * slot as usize)
+    }
+
+    /// Clears the half-open marks (`Filter::syn_ns`) older than their TTL
+    /// at `now_ns`, so untracked packets hashing there skip the `HALF_OPEN`
+    /// lookup again. Returns how many it cleared.
+    pub fn clear_stale_marks(&self, now_ns: u64) -> usize {
+        let mut cleared = 0;
+        for slot in 0..FILTER_SLOTS as usize {
+            let mark = self.filter.word(2 * slot + 1);
+            let seen = mark.load(Ordering::Relaxed);
+            // A compare-and-swap: a SYN marking the slot meanwhile wins.
+            if seen != 0
+                && now_ns.saturating_sub(seen) > HALF_OPEN_MARK_TTL_NS
+                && mark
+                    .compare_exchange(seen, 0, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                cleared += 1;
+            }
+        }
+        cleared
     }
 
     /// Every entry now (a snapshot; the kernel keeps changing it).
@@ -99,8 +146,10 @@ impl FlowTable {
             // The kernel may have removed it meanwhile (the connection
             // closed); then it released the filter slot itself.
             if self.map.remove(&key).is_ok() {
-                self.filter
-                    .word(key.filter_slot() as usize)
+                self.filter_flows(key.filter_slot())
+                    .fetch_sub(1, Ordering::Relaxed);
+                self.count
+                    .word(flow_count::ENTRIES as usize)
                     .fetch_sub(1, Ordering::Relaxed);
                 removed += 1;
             }
@@ -146,6 +195,10 @@ pub fn spawn_expiry(
                     continue;
                 }
                 next_sweep += sweep_interval(idle);
+                let cleared = table.clear_stale_marks(now);
+                if cleared > 0 {
+                    tracing::debug!(cleared, "cleared stale half-open marks");
+                }
                 match table.expire_idle(idle, now) {
                     Ok(0) => {}
                     Ok(n) => {

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use observer_common::{
-    counters::{Direction, Stat, byte_index, connection_index},
+    counters::{Direction, DropReason, Stat, byte_index, connection_index},
     path::Path,
     policy::{Action, Verdict, violation_index},
     protocol::Protocol,
@@ -142,16 +142,32 @@ impl Collector for DatapathCollector {
         )?)?;
         ConstCounter::new(stat(Stat::FlowTableFull) + stat(Stat::EventsLost)).encode(encoder.encode_descriptor(
             "cp_observer_events_lost",
-            "Tracked connections not tracked (flow table full) plus violation events dropped (ring buffer full).",
+            "Connections not tracked (flow table full, paths without a block rule) plus violation events dropped (ring buffer full).",
             None,
             MetricType::Counter,
         )?)?;
         ConstCounter::new(stat(Stat::FlowTableFull)).encode(encoder.encode_descriptor(
             "cp_observer_flow_table_full",
-            "Tracked connections not tracked because the flow table was full (once per hook that saw the SYN).",
+            "Connections on paths without a block rule left untracked because the flow table was full (on paths with one they are refused: cp_observer_dropped_segments{reason=\"table-full\"}).",
             None,
             MetricType::Counter,
         )?)?;
+        ConstCounter::new(stat(Stat::HalfOpen)).encode(encoder.encode_descriptor(
+            "cp_observer_half_open",
+            "SYNs that opened a half-open entry; only completed handshakes enter the flow table, so a spoofed-SYN flood shows here and not there.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        let mut m = encoder.encode_descriptor(
+            "cp_observer_dropped_segments",
+            "Segments dropped on paths with a block rule before any verdict, by reason: out-of-order (client bytes beyond a gap while undecided), syn-data (TCP Fast Open), unreadable-headers, crafted (not from a TCP socket), table-full (new connection while the flow table is full).",
+            None,
+            MetricType::Counter,
+        )?;
+        for reason in DropReason::ALL {
+            ConstCounter::new(stats[reason.index() as usize])
+                .encode(m.encode_family(&[("reason", reason.name())])?)?;
+        }
         ConstCounter::new(stat(Stat::SegmentsDropped)).encode(encoder.encode_descriptor(
             "cp_observer_blocked_segments",
             "Payload segments of blocked connections dropped in the kernel.",

@@ -29,7 +29,7 @@ use crate::sys;
 use observer_common::{
     counters::{BYTE_ENTRIES, CONNECTION_ENTRIES, STAT_ENTRIES},
     event::EVENTS_BYTES,
-    flow::{FILTER_SLOTS, Flow, FlowKey},
+    flow::{FILTER_SLOTS, Filter, Flow, FlowKey, flow_count},
     policy::VIOLATION_ENTRIES,
 };
 
@@ -47,9 +47,10 @@ pub struct StateMap {
     max_entries: Option<u32>,
 }
 
-/// The maps whose contents must survive a restart. The first two go
-/// together: `FLOW_FILTER` counts the entries of `FLOWS`.
-pub const STATE_MAPS: [StateMap; 7] = [
+/// The maps whose contents must survive a restart. The first four go
+/// together: `FLOW_FILTER` and `FLOW_COUNT` count the entries of `FLOWS`,
+/// and `FLOW_FILTER` marks those of `HALF_OPEN`.
+pub const STATE_MAPS: [StateMap; 9] = [
     StateMap {
         name: "FLOWS",
         key_size: size_of::<FlowKey>() as u32,
@@ -57,10 +58,22 @@ pub const STATE_MAPS: [StateMap; 7] = [
         max_entries: None,
     },
     StateMap {
+        name: "HALF_OPEN",
+        key_size: size_of::<FlowKey>() as u32,
+        value_size: size_of::<Flow>() as u32,
+        max_entries: None,
+    },
+    StateMap {
         name: "FLOW_FILTER",
         key_size: 4,
-        value_size: 8,
+        value_size: size_of::<Filter>() as u32,
         max_entries: Some(FILTER_SLOTS),
+    },
+    StateMap {
+        name: "FLOW_COUNT",
+        key_size: 4,
+        value_size: 8,
+        max_entries: Some(flow_count::WORDS),
     },
     StateMap {
         name: "CONNECTIONS",
@@ -93,6 +106,9 @@ pub const STATE_MAPS: [StateMap; 7] = [
         max_entries: Some(EVENTS_BYTES),
     },
 ];
+
+/// How many of [`STATE_MAPS`], from the first, are the flow state.
+const FLOW_STATE: usize = 4;
 
 /// The pin of a link.
 pub fn link_path(dir: &Path, program: &str) -> PathBuf {
@@ -143,16 +159,17 @@ fn is_bpffs(path: &Path) -> io::Result<bool> {
 /// `flow_capacity` need (an upgrade that changed a map, a new capacity):
 /// they are recreated empty. Returns the names removed.
 ///
-/// The flow table and its filter are one piece of state: if either is
-/// missing or dropped, so is the other (a filter that undercounts its
-/// table would hide tracked connections).
+/// The flow tables, their filter and their count are one piece of state
+/// (the first [`FLOW_STATE`] maps): if one is missing or dropped, so are
+/// the others (a filter that undercounts its table would hide tracked
+/// connections).
 pub fn drop_incompatible(dir: &Path, flow_capacity: u32) -> io::Result<Vec<&'static str>> {
     let mut dropped = Vec::new();
     let mut flows_whole = true;
     for (i, m) in STATE_MAPS.iter().enumerate() {
         let path = dir.join(m.name);
         let Ok(info) = MapInfo::from_pin(&path) else {
-            flows_whole &= i >= 2;
+            flows_whole &= i >= FLOW_STATE;
             continue;
         };
         let max = m.max_entries.unwrap_or(flow_capacity);
@@ -161,11 +178,11 @@ pub fn drop_incompatible(dir: &Path, flow_capacity: u32) -> io::Result<Vec<&'sta
         {
             std::fs::remove_file(&path)?;
             dropped.push(m.name);
-            flows_whole &= i >= 2;
+            flows_whole &= i >= FLOW_STATE;
         }
     }
     if !flows_whole {
-        for m in &STATE_MAPS[..2] {
+        for m in &STATE_MAPS[..FLOW_STATE] {
             if std::fs::remove_file(dir.join(m.name)).is_ok() && !dropped.contains(&m.name) {
                 dropped.push(m.name);
             }

@@ -1,9 +1,15 @@
 //! The policy (SPEC §3): rules `PATH:PROTOCOL=ACTION` over the documented
 //! defaults, resolved into one table of (path, protocol) → action.
 //!
-//! Precedence, most specific first: `path:protocol`, `path:*`,
-//! `*:protocol`, `*:*`, then the defaults. Two rules with the same selector
-//! and different actions contradict each other and are refused.
+//! A protocol selector is a protocol, `plaintext` (every protocol that
+//! [`Protocol::is_plaintext`]: `http`, `http2` and `other`, which is
+//! anything not recognised as TLS, SSH or HTTP, so "no plaintext" is one
+//! rule), or `*`.
+//!
+//! Precedence, most specific first: `path:protocol`, `path:plaintext`,
+//! `path:*`, `*:protocol`, `*:plaintext`, `*:*`, then the defaults. Two
+//! rules with the same selector and different actions contradict each
+//! other and are refused.
 
 use std::{fmt, str::FromStr};
 
@@ -18,10 +24,50 @@ use observer_common::{
 pub struct Rule {
     /// `None` for `*`.
     pub path: Option<Path>,
-    /// `None` for `*`.
-    pub protocol: Option<Protocol>,
+    /// Which protocols.
+    pub protocols: Protocols,
     /// What to do.
     pub action: Action,
+}
+
+/// The protocol part of a rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocols {
+    /// One protocol.
+    One(Protocol),
+    /// `plaintext`: every protocol that [`Protocol::is_plaintext`].
+    Plaintext,
+    /// `*`.
+    Any,
+}
+
+impl Protocols {
+    const PLAINTEXT: &str = "plaintext";
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::One(p) => p.name(),
+            Self::Plaintext => Self::PLAINTEXT,
+            Self::Any => "*",
+        }
+    }
+
+    fn contains(self, protocol: Protocol) -> bool {
+        match self {
+            Self::One(p) => p == protocol,
+            Self::Plaintext => protocol.is_plaintext(),
+            Self::Any => true,
+        }
+    }
+
+    /// Higher is more specific.
+    fn specificity(self) -> u8 {
+        match self {
+            Self::One(_) => 2,
+            Self::Plaintext => 1,
+            Self::Any => 0,
+        }
+    }
 }
 
 impl fmt::Display for Rule {
@@ -30,7 +76,7 @@ impl fmt::Display for Rule {
             f,
             "{}:{}={}",
             self.path.map_or("*", Path::name),
-            self.protocol.map_or("*", Protocol::name),
+            self.protocols.name(),
             self.action.name()
         )
     }
@@ -60,12 +106,14 @@ impl FromStr for Rule {
                 )
             })?),
         };
-        let protocol = match protocol.trim() {
-            "*" => None,
-            p => Some(Protocol::from_name(p).ok_or_else(|| {
+        let protocols = match protocol.trim() {
+            "*" => Protocols::Any,
+            Protocols::PLAINTEXT => Protocols::Plaintext,
+            p => Protocols::One(Protocol::from_name(p).ok_or_else(|| {
                 format!(
-                    "'{p}' in '{s}' is not a protocol (one of: {}, or *)",
-                    names(&Protocol::ALL, Protocol::name)
+                    "'{p}' in '{s}' is not a protocol (one of: {}, {}, or *)",
+                    names(&Protocol::ALL, Protocol::name),
+                    Protocols::PLAINTEXT
                 )
             })?),
         };
@@ -81,7 +129,7 @@ impl FromStr for Rule {
         };
         Ok(Self {
             path,
-            protocol,
+            protocols,
             action,
         })
     }
@@ -106,7 +154,7 @@ impl Policy {
         for (i, a) in rules.iter().enumerate() {
             if let Some(b) = rules[..i]
                 .iter()
-                .find(|b| (b.path, b.protocol) == (a.path, a.protocol) && b.action != a.action)
+                .find(|b| (b.path, b.protocols) == (a.path, a.protocols) && b.action != a.action)
             {
                 return Err(Conflict(b.clone(), a.clone()));
             }
@@ -114,14 +162,11 @@ impl Policy {
         let mut actions = [[Action::Allow; Protocol::COUNT]; Path::COUNT];
         for path in Path::ALL {
             for protocol in Protocol::ALL {
-                let specificity = |r: &Rule| match (r.path, r.protocol) {
-                    (Some(_), Some(_)) => 3,
-                    (Some(_), None) => 2,
-                    (None, Some(_)) => 1,
-                    (None, None) => 0,
-                };
+                // A path beats any protocol selector.
+                let specificity =
+                    |r: &Rule| (u8::from(r.path.is_some()), r.protocols.specificity());
                 let matching = rules.iter().filter(|r| {
-                    r.path.is_none_or(|p| p == path) && r.protocol.is_none_or(|q| q == protocol)
+                    r.path.is_none_or(|p| p == path) && r.protocols.contains(protocol)
                 });
                 actions[path as usize][protocol as usize] = matching
                     .max_by_key(|r| specificity(r))
@@ -140,9 +185,10 @@ impl Policy {
     pub fn table(&self) -> [u32; POLICY_ENTRIES] {
         let mut t = [0; POLICY_ENTRIES];
         for path in Path::ALL {
+            let enforced = self.enforces(path);
             for protocol in Protocol::ALL {
                 t[path as usize * Protocol::COUNT + protocol as usize] =
-                    encode(self.action(path, protocol), self.dry_run);
+                    encode(self.action(path, protocol), self.dry_run, enforced);
             }
         }
         t
@@ -151,6 +197,17 @@ impl Policy {
     /// True when some (path, protocol) is blocked (dry-run or not).
     pub fn blocks_anything(&self) -> bool {
         self.actions.iter().flatten().any(|a| *a == Action::Block)
+    }
+
+    /// True when `path` has a `block` rule in force (not a dry run): the
+    /// datapath's hardening applies to it (README, "Threat model").
+    pub fn enforces(&self, path: Path) -> bool {
+        !self.dry_run && self.actions[path as usize].contains(&Action::Block)
+    }
+
+    /// True when some path is enforced.
+    pub fn enforces_anything(&self) -> bool {
+        Path::ALL.into_iter().any(|p| self.enforces(p))
     }
 }
 
@@ -231,8 +288,41 @@ mod tests {
         let t = p.table();
         assert_eq!(
             t[Path::ApiserverProxyToPod as usize * Protocol::COUNT + Protocol::Http as usize],
-            encode(Action::Block, true)
+            encode(Action::Block, true, false)
         );
+    }
+
+    /// "No plaintext to pods" is one rule; TLS and SSH stay allowed, a
+    /// more specific rule still wins.
+    #[test]
+    fn plaintext_is_one_selector() {
+        let p = Policy::new(
+            &rules(&[
+                "apiserver-proxy-to-pod:plaintext=block",
+                "apiserver-proxy-to-pod:http2=alert",
+                "*:plaintext=allow",
+            ]),
+            false,
+        )
+        .unwrap();
+        use Protocol::*;
+        for (protocol, action) in [
+            (Http, Action::Block),
+            (Other, Action::Block),
+            (Http2, Action::Alert),
+            (Tls, Action::Allow),
+            (Ssh, Action::Allow),
+            (None, Action::Allow),
+        ] {
+            assert_eq!(p.action(Path::ApiserverProxyToPod, protocol), action, "{protocol:?}");
+        }
+        assert_eq!(p.action(Path::NodeToApiserver, Other), Action::Allow);
+        assert!(p.enforces(Path::ApiserverProxyToPod));
+        assert!(!p.enforces(Path::NodeToApiserver), "fail open where nothing is blocked");
+        let dry = Policy::new(&rules(&["apiserver-proxy-to-pod:plaintext=block"]), true).unwrap();
+        assert!(!dry.enforces(Path::ApiserverProxyToPod), "a dry run enforces nothing");
+        let r: Rule = "apiserver-proxy-to-pod:plaintext=block".parse().unwrap();
+        assert_eq!(r.to_string(), "apiserver-proxy-to-pod:plaintext=block");
     }
 
     #[test]

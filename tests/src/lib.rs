@@ -9,6 +9,7 @@
 
 pub mod ab;
 pub mod agent;
+pub mod attack;
 pub mod bench;
 pub mod kube;
 pub mod load;

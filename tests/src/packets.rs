@@ -18,6 +18,10 @@ pub struct Tcp {
     ack: bool,
     fin: bool,
     rst: bool,
+    /// The acknowledgment number, when ACK is set.
+    ack_seq: u32,
+    /// The urgent pointer, when URG is set.
+    urgent: Option<u16>,
     payload: Vec<u8>,
 }
 
@@ -32,6 +36,8 @@ impl Tcp {
             ack: true,
             fin: false,
             rst: false,
+            ack_seq: 1,
+            urgent: None,
             payload: Vec::new(),
         }
     }
@@ -63,6 +69,19 @@ impl Tcp {
         self.payload = bytes.to_vec();
         self
     }
+    /// The acknowledgment number (1 unless set).
+    #[must_use]
+    pub fn ack_seq(mut self, ack: u32) -> Self {
+        self.ack_seq = ack;
+        self
+    }
+    /// Sets URG, the urgent pointer at the end of the payload (urgent data
+    /// as `send(MSG_OOB)` sends it).
+    #[must_use]
+    pub fn urgent(mut self) -> Self {
+        self.urgent = Some(self.payload.len() as u16);
+        self
+    }
     /// Sets FIN.
     #[must_use]
     pub fn fin(mut self) -> Self {
@@ -89,7 +108,10 @@ impl Tcp {
             b = b.syn();
         }
         if self.ack {
-            b = b.ack(1);
+            b = b.ack(self.ack_seq);
+        }
+        if let Some(ptr) = self.urgent {
+            b = b.urg(ptr);
         }
         if self.fin {
             b = b.fin();

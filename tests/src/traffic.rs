@@ -57,6 +57,13 @@ impl Server {
     pub fn start(ns: &NetNs, addr: SocketAddr, kind: Kind, tls: &Tls) -> Self {
         let listener =
             ns.run(move || TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")));
+        Self::with_listener(listener, kind, tls)
+    }
+
+    /// Starts a server of `kind` on a listener the caller made (in the
+    /// namespace it wants, with the socket options it wants).
+    pub fn with_listener(listener: TcpListener, kind: Kind, tls: &Tls) -> Self {
+        let addr = listener.local_addr().expect("a bound listener");
         listener
             .set_nonblocking(true)
             .expect("nonblocking listener");
@@ -184,6 +191,17 @@ fn read_head(s: &mut impl Read) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
+/// True for the errors a client sees when its connection is reset (by the
+/// peer's RST, or its own socket destroyed).
+pub fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
 /// One finished client exchange, with the TCP payload bytes each way.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Exchange {
@@ -196,10 +214,10 @@ pub struct Exchange {
 }
 
 /// A TCP stream that counts bytes.
-struct Counting {
-    inner: TcpStream,
-    sent: u64,
-    received: u64,
+pub(crate) struct Counting {
+    pub(crate) inner: TcpStream,
+    pub(crate) sent: u64,
+    pub(crate) received: u64,
 }
 
 impl Read for Counting {
@@ -221,7 +239,7 @@ impl Write for Counting {
     }
 }
 
-fn connect(to: SocketAddr) -> io::Result<Counting> {
+pub(crate) fn connect(to: SocketAddr) -> io::Result<Counting> {
     let inner = TcpStream::connect_timeout(&to, IO_TIMEOUT)?;
     inner.set_read_timeout(Some(IO_TIMEOUT))?;
     inner.set_write_timeout(Some(IO_TIMEOUT))?;
@@ -233,7 +251,7 @@ fn connect(to: SocketAddr) -> io::Result<Counting> {
     })
 }
 
-fn request(host: SocketAddr) -> String {
+pub(crate) fn request(host: SocketAddr) -> String {
     format!(
         "GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: cp-observer-lab\r\nConnection: close\r\n\r\n"
     )
@@ -284,7 +302,7 @@ pub fn https_get(ns: &NetNs, to: SocketAddr, tls: &Tls) -> io::Result<Exchange> 
     })
 }
 
-fn finish(mut s: Counting) -> io::Result<Exchange> {
+pub(crate) fn finish(mut s: Counting) -> io::Result<Exchange> {
     let mut resp = Vec::new();
     read_to_end_lenient(&mut s, &mut resp)?;
     let _ = s.inner.shutdown(Shutdown::Both);

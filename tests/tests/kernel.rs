@@ -4,7 +4,10 @@
 
 use std::net::SocketAddr;
 
-use aya::programs::{TestRun as _, TestRunOptions};
+use aya::{
+    maps::{MapData, RingBuf},
+    programs::{TestRun as _, TestRunOptions},
+};
 use lab::packets::{ETH_LEN, Tcp, ext, with_ipv4_options, with_ipv6_ext_headers};
 use observer::{
     cli::RunArgs,
@@ -13,7 +16,7 @@ use observer::{
     flows::{FlowTable, monotonic_ns},
 };
 use observer_common::{
-    counters::{Direction, Stat, byte_index, connection_index},
+    counters::{Direction, DropReason, Stat, byte_index, connection_index},
     flow::{FILTER_SLOTS, filter_slot},
     path::Path,
     policy::{Action, Verdict},
@@ -33,10 +36,24 @@ struct Kernel {
     datapath: Datapath,
     counters: Counters,
     flows: FlowTable,
+    events: RingBuf<MapData>,
 }
 
+/// The programs loaded for the lab's addresses, with the default policy.
 fn kernel() -> Kernel {
-    let args = RunArgs {
+    kernel_with(|_| {})
+}
+
+/// The programs with "no plaintext to pods" in force.
+fn enforcing() -> Kernel {
+    kernel_with(|args| args.policy = vec![NO_PLAINTEXT.parse().unwrap()])
+}
+
+const NO_PLAINTEXT: &str = "apiserver-proxy-to-pod:plaintext=block";
+
+/// The programs, with the lab's addresses and what `adjust` changes.
+fn kernel_with(adjust: impl FnOnce(&mut RunArgs)) -> Kernel {
+    let mut args = RunArgs {
         control_plane: vec![CP.parse().unwrap(), CP6.parse().unwrap()],
         node_ip: vec![NODE.parse().unwrap(), NODE6.parse().unwrap()],
         pod_cidr: vec![
@@ -48,17 +65,20 @@ fn kernel() -> Kernel {
         no_pin: true, // a fresh kernel state per test
         ..RunArgs::default()
     };
+    adjust(&mut args);
     let settings = Settings::from_args(&args).expect("valid settings");
     let Loaded {
         datapath,
         counters,
         flows,
+        events,
         ..
     } = Datapath::load(&settings).expect("the programs load (root needed)");
     Kernel {
         datapath,
         counters,
         flows,
+        events,
     }
 }
 
@@ -119,9 +139,36 @@ impl Kernel {
 
     /// SYN, SYN-ACK and the handshake's last ACK of `c` → `s`.
     fn handshake(&self, c: SocketAddr, s: SocketAddr) {
-        self.both(&Tcp::new(c, s).syn(1000));
-        self.both(&Tcp::new(s, c).syn_ack(5000));
-        self.both(&Tcp::new(c, s).seq(1001));
+        self.handshake_isn(c, s, 1000);
+    }
+
+    /// [`Self::handshake`] with client ISN `isn` (the server's is 5000).
+    fn handshake_isn(&self, c: SocketAddr, s: SocketAddr, isn: u32) {
+        self.both(&Tcp::new(c, s).syn(isn));
+        self.both(&Tcp::new(s, c).syn_ack(5000).ack_seq(isn + 1));
+        self.both(&Tcp::new(c, s).seq(isn + 1).ack_seq(5001));
+    }
+
+    /// What the egress and ingress programs return for `p`, in that order.
+    fn verdicts(&self, p: &Tcp) -> (u32, u32) {
+        let bytes = p.build();
+        (self.run("egress", &bytes), self.run("ingress", &bytes))
+    }
+
+    fn dropped(&self, reason: DropReason) -> u64 {
+        self.counters.stats().unwrap()[reason.index() as usize]
+    }
+
+    /// The violation events in the ring buffer.
+    fn events(&mut self) -> Vec<observer_common::event::Event> {
+        let mut got = Vec::new();
+        while let Some(item) = self.events.next() {
+            // SAFETY: the kernel writes whole `Event`s.
+            got.push(unsafe {
+                std::ptr::read_unaligned(item.as_ptr().cast::<observer_common::event::Event>())
+            });
+        }
+        got
     }
 }
 
@@ -229,6 +276,8 @@ fn ipv6_proxy_request() {
     assert_eq!(k.total(), 1);
 }
 
+/// SSH: the server speaks first, and the client answers with its own
+/// identification string, which decides.
 #[test]
 fn server_speaks_first_over_ssh() {
     let k = kernel();
@@ -239,6 +288,8 @@ fn server_speaks_first_over_ssh() {
             .seq(5001)
             .payload(b"SSH-2.0-OpenSSH_9.2p1\r\n"),
     );
+    assert_eq!(k.total(), 0, "the server's bytes decide nothing");
+    k.both(&Tcp::new(c, s).seq(1001).payload(b"SSH-2.0-OpenSSH_9.6\r\n"));
     assert_eq!(
         k.connections(Path::SshTunnel, Protocol::Ssh, Verdict::Alerted),
         1
@@ -283,10 +334,7 @@ fn untracked_traffic_in_a_tracked_slot_stays_untracked() {
     let k = kernel();
     let (c, s) = (sa(CP, 40100), sa(POD, 8080)); // apiserver-proxy-to-pod
     let slot = |c: SocketAddr, s: SocketAddr| {
-        let addr = |a: SocketAddr| match a.ip() {
-            std::net::IpAddr::V4(v4) => observer_common::config::Addr::from_v4(v4.octets()),
-            std::net::IpAddr::V6(v6) => observer_common::config::Addr(v6.octets()),
-        };
+        let addr = |a: SocketAddr| observer::roles::addr(a.ip());
         filter_slot(&addr(c), c.port(), &addr(s), s.port())
     };
     let twin = (1024..u16::MAX)
@@ -304,7 +352,7 @@ fn untracked_traffic_in_a_tracked_slot_stays_untracked() {
         GET.len() as u64
     );
     assert_eq!(k.flows.filter_count(slot(c, s)), 1);
-    k.both(&Tcp::new(c, s).seq(2000).rst());
+    k.both(&Tcp::new(c, s).seq(1001 + GET.len() as u32).rst());
     k.assert_filter_matches();
     assert_eq!(k.flows.filter_count(slot(c, s)), 0);
 }
@@ -452,11 +500,19 @@ fn every_path_every_protocol_both_families() {
                 let before = k.connections(row.path, protocol, verdict);
                 let total = k.total();
                 k.handshake(c, s);
-                match opening(protocol) {
-                    Some((bytes, false)) => k.both(&Tcp::new(c, s).seq(1001).payload(bytes)),
-                    Some((bytes, true)) => k.both(&Tcp::new(s, c).seq(5001).payload(bytes)),
-                    None => k.both(&Tcp::new(c, s).seq(1001).fin()),
-                }
+                let sent = match opening(protocol) {
+                    Some((bytes, server_first)) => {
+                        if server_first {
+                            k.both(&Tcp::new(s, c).seq(5001).payload(bytes));
+                        }
+                        k.both(&Tcp::new(c, s).seq(1001).payload(bytes));
+                        bytes.len() as u32
+                    }
+                    None => {
+                        k.both(&Tcp::new(c, s).seq(1001).fin());
+                        1 // the FIN's sequence number
+                    }
+                };
                 let case = format!("{:?} {protocol:?} {family} {c} -> {s}", row.path);
                 assert_eq!(
                     k.connections(row.path, protocol, verdict),
@@ -465,7 +521,7 @@ fn every_path_every_protocol_both_families() {
                 );
                 assert_eq!(k.total(), total + 1, "{case}: counted once, nowhere else");
                 // Close so the table does not fill up across cases.
-                k.both(&Tcp::new(c, s).seq(3000).rst());
+                k.both(&Tcp::new(c, s).seq(1001 + sent).rst());
             }
         }
     }
@@ -537,12 +593,11 @@ fn ipv6_extension_headers_are_walked() {
     );
 
     // A later fragment has no TCP header; a chain longer than the programs
-    // walk is given up on. Neither may open a flow or count anything.
+    // walk is given up on. Neither may open a flow or count anything; with
+    // nothing enforced, both pass (see `unreadable_headers_...` below).
     let (c, s) = (sa(CP6, 43100), sa(POD6, 8080));
     let syn = Tcp::new(c, s).syn(1000).build();
-    let later_fragment = with_ipv6_ext_headers(&syn, &[ext::FRAGMENT], 4);
-    let too_long = with_ipv6_ext_headers(&syn, &[ext::DEST_OPTS; 7], 0);
-    for bytes in [later_fragment, too_long] {
+    for bytes in unreadable(&syn) {
         assert_eq!(k.run("egress", &bytes), 1);
     }
     assert_eq!(
@@ -550,6 +605,15 @@ fn ipv6_extension_headers_are_walked() {
         chains.len(),
         "only the well-formed flows (still open) are in the table"
     );
+}
+
+/// `packet` (IPv6) made unreadable to the programs: as a later fragment,
+/// and behind a chain of extension headers longer than they walk.
+fn unreadable(packet: &[u8]) -> [Vec<u8>; 2] {
+    [
+        with_ipv6_ext_headers(packet, &[ext::FRAGMENT], 4),
+        with_ipv6_ext_headers(packet, &[ext::DEST_OPTS; 7], 0),
+    ]
 }
 
 #[test]
@@ -566,29 +630,13 @@ fn zero_length_segments_and_pure_acks_count_nothing() {
     assert_eq!(k.flows(), 1);
 }
 
-/// A flow table smaller than the tracked connections: the ones that fit are
-/// counted exactly, the others are counted as lost, nothing breaks; and a
-/// flood of untracked connections never touches the table.
+/// A flow table smaller than the tracked connections, on a path without a
+/// block rule: the ones that fit are counted exactly, the others are
+/// counted as lost, nothing breaks; and a flood of untracked connections
+/// never touches the table.
 #[test]
 fn full_flow_table_loses_visibly() {
-    let args = RunArgs {
-        control_plane: vec![CP.parse().unwrap()],
-        pod_cidr: vec!["198.18.16.0/24".parse().unwrap()],
-        flow_table_capacity: Some(8),
-        no_pin: true, // a fresh kernel state per test
-        ..RunArgs::default()
-    };
-    let Loaded {
-        datapath,
-        counters,
-        flows,
-        ..
-    } = Datapath::load(&Settings::from_args(&args).unwrap()).unwrap();
-    let k = Kernel {
-        datapath,
-        counters,
-        flows,
-    };
+    let k = kernel_with(|args| args.flow_table_capacity = Some(8));
     for i in 0..200 {
         k.handshake(sa(NODE, 45000 + i), sa(POD, 8080)); // untracked: node → pod
     }
@@ -598,10 +646,12 @@ fn full_flow_table_loses_visibly() {
     }
     assert_eq!(k.flows(), 8, "the table holds its capacity");
     k.assert_filter_matches(); // refused connections took nothing
+    assert_eq!(k.flows.counted(), 8);
     let stat = |s: Stat| k.counters.stat(s).unwrap();
     assert_eq!(stat(Stat::FlowsCreated), 8);
-    // Each refused connection is counted at each sighting of its SYN
-    // (egress and ingress here, as both ends are local).
+    // Each refused connection is counted at each sighting of the ACK that
+    // completed its handshake (egress and ingress here, as both ends are
+    // local).
     assert_eq!(stat(Stat::FlowTableFull), 2 * 12);
     for i in 0..20 {
         k.both(
@@ -616,9 +666,14 @@ fn full_flow_table_loses_visibly() {
     );
     // Closing makes room again.
     for i in 0..8 {
-        k.both(&Tcp::new(sa(CP, 46000 + i), sa(POD, 8080)).seq(2000).rst());
+        k.both(
+            &Tcp::new(sa(CP, 46000 + i), sa(POD, 8080))
+                .seq(1001 + GET.len() as u32)
+                .rst(),
+        );
     }
     assert_eq!(k.flows(), 0);
+    assert_eq!(k.flows.counted(), 0);
     k.assert_filter_matches();
     k.handshake(sa(CP, 47000), sa(POD, 8080));
     assert_eq!(k.flows(), 1);
@@ -674,25 +729,8 @@ fn idle_flows_expire_and_active_ones_stay() {
 /// TLS on the same path passes, and one event says what happened.
 #[test]
 fn block_drops_payload_and_reports_one_event() {
-    let args = RunArgs {
-        control_plane: vec![CP.parse().unwrap()],
-        pod_cidr: vec!["198.18.16.0/24".parse().unwrap()],
-        policy: vec!["apiserver-proxy-to-pod:http=block".parse().unwrap()],
-        no_pin: true, // a fresh kernel state per test
-        ..RunArgs::default()
-    };
-    let Loaded {
-        datapath,
-        counters,
-        flows,
-        mut events,
-        ..
-    } = Datapath::load(&Settings::from_args(&args).unwrap()).unwrap();
-    let k = Kernel {
-        datapath,
-        counters,
-        flows,
-    };
+    let mut k =
+        kernel_with(|args| args.policy = vec!["apiserver-proxy-to-pod:http=block".parse().unwrap()]);
     let (c, s) = (sa(CP, 49000), sa(POD, 8080));
     k.handshake(c, s);
     // "GET" alone decides nothing and passes; the segment that completes
@@ -736,13 +774,7 @@ fn block_drops_payload_and_reports_one_event() {
         1
     );
 
-    let mut got = Vec::new();
-    while let Some(item) = events.next() {
-        // SAFETY: the kernel writes whole `Event`s.
-        got.push(unsafe {
-            std::ptr::read_unaligned(item.as_ptr().cast::<observer_common::event::Event>())
-        });
-    }
+    let got = k.events();
     assert_eq!(got.len(), 1, "one event, for the blocked connection only");
     let e = got[0];
     assert_eq!(
@@ -762,27 +794,7 @@ fn block_drops_payload_and_reports_one_event() {
 /// every event is either in the buffer or counted as lost.
 #[test]
 fn event_loss_under_a_burst_is_counted() {
-    let Loaded {
-        datapath,
-        counters,
-        flows,
-        mut events,
-        ..
-    } = Datapath::load(
-        &Settings::from_args(&RunArgs {
-            control_plane: vec![CP.parse().unwrap()],
-            pod_cidr: vec!["198.18.16.0/24".parse().unwrap()],
-            no_pin: true,
-            ..RunArgs::default()
-        })
-        .unwrap(),
-    )
-    .unwrap();
-    let k = Kernel {
-        datapath,
-        counters,
-        flows,
-    };
+    let mut k = kernel();
     // 56 bytes a record (48 + 8 of header): 256 KiB hold 4681 of them.
     const BURST: u32 = 6000;
     for i in 0..BURST {
@@ -795,12 +807,10 @@ fn event_loss_under_a_burst_is_counted() {
             k.run("egress", &Tcp::new(c, s).seq(1001).payload(GET).build()),
             1
         );
-        assert_eq!(k.run("egress", &Tcp::new(c, s).seq(2000).rst().build()), 1);
+        let rst = Tcp::new(c, s).seq(1001 + GET.len() as u32).rst();
+        assert_eq!(k.run("egress", &rst.build()), 1);
     }
-    let mut read = 0u64;
-    while events.next().is_some() {
-        read += 1;
-    }
+    let read = k.events().len() as u64;
     let lost = k.counters.stat(Stat::EventsLost).unwrap();
     assert_eq!(
         k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Alerted),
@@ -808,4 +818,233 @@ fn event_loss_under_a_burst_is_counted() {
     );
     assert!(lost > 0, "the burst overflowed the ring buffer");
     assert_eq!(read + lost, u64::from(BURST), "read {read} + lost {lost}");
+}
+
+// Attacks on enforcement (README, "Threat model"): each test below gets
+// plaintext through a blocked path on the programs before the hardening.
+// Socket-level rules (who may open, complete or end a connection) need
+// real sockets: `tests/tests/attacks.rs` covers those.
+
+/// A client connection to the pod's HTTP (`http`) and HTTPS (`tls`)
+/// servers, on apiserver-proxy-to-pod.
+fn to_pod(client_port: u16, server_port: u16) -> (SocketAddr, SocketAddr) {
+    (sa(CP, client_port), sa(POD, server_port))
+}
+
+/// A spoofed-SYN flood far larger than the flow table leaves it empty: only
+/// completed handshakes enter it. A connection opened during the flood is
+/// still tracked, its plaintext blocked and TLS allowed.
+#[test]
+fn a_spoofed_syn_flood_never_fills_the_flow_table() {
+    const CAPACITY: u32 = 1024;
+    let k = kernel_with(|args| {
+        args.flow_table_capacity = Some(CAPACITY);
+        args.policy = vec![NO_PLAINTEXT.parse().unwrap()];
+    });
+    let flood = |from: u32, n: u32| {
+        for i in from..from + n {
+            // Spoofed control-plane sources, each SYN from its own port.
+            let (c, s) = to_pod(1024 + (i % 60000) as u16, 8080 + (i / 60000) as u16);
+            assert_eq!(k.verdicts(&Tcp::new(c, s).syn(i)), (1, 1));
+        }
+    };
+    flood(0, 5 * CAPACITY);
+    assert_eq!(k.flows(), 0, "no half-open connection entered the table");
+    assert_eq!(k.counters.stat(Stat::HalfOpen).unwrap(), u64::from(5 * CAPACITY));
+
+    let (c, s) = to_pod(61000, 8080);
+    k.both(&Tcp::new(c, s).syn(1000));
+    flood(5 * CAPACITY, 100);
+    k.both(&Tcp::new(s, c).syn_ack(5000).ack_seq(1001));
+    k.both(&Tcp::new(c, s).seq(1001).ack_seq(5001));
+    assert_eq!(
+        k.verdicts(&Tcp::new(c, s).seq(1001).payload(GET)),
+        (0, 0),
+        "plaintext is blocked during the flood"
+    );
+    let (c, s) = to_pod(61001, 8443);
+    k.handshake(c, s);
+    assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(CLIENT_HELLO)), (1, 1));
+    assert_eq!(k.flows(), 2);
+    k.assert_filter_matches();
+}
+
+/// With the table truly full, a new connection on an enforced path is
+/// refused at its SYN (fail closed); elsewhere it passes untracked (fail
+/// open). Both are counted.
+#[test]
+fn a_full_table_fails_closed_on_enforced_paths_only() {
+    let k = kernel_with(|args| {
+        args.flow_table_capacity = Some(8);
+        args.policy = vec![NO_PLAINTEXT.parse().unwrap()];
+    });
+    for i in 0..8 {
+        let (c, s) = to_pod(50000 + i, 8443);
+        k.handshake(c, s);
+        k.both(&Tcp::new(c, s).seq(1001).payload(CLIENT_HELLO));
+    }
+    assert_eq!(k.flows(), 8);
+    let (c, s) = to_pod(50100, 8443);
+    assert_eq!(k.verdicts(&Tcp::new(c, s).syn(1000)), (0, 0), "refused");
+    assert_eq!(k.dropped(DropReason::TableFull), 2);
+    // node-to-apiserver has no block rule: it must never break.
+    let (c, s) = (sa(NODE, 50200), sa(CP, 6443));
+    k.handshake(c, s);
+    assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(GET)), (1, 1));
+    assert!(k.counters.stat(Stat::FlowTableFull).unwrap() > 0);
+    assert_eq!(k.flows(), 8);
+}
+
+/// Client bytes beyond a gap wait until the gap is filled: sent 1..n before
+/// byte 0, a request must not reach the server while detection holds one
+/// byte. On a path without a block rule they pass.
+#[test]
+fn segments_beyond_a_hole_wait_until_it_is_filled() {
+    let k = enforcing();
+    let (c, s) = to_pod(51000, 8080);
+    k.handshake(c, s);
+    let after_hole = Tcp::new(c, s).seq(1002).payload(&GET[1..]);
+    assert_eq!(k.run("egress", &after_hole.build()), 0, "beyond the hole");
+    assert_eq!(k.dropped(DropReason::OutOfOrder), 1);
+    assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(&GET[..1])), (1, 1));
+    assert_eq!(k.total(), 0, "one byte decides nothing");
+    // The retransmission is in order now: `http`, blocked.
+    assert_eq!(k.verdicts(&after_hole), (0, 0));
+    assert_eq!(
+        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Blocked),
+        1
+    );
+    // Not enforced: visibility only.
+    let (c, s) = (sa(CP, 51001), sa(NODE, 10250));
+    k.handshake(c, s);
+    assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1002).payload(&GET[1..])), (1, 1));
+}
+
+/// Urgent bytes sit in the sequence space but a server without
+/// SO_OOBINLINE never reads them: they cannot make plaintext look like TLS.
+#[test]
+fn urgent_data_decides_other() {
+    let k = enforcing();
+    let (c, s) = to_pod(52000, 8080);
+    k.handshake(c, s);
+    let urgent = Tcp::new(c, s).seq(1001).payload(&CLIENT_HELLO[..3]).urgent();
+    assert_eq!(k.verdicts(&urgent), (0, 0));
+    assert_eq!(
+        k.connections(Path::ApiserverProxyToPod, Protocol::Other, Verdict::Blocked),
+        1
+    );
+    assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1004).payload(GET)), (0, 0));
+}
+
+/// A TLS record header followed by a request line is not TLS.
+#[test]
+fn a_tls_looking_prefix_then_plaintext_is_other() {
+    let k = enforcing();
+    let (c, s) = to_pod(53000, 8080);
+    k.handshake(c, s);
+    let bytes = [&CLIENT_HELLO[..3], GET].concat();
+    assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(&bytes)), (0, 0));
+    assert_eq!(
+        k.connections(Path::ApiserverProxyToPod, Protocol::Other, Verdict::Blocked),
+        1
+    );
+}
+
+/// TCP Fast Open: a server hands data in a SYN to its application at once.
+/// On an enforced path the SYN is dropped (the client retries without the
+/// data); elsewhere it passes.
+#[test]
+fn data_in_a_syn_is_dropped_on_enforced_paths() {
+    let k = enforcing();
+    let (c, s) = to_pod(54000, 8080);
+    assert_eq!(k.verdicts(&Tcp::new(c, s).syn(1000).payload(GET)), (0, 0));
+    assert_eq!(k.dropped(DropReason::SynData), 2);
+    assert_eq!(k.flows(), 0);
+    let (c, s) = (sa(CP, 54001), sa(NODE, 10250));
+    assert_eq!(k.verdicts(&Tcp::new(c, s).syn(1000).payload(GET)), (1, 1));
+}
+
+/// Packets whose TCP header the programs cannot find pass while nothing is
+/// enforced (`ipv6_extension_headers_are_walked`), and are dropped while
+/// something is: the receiving stack may walk further than we do.
+#[test]
+fn unreadable_headers_are_dropped_while_enforcing() {
+    let k = enforcing();
+    let (c, s) = (sa(CP6, 55000), sa(POD6, 8080));
+    for bytes in unreadable(&Tcp::new(c, s).seq(1001).payload(GET).build()) {
+        assert_eq!(k.run("ingress", &bytes), 0);
+    }
+    assert_eq!(k.dropped(DropReason::UnreadableHeaders), 2);
+}
+
+/// A RST or FIN the receiver would not accept (wrong sequence number)
+/// changes nothing: it neither removes the entry nor decides `none`.
+#[test]
+fn resets_and_fins_out_of_sequence_change_nothing() {
+    let k = enforcing();
+    let (c, s) = to_pod(56000, 8080);
+    k.handshake(c, s);
+    k.both(&Tcp::new(c, s).seq(1001 + 4000).rst());
+    k.both(&Tcp::new(s, c).seq(5001 + 4000).rst());
+    k.both(&Tcp::new(c, s).seq(1001 + 500).fin());
+    assert_eq!(k.flows(), 1, "still tracked");
+    assert_eq!(k.total(), 0, "still undecided");
+    assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(GET)), (0, 0));
+    // The RST the reset client sends is where its stream is.
+    k.both(&Tcp::new(c, s).seq(1001).rst());
+    assert_eq!(k.flows(), 0);
+}
+
+/// A SYN with a new ISN on the key of a tracked connection is a new
+/// connection: it is judged afresh, not given the old one's verdict. A
+/// retransmitted SYN (same ISN) changes nothing.
+#[test]
+fn a_new_connection_on_a_known_key_is_judged_afresh() {
+    let k = enforcing();
+    let (c, s) = to_pod(57000, 8080);
+    k.handshake(c, s);
+    k.both(&Tcp::new(c, s).seq(1001).payload(CLIENT_HELLO));
+    k.both(&Tcp::new(c, s).syn(1000));
+    assert_eq!(k.flows(), 1);
+    k.handshake_isn(c, s, 90_000);
+    assert_eq!(
+        k.verdicts(&Tcp::new(c, s).seq(90_001).payload(GET)),
+        (0, 0),
+        "not the old connection's `tls`"
+    );
+    assert_eq!(
+        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Blocked),
+        1
+    );
+}
+
+/// Only the client's bytes decide: a server that writes first (here, bytes
+/// that would be TLS) cannot hide the client's request.
+#[test]
+fn the_client_decides_even_when_the_server_speaks_first() {
+    let k = enforcing();
+    let (c, s) = to_pod(58000, 8080);
+    k.handshake(c, s);
+    k.both(&Tcp::new(s, c).seq(5001).payload(CLIENT_HELLO));
+    assert_eq!(k.total(), 0);
+    assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(GET)), (0, 0));
+}
+
+/// The agent clears a half-open mark a minute after the last SYN or
+/// SYN-ACK that set it: untracked packets in that slot skip the
+/// `HALF_OPEN` lookup again, and a handshake that slow is not tracked.
+#[test]
+fn half_open_marks_expire() {
+    use observer_common::flow::HALF_OPEN_MARK_TTL_NS;
+    let k = kernel();
+    let (c, s) = to_pod(59000, 8080);
+    k.both(&Tcp::new(c, s).syn(1000));
+    let now = monotonic_ns();
+    assert_eq!(k.flows.clear_stale_marks(now), 0, "a fresh mark stays");
+    assert_eq!(k.flows.clear_stale_marks(now + HALF_OPEN_MARK_TTL_NS + 1_000_000_000), 1);
+    k.both(&Tcp::new(c, s).seq(1001).ack_seq(5001));
+    assert_eq!(k.flows(), 0);
+    // The retransmitted SYN (known already) and its SYN-ACK mark it again.
+    k.handshake(c, s);
+    assert_eq!(k.flows(), 1);
 }

@@ -15,7 +15,7 @@ use lab::{
     agent::{self, Agent},
     scenario::{Lab, Where},
     topology::{Topology, addrs},
-    traffic,
+    traffic::{self, is_reset},
 };
 
 const PIN_DIR: &str = "/sys/fs/bpf/cp-observer-test-restart";
@@ -41,12 +41,6 @@ fn cleanup() -> std::process::Output {
         .expect("cleanup runs")
 }
 
-fn is_reset(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
-    )
-}
 
 /// Waits for the kernel to free replaced programs (released asynchronously).
 fn programs_settle_at(n: usize) {
@@ -160,9 +154,10 @@ fn pins_outlive_the_agent_and_a_restart_adopts_them() {
     );
 }
 
-/// A pinned flow table and its filter are kept or dropped together: a new
-/// capacity drops both, and a table pinned without its filter (an older
-/// agent's) is dropped rather than adopted with counts that miss it.
+/// The pinned flow tables, their filter and their count are kept or
+/// dropped together: a new capacity drops them all, and tables pinned
+/// without their filter (an older agent's) are dropped rather than adopted
+/// with counts that miss them.
 #[test]
 fn the_flow_table_and_its_filter_are_one_piece_of_state() {
     use observer::{cli::RunArgs, config::Settings, ebpf::Datapath, pin};
@@ -186,15 +181,15 @@ fn the_flow_table_and_its_filter_are_one_piece_of_state() {
     );
     assert_eq!(
         pin::drop_incompatible(dir, 2048).expect("readable pins"),
-        ["FLOWS", "FLOW_FILTER"],
-        "a new capacity drops the table and its filter"
+        ["FLOWS", "HALF_OPEN", "FLOW_FILTER", "FLOW_COUNT"],
+        "a new capacity drops the tables, their filter and their count"
     );
     load(1024);
     std::fs::remove_file(dir.join("FLOW_FILTER")).expect("filter pinned");
     assert_eq!(
         pin::drop_incompatible(dir, 1024).expect("readable pins"),
-        ["FLOWS"],
-        "a table without its filter is not adopted"
+        ["FLOWS", "HALF_OPEN", "FLOW_COUNT"],
+        "tables without their filter are not adopted"
     );
     assert!(!dir.join("FLOWS").exists());
     std::fs::remove_dir_all(dir).expect("remove the test pins");
