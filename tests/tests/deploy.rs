@@ -12,8 +12,9 @@ use lab::{
     kube::ControlPlane,
     scenario::{Lab, Where},
     topology::{Topology, addrs},
-    traffic,
+    traffic::{self, is_reset},
 };
+use observer_common::{path::Path, protocol::Protocol};
 use serde_yaml::Value;
 
 /// `kubectl kustomize` of an overlay.
@@ -119,15 +120,17 @@ fn a_real_apiserver_accepts_the_rendered_manifests() {
     }
 }
 
-/// The lab's agent flags, plus what the overlay's policy blocks that the
-/// tests exercise (plaintext HTTP on the proxy path).
-fn agent_args(overlay: &str) -> Vec<String> {
+/// The lab's agent flags, plus the overlay's policy (from its rendered
+/// config) spelled out as one rule per (path, protocol).
+fn agent_args(docs: &[Value]) -> Vec<String> {
+    let policy = settings(docs).policy;
     let mut args = Topology::agent_args();
-    if overlay == "enforce" {
-        args.extend([
-            "--policy".to_owned(),
-            "apiserver-proxy-to-pod:http=block".to_owned(),
-        ]);
+    for path in Path::ALL {
+        for protocol in Protocol::ALL {
+            let action = policy.action(path, protocol).name();
+            args.push("--policy".to_owned());
+            args.push(format!("{}:{}={action}", path.name(), protocol.name()));
+        }
     }
     args
 }
@@ -142,21 +145,27 @@ fn the_daemonset_capabilities_are_enough() {
     for overlay in ["observe", "enforce"] {
         let (_, docs) = render(overlay);
         let caps = capabilities(&docs);
-        let args = agent_args(overlay);
+        let args = agent_args(&docs);
         let agent = Agent::start_with_caps(&caps, &args);
         let plain = traffic::http_get(lab.ns(Where::ControlPlane), pod(8080));
+        // A request line the signatures do not list is plaintext too.
+        let unlisted = traffic::raw(
+            lab.ns(Where::ControlPlane),
+            pod(8080),
+            b"get / HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
         if overlay == "enforce" {
-            let err = plain.expect_err("blocked");
-            assert!(
-                matches!(
-                    err.kind(),
-                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
-                ),
-                "reset with {caps:?}, got {err:?}; agent stderr:\n{}",
-                agent.stderr()
-            );
+            for got in [plain.map(|_| ()), unlisted.map(|_| ())] {
+                let err = got.expect_err("blocked");
+                assert!(
+                    is_reset(&err),
+                    "reset with {caps:?}, got {err:?}; agent stderr:\n{}",
+                    agent.stderr()
+                );
+            }
         } else {
             assert!(plain.expect("observed, not blocked").status.contains("200"));
+            unlisted.expect("observed, not blocked");
         }
         traffic::https_get(lab.ns(Where::ControlPlane), pod(8443), &lab.tls).expect("TLS passes");
         let m = agent.scrape();
@@ -165,7 +174,7 @@ fn the_daemonset_capabilities_are_enough() {
                 "cp_observer_connections_total",
                 &[("path", "apiserver-proxy-to-pod")]
             ),
-            2.0,
+            3.0,
             "{overlay}"
         );
         assert_eq!(
@@ -185,7 +194,7 @@ fn each_daemonset_capability_is_needed() {
     for overlay in ["observe", "enforce"] {
         let (_, docs) = render(overlay);
         let caps = capabilities(&docs);
-        let args = agent_args(overlay);
+        let args = agent_args(&docs);
         for missing in &caps {
             let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
             let Ok(agent) = std::panic::catch_unwind(|| Agent::start_with_caps(&fewer, &args))

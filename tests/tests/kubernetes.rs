@@ -86,7 +86,7 @@ fn a_blocked_proxy_request_fails_promptly_and_never_reaches_the_pod() {
     let mut args = Topology::agent_args();
     args.extend([
         "--policy".to_owned(),
-        "apiserver-proxy-to-pod:http=block".to_owned(),
+        "apiserver-proxy-to-pod:plaintext=block".to_owned(),
     ]);
     let agent = Agent::start(&args);
 

@@ -54,7 +54,7 @@ fn main() -> ExitCode {
 }
 
 /// The rule `--enforce` adds.
-const ENFORCE_RULE: &str = "apiserver-proxy-to-pod:http=block";
+const ENFORCE_RULE: &str = "apiserver-proxy-to-pod:plaintext=block";
 
 /// Returns whether every expectation held.
 fn run(enforce: bool) -> bool {
