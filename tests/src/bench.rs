@@ -78,18 +78,16 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
     } = Datapath::load(&Settings::from_args(&args).expect("settings")).expect("load (root)");
     d.load_extra("noop").expect("the no-op program loads");
     let get = b"GET / HTTP/1.1\r\nHost: pod\r\n\r\n";
-    let untracked = Tcp::new(sa("198.18.0.2:40000"), sa("198.18.16.2:8080"))
+    let untracked_from = sa("198.18.0.2:40000");
+    let untracked = Tcp::new(untracked_from, sa("198.18.16.2:8080"))
         .seq(1001)
         .payload(get)
         .build();
     let (c, s) = (sa("198.18.0.1:40001"), sa("198.18.16.2:8080"));
-    for p in [
-        Tcp::new(c, s).syn(1000),
-        Tcp::new(s, c).syn_ack(5000),
-        Tcp::new(c, s).seq(1001).payload(get),
-    ] {
+    for p in handshake(c, s) {
         run(&d, "egress", &p.build(), 1);
     }
+    run(&d, "egress", &Tcp::new(c, s).seq(1001).payload(get).build(), 1);
     let known = Tcp::new(c, s).seq(1001).payload(get).build();
     let untracked_syn = Tcp::new(sa("198.18.0.2:40002"), sa("198.18.16.2:8080"))
         .syn(1000)
@@ -101,32 +99,39 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
                 .collect::<Vec<_>>(),
         )
     };
+    let untracked_ns = batch("egress", &untracked);
+    // The same untracked packet once a half-open SYN hashed to its slot, as
+    // for some slots during a SYN flood: it also looks in `HALF_OPEN`.
+    let twin = (1024..u16::MAX)
+        .map(|port| sa(&format!("198.18.0.1:{port}")))
+        .find(|c| slot(*c, sa("198.18.16.2:8080")) == slot(untracked_from, sa("198.18.16.2:8080")))
+        .expect("some port shares the slot");
+    run(&d, "egress", &Tcp::new(twin, sa("198.18.16.2:8080")).syn(7).build(), 1);
+    let untracked_marked = batch("egress", &untracked);
 
-    // The first payload of a new flow: one run per flow, each flow fresh.
-    let first = |client: &str, server: SocketAddr, payload: &[u8]| {
-        median(
-            &(0..new_flows)
-                .map(|i| {
-                    let c = SocketAddr::new(client.parse().expect("ip"), 20000 + i);
-                    run(&d, "egress", &Tcp::new(c, server).syn(1000).build(), 1);
-                    let pkt = Tcp::new(c, server).seq(1001).payload(payload).build();
-                    let t = run(&d, "egress", &pkt, 1);
-                    run(
-                        &d,
-                        "egress",
-                        &Tcp::new(c, server).seq(2000).rst().build(),
-                        1,
-                    );
-                    t
-                })
-                .collect::<Vec<_>>(),
-        )
+    // One run per fresh connection, for what happens once per connection:
+    // its SYN (a half-open entry), the ACK that completes its handshake
+    // (into the flow table), and its first payload (detection, decision).
+    let fresh = |client: &str, server: SocketAddr, payload: &[u8]| {
+        let mut times = [Vec::new(), Vec::new(), Vec::new()];
+        for i in 0..new_flows {
+            let c = SocketAddr::new(client.parse().expect("ip"), 20000 + i);
+            let [syn, syn_ack, ack] = handshake(c, server);
+            times[0].push(run(&d, "egress", &syn.build(), 1));
+            run(&d, "ingress", &syn_ack.build(), 1);
+            times[1].push(run(&d, "egress", &ack.build(), 1));
+            let pkt = Tcp::new(c, server).seq(1001).payload(payload).build();
+            times[2].push(run(&d, "egress", &pkt, 1));
+            let end = 1001 + payload.len() as u32;
+            run(&d, "egress", &Tcp::new(c, server).seq(end).rst().build(), 1);
+        }
+        times.map(|t| median(&t))
     };
     // node-to-apiserver/tls: allowed, no event.
-    let first_tls = first("198.18.0.2", sa("198.18.0.1:6443"), TLS_CLIENT_HELLO);
+    let [syn, promote, first_tls] = fresh("198.18.0.2", sa("198.18.0.1:6443"), TLS_CLIENT_HELLO);
     // apiserver-proxy-to-pod/http: alerted by default, one event each.
-    let first_http = first("198.18.0.1", sa("198.18.16.2:8080"), get);
-    // The floor of the row above: one run costs more than one of many
+    let [_, _, first_http] = fresh("198.18.0.1", sa("198.18.16.2:8080"), get);
+    // The floor of the rows above: one run costs more than one of many
     // (the kernel reads the clock around each batch).
     let noop_once = median(
         &(0..new_flows)
@@ -134,6 +139,7 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
             .collect::<Vec<_>>(),
     );
     let noop = batch("noop", &untracked);
+    let once = noop_once - noop;
     vec![
         Row {
             what: "no-op program (floor)",
@@ -144,8 +150,14 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
         Row {
             what: "untracked packet",
             program: "egress",
-            ns: batch("egress", &untracked),
+            ns: untracked_ns,
             target_ns: Some(40.0),
+        },
+        Row {
+            what: "untracked packet in a slot a half-open SYN marked (SYN flood)",
+            program: "egress",
+            ns: untracked_marked,
+            target_ns: None,
         },
         Row {
             what: "untracked SYN (classified, not tracked)",
@@ -157,6 +169,18 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
             what: "packet of a known tracked flow",
             program: "egress",
             ns: batch("egress", &known),
+            target_ns: None,
+        },
+        Row {
+            what: "SYN of a tracked connection (half-open entry), one run",
+            program: "egress",
+            ns: syn,
+            target_ns: None,
+        },
+        Row {
+            what: "ACK completing the handshake (into the flow table), one run",
+            program: "egress",
+            ns: promote,
             target_ns: None,
         },
         Row {
@@ -180,10 +204,25 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
         Row {
             what: "first payload packet of a new flow (TLS), net of the one-run clock overhead",
             program: "egress",
-            ns: first_tls - (noop_once - noop),
+            ns: first_tls - once,
             target_ns: Some(150.0),
         },
     ]
+}
+
+/// SYN, SYN-ACK and the handshake's last ACK of `c` → `s` (ISNs 1000, 5000).
+fn handshake(c: SocketAddr, s: SocketAddr) -> [Tcp; 3] {
+    [
+        Tcp::new(c, s).syn(1000),
+        Tcp::new(s, c).syn_ack(5000).ack_seq(1001),
+        Tcp::new(c, s).seq(1001).ack_seq(5001),
+    ]
+}
+
+/// The `FLOW_FILTER` slot of a connection.
+fn slot(a: SocketAddr, b: SocketAddr) -> u32 {
+    let addr = |s: SocketAddr| observer::roles::addr(s.ip());
+    observer_common::flow::filter_slot(&addr(a), a.port(), &addr(b), b.port())
 }
 
 /// The table as Markdown.

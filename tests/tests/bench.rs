@@ -10,7 +10,7 @@ use lab::{ab, load};
 #[test]
 fn the_kernel_benchmark_harness_measures_every_row() {
     let rows = lab::bench::kernel(1000, 3, 50);
-    assert_eq!(rows.len(), 8);
+    assert_eq!(rows.len(), 11);
     for r in &rows {
         assert!(r.ns > 0.0, "{r:?}");
     }
