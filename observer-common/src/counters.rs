@@ -147,9 +147,6 @@ mod tests {
         for (i, r) in DropReason::ALL.into_iter().enumerate() {
             assert_eq!(r as usize, i);
         }
-        assert_eq!(
-            DropReason::TableFull.index() as usize,
-            STAT_ENTRIES - 1
-        );
+        assert_eq!(DropReason::TableFull.index() as usize, STAT_ENTRIES - 1);
     }
 }

@@ -297,7 +297,10 @@ mod tests {
             v[i] = b;
             v
         };
-        bad.push(("a request after 3 record bytes", b"\x16\x03\x01GET / HTTP/1.1\r\n".to_vec()));
+        bad.push((
+            "a request after 3 record bytes",
+            b"\x16\x03\x01GET / HTTP/1.1\r\n".to_vec(),
+        ));
         bad.push(("record major version 2", with(1, 0x02)));
         bad.push(("record minor version 5", with(2, 0x05)));
         bad.push(("a ServerHello", with(5, 0x02)));
@@ -306,7 +309,10 @@ mod tests {
         bad.push(("client minor version 9", with(10, 0x09)));
         bad.push(("a record longer than TLS allows", with(3, 0x40)));
         bad.push(("a hello shorter than the record", with(7, 0x00)));
-        bad.push(("a record too short for a hello", [&CLIENT_HELLO[..3], &[0x00, 0x10], &CLIENT_HELLO[5..]].concat()));
+        bad.push((
+            "a record too short for a hello",
+            [&CLIENT_HELLO[..3], &[0x00, 0x10], &CLIENT_HELLO[5..]].concat(),
+        ));
         for (what, bytes) in bad {
             assert_eq!(decided(&bytes), Protocol::Other, "{what}: {bytes:02x?}");
         }
@@ -316,9 +322,15 @@ mod tests {
         assert_eq!(decided(&with(2, 0x00)), Protocol::Tls);
         // Ten bytes are not enough, unless one already is wrong.
         assert_eq!(run(&CLIENT_HELLO[..10], false), Detection::NeedMore);
-        assert_eq!(run(&CLIENT_HELLO[..10], true), Detection::Decided(Protocol::Other));
+        assert_eq!(
+            run(&CLIENT_HELLO[..10], true),
+            Detection::Decided(Protocol::Other)
+        );
         assert_eq!(run(b"\x16\x03\x01G", false), Detection::NeedMore);
-        assert_eq!(run(b"\x16\x03\x01\x02\x00G", false), Detection::Decided(Protocol::Other));
+        assert_eq!(
+            run(b"\x16\x03\x01\x02\x00G", false),
+            Detection::Decided(Protocol::Other)
+        );
     }
 
     #[test]

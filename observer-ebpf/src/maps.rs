@@ -152,6 +152,16 @@ pub fn flows_full() -> bool {
     entries >= capacity
 }
 
+/// `slot`'s filter: (`Filter::flows`, `Filter::syn_ns`), zeros for none.
+#[inline(always)]
+pub fn filter(slot: u32) -> (u64, u64) {
+    match FLOW_FILTER.get_ptr(slot) {
+        // SAFETY: a map value pointer, valid for the run.
+        Some(f) => unsafe { ((*f).flows, (*f).syn_ns) },
+        None => (0, 0),
+    }
+}
+
 /// Marks `slot` as holding a half-open connection seen at `now_ns`.
 #[inline(always)]
 pub fn mark_half_open(slot: u32, now_ns: u64) {

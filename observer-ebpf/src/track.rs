@@ -50,8 +50,8 @@ use observer_common::{
 use crate::{
     DROP, PASS,
     maps::{
-        self, APISERVERS, BYTES, CLOCK, CONNECTIONS, CONNECTS, EVENTS, FLOW_FILTER, FLOWS,
-        HALF_OPEN, POLICY, POLICY_SLOT, PORTS, ROLES, STATS, VIOLATIONS,
+        self, APISERVERS, BYTES, CLOCK, CONNECTIONS, CONNECTS, EVENTS, FLOWS, HALF_OPEN, POLICY,
+        POLICY_SLOT, PORTS, ROLES, STATS, VIOLATIONS,
     },
     origin::{origin, state},
     packet::{self, ACK, FIN, Parsed, RST, SYN, Segment, URG},
@@ -86,12 +86,7 @@ pub fn on_packet(ctx: &SkBuffContext, hook: Hook) -> Result<i32, ()> {
         return Ok(handshake(ctx, hook, &seg));
     }
     // Untracked traffic ends here: one array read, no key, no hashing.
-    let slot = filter_slot(&seg.src, seg.sport, &seg.dst, seg.dport);
-    let Some(filter) = FLOW_FILTER.get_ptr(slot) else {
-        return Ok(PASS);
-    };
-    // SAFETY: a map value pointer, valid for this run.
-    let (flows, syn_ns) = unsafe { ((*filter).flows, (*filter).syn_ns) };
+    let (flows, syn_ns) = maps::filter(filter_slot(&seg.src, seg.sport, &seg.dst, seg.dport));
     if flows | syn_ns == 0 {
         return Ok(PASS);
     }
@@ -162,7 +157,10 @@ fn cold() {
 /// may see further, so while any path is enforced it does not pass.
 #[inline(never)]
 fn unreadable() -> i32 {
-    if POLICY_SLOT.get(0).is_some_and(|s| s & SLOT_ANY_ENFORCED != 0) {
+    if POLICY_SLOT
+        .get(0)
+        .is_some_and(|s| s & SLOT_ANY_ENFORCED != 0)
+    {
         maps::count_drop(DropReason::UnreadableHeaders);
         DROP
     } else {
@@ -201,14 +199,18 @@ fn classify_syn(ctx: &SkBuffContext, seg: &Segment) -> Option<(Path, u64)> {
     // The other end's sighting of the SYN (both ends on this node), or a
     // retransmission: known already, no need to classify again. The same
     // key with another ISN is a new connection.
+    // The filter spares untracked SYNs both lookups.
     let start = seg.seq.wrapping_add(1);
+    let (flows, syn_ns) = maps::filter(key.filter_slot());
     // SAFETY (both): map value pointers, valid for this run.
-    if let Some(f) = FLOWS.get_ptr(&key)
+    if flows != 0
+        && let Some(f) = FLOWS.get_ptr(&key)
         && unsafe { (*f).start_seq[C2S] } == start
     {
         return None;
     }
-    if let Some(h) = HALF_OPEN.get_ptr(&key)
+    if syn_ns != 0
+        && let Some(h) = HALF_OPEN.get_ptr(&key)
         && unsafe { (*h).start_seq[C2S] } == start
     {
         return None;
@@ -283,13 +285,18 @@ fn open(ctx: &SkBuffContext, hook: Hook, seg: &Segment, path: Path, cookie: u64)
     // ISN: that connection is over at this end (a new socket connects, or
     // the SYN reached a listener), so the new one is judged afresh rather
     // than inheriting a verdict.
-    if FLOWS.remove(&key).is_ok() {
+    if maps::filter(slot).0 != 0 && FLOWS.remove(&key).is_ok() {
         maps::count_flow(slot, false);
         maps::count_stat(Stat::FlowsClosed);
     }
     // Data in a SYN on a path without a block rule is counted out: the
     // prefix starts after it.
-    let mut flow = Flow::new(path as u8, src_is_lo, seg.seq.wrapping_add(seg.payload_len), now());
+    let mut flow = Flow::new(
+        path as u8,
+        src_is_lo,
+        seg.seq.wrapping_add(seg.payload_len),
+        now(),
+    );
     flow.client_cookie = cookie;
     if HALF_OPEN.insert(&key, &flow, 0).is_ok() {
         maps::count_stat(Stat::HalfOpen);

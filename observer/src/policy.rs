@@ -165,9 +165,9 @@ impl Policy {
                 // A path beats any protocol selector.
                 let specificity =
                     |r: &Rule| (u8::from(r.path.is_some()), r.protocols.specificity());
-                let matching = rules.iter().filter(|r| {
-                    r.path.is_none_or(|p| p == path) && r.protocols.contains(protocol)
-                });
+                let matching = rules
+                    .iter()
+                    .filter(|r| r.path.is_none_or(|p| p == path) && r.protocols.contains(protocol));
                 actions[path as usize][protocol as usize] = matching
                     .max_by_key(|r| specificity(r))
                     .map_or_else(|| Action::default_for(path, protocol), |r| r.action);
@@ -314,13 +314,23 @@ mod tests {
             (Ssh, Action::Allow),
             (None, Action::Allow),
         ] {
-            assert_eq!(p.action(Path::ApiserverProxyToPod, protocol), action, "{protocol:?}");
+            assert_eq!(
+                p.action(Path::ApiserverProxyToPod, protocol),
+                action,
+                "{protocol:?}"
+            );
         }
         assert_eq!(p.action(Path::NodeToApiserver, Other), Action::Allow);
         assert!(p.enforces(Path::ApiserverProxyToPod));
-        assert!(!p.enforces(Path::NodeToApiserver), "fail open where nothing is blocked");
+        assert!(
+            !p.enforces(Path::NodeToApiserver),
+            "fail open where nothing is blocked"
+        );
         let dry = Policy::new(&rules(&["apiserver-proxy-to-pod:plaintext=block"]), true).unwrap();
-        assert!(!dry.enforces(Path::ApiserverProxyToPod), "a dry run enforces nothing");
+        assert!(
+            !dry.enforces(Path::ApiserverProxyToPod),
+            "a dry run enforces nothing"
+        );
         let r: Rule = "apiserver-proxy-to-pod:plaintext=block".parse().unwrap();
         assert_eq!(r.to_string(), "apiserver-proxy-to-pod:plaintext=block");
     }

@@ -87,7 +87,12 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
     for p in handshake(c, s) {
         run(&d, "egress", &p.build(), 1);
     }
-    run(&d, "egress", &Tcp::new(c, s).seq(1001).payload(get).build(), 1);
+    run(
+        &d,
+        "egress",
+        &Tcp::new(c, s).seq(1001).payload(get).build(),
+        1,
+    );
     let known = Tcp::new(c, s).seq(1001).payload(get).build();
     let untracked_syn = Tcp::new(sa("198.18.0.2:40002"), sa("198.18.16.2:8080"))
         .syn(1000)
@@ -106,7 +111,12 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
         .map(|port| sa(&format!("198.18.0.1:{port}")))
         .find(|c| slot(*c, sa("198.18.16.2:8080")) == slot(untracked_from, sa("198.18.16.2:8080")))
         .expect("some port shares the slot");
-    run(&d, "egress", &Tcp::new(twin, sa("198.18.16.2:8080")).syn(7).build(), 1);
+    run(
+        &d,
+        "egress",
+        &Tcp::new(twin, sa("198.18.16.2:8080")).syn(7).build(),
+        1,
+    );
     let untracked_marked = batch("egress", &untracked);
 
     // One run per fresh connection, for what happens once per connection:

@@ -729,8 +729,9 @@ fn idle_flows_expire_and_active_ones_stay() {
 /// TLS on the same path passes, and one event says what happened.
 #[test]
 fn block_drops_payload_and_reports_one_event() {
-    let mut k =
-        kernel_with(|args| args.policy = vec!["apiserver-proxy-to-pod:http=block".parse().unwrap()]);
+    let mut k = kernel_with(|args| {
+        args.policy = vec!["apiserver-proxy-to-pod:http=block".parse().unwrap()]
+    });
     let (c, s) = (sa(CP, 49000), sa(POD, 8080));
     k.handshake(c, s);
     // "GET" alone decides nothing and passes; the segment that completes
@@ -850,7 +851,10 @@ fn a_spoofed_syn_flood_never_fills_the_flow_table() {
     };
     flood(0, 5 * CAPACITY);
     assert_eq!(k.flows(), 0, "no half-open connection entered the table");
-    assert_eq!(k.counters.stat(Stat::HalfOpen).unwrap(), u64::from(5 * CAPACITY));
+    assert_eq!(
+        k.counters.stat(Stat::HalfOpen).unwrap(),
+        u64::from(5 * CAPACITY)
+    );
 
     let (c, s) = to_pod(61000, 8080);
     k.both(&Tcp::new(c, s).syn(1000));
@@ -864,7 +868,10 @@ fn a_spoofed_syn_flood_never_fills_the_flow_table() {
     );
     let (c, s) = to_pod(61001, 8443);
     k.handshake(c, s);
-    assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(CLIENT_HELLO)), (1, 1));
+    assert_eq!(
+        k.verdicts(&Tcp::new(c, s).seq(1001).payload(CLIENT_HELLO)),
+        (1, 1)
+    );
     assert_eq!(k.flows(), 2);
     k.assert_filter_matches();
 }
@@ -906,7 +913,10 @@ fn segments_beyond_a_hole_wait_until_it_is_filled() {
     let after_hole = Tcp::new(c, s).seq(1002).payload(&GET[1..]);
     assert_eq!(k.run("egress", &after_hole.build()), 0, "beyond the hole");
     assert_eq!(k.dropped(DropReason::OutOfOrder), 1);
-    assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(&GET[..1])), (1, 1));
+    assert_eq!(
+        k.verdicts(&Tcp::new(c, s).seq(1001).payload(&GET[..1])),
+        (1, 1)
+    );
     assert_eq!(k.total(), 0, "one byte decides nothing");
     // The retransmission is in order now: `http`, blocked.
     assert_eq!(k.verdicts(&after_hole), (0, 0));
@@ -917,7 +927,10 @@ fn segments_beyond_a_hole_wait_until_it_is_filled() {
     // Not enforced: visibility only.
     let (c, s) = (sa(CP, 51001), sa(NODE, 10250));
     k.handshake(c, s);
-    assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1002).payload(&GET[1..])), (1, 1));
+    assert_eq!(
+        k.verdicts(&Tcp::new(c, s).seq(1002).payload(&GET[1..])),
+        (1, 1)
+    );
 }
 
 /// Urgent bytes sit in the sequence space but a server without
@@ -927,7 +940,10 @@ fn urgent_data_decides_other() {
     let k = enforcing();
     let (c, s) = to_pod(52000, 8080);
     k.handshake(c, s);
-    let urgent = Tcp::new(c, s).seq(1001).payload(&CLIENT_HELLO[..3]).urgent();
+    let urgent = Tcp::new(c, s)
+        .seq(1001)
+        .payload(&CLIENT_HELLO[..3])
+        .urgent();
     assert_eq!(k.verdicts(&urgent), (0, 0));
     assert_eq!(
         k.connections(Path::ApiserverProxyToPod, Protocol::Other, Verdict::Blocked),
@@ -943,7 +959,10 @@ fn a_tls_looking_prefix_then_plaintext_is_other() {
     let (c, s) = to_pod(53000, 8080);
     k.handshake(c, s);
     let bytes = [&CLIENT_HELLO[..3], GET].concat();
-    assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(&bytes)), (0, 0));
+    assert_eq!(
+        k.verdicts(&Tcp::new(c, s).seq(1001).payload(&bytes)),
+        (0, 0)
+    );
     assert_eq!(
         k.connections(Path::ApiserverProxyToPod, Protocol::Other, Verdict::Blocked),
         1
@@ -1041,7 +1060,11 @@ fn half_open_marks_expire() {
     k.both(&Tcp::new(c, s).syn(1000));
     let now = monotonic_ns();
     assert_eq!(k.flows.clear_stale_marks(now), 0, "a fresh mark stays");
-    assert_eq!(k.flows.clear_stale_marks(now + HALF_OPEN_MARK_TTL_NS + 1_000_000_000), 1);
+    assert_eq!(
+        k.flows
+            .clear_stale_marks(now + HALF_OPEN_MARK_TTL_NS + 1_000_000_000),
+        1
+    );
     k.both(&Tcp::new(c, s).seq(1001).ack_seq(5001));
     assert_eq!(k.flows(), 0);
     // The retransmitted SYN (known already) and its SYN-ACK mark it again.

@@ -237,7 +237,8 @@ fn dropped(agent: &Agent, reason: &str) -> f64 {
 fn urgent_bytes_do_not_pass_plaintext_off_as_tls() {
     let lab = Lab::new("t-urg");
     let agent = agent(&["--policy", NO_PLAINTEXT]);
-    let got = attack::urgent_then_request(lab.ns(Where::ControlPlane), pod(8080), &[0x16, 0x03, 0x01]);
+    let got =
+        attack::urgent_then_request(lab.ns(Where::ControlPlane), pod(8080), &[0x16, 0x03, 0x01]);
     assert!(
         got.as_ref().is_err_and(is_reset),
         "the connection is reset, not answered: {got:?}"
@@ -262,7 +263,11 @@ fn a_request_in_a_fast_open_syn_is_not_delivered() {
     attack::enable_fast_open(cp);
     attack::enable_fast_open(pod_ns);
     let any = SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 8090);
-    let server = Server::with_listener(attack::fast_open_listener(pod_ns, any), Kind::Http, &lab.tls);
+    let server = Server::with_listener(
+        attack::fast_open_listener(pod_ns, any),
+        Kind::Http,
+        &lab.tls,
+    );
     let agent = agent(&["--policy", NO_PLAINTEXT]);
     let got = attack::fast_open_request(cp, pod(8090));
     assert!(
@@ -281,8 +286,8 @@ fn a_request_sent_around_a_hole_is_not_delivered() {
     let lab = Lab::new("t-hole");
     let agent = agent(&["--policy", NO_PLAINTEXT]);
     let to = SocketAddrV4::new(addrs::POD4, 8080);
-    let hole = attack::out_of_order_request(lab.ns(Where::ControlPlane), to)
-        .expect("the attack runs");
+    let hole =
+        attack::out_of_order_request(lab.ns(Where::ControlPlane), to).expect("the attack runs");
     std::thread::sleep(Duration::from_millis(200));
     // The sender's retransmission, in order.
     let _ = hole.resend_in_order();
@@ -338,7 +343,10 @@ fn a_spoofed_syn_flood_from_a_pod_does_not_switch_enforcement_off() {
     std::thread::sleep(Duration::from_secs(1));
     for round in 0..3 {
         let plain = traffic::http_get(lab.ns(Where::ControlPlane), pod(8080));
-        assert!(plain.as_ref().is_err_and(is_reset), "round {round}: {plain:?}");
+        assert!(
+            plain.as_ref().is_err_and(is_reset),
+            "round {round}: {plain:?}"
+        );
         assert_plaintext_kept_out(&lab, lab.server(8080), &format!("flood, round {round}"));
     }
     let (report, spoofed) = (flood.stop(), spoofed_cp.stop());
@@ -355,7 +363,10 @@ fn a_spoofed_syn_flood_from_a_pod_does_not_switch_enforcement_off() {
     );
     assert_eq!(m.sum("cp_observer_flow_table_full_total", &[]), 0.0);
     assert!(
-        m.sum("cp_observer_dropped_segments_total", &[("reason", "crafted")]) >= spoofed.sent as f64,
+        m.sum(
+            "cp_observer_dropped_segments_total",
+            &[("reason", "crafted")]
+        ) >= spoofed.sent as f64,
         "every SYN spoofing the control plane towards a pod is dropped: {spoofed:?}"
     );
 }

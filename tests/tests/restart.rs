@@ -41,7 +41,6 @@ fn cleanup() -> std::process::Output {
         .expect("cleanup runs")
 }
 
-
 /// Waits for the kernel to free replaced programs (released asynchronously).
 fn programs_settle_at(n: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
