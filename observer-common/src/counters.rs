@@ -84,11 +84,15 @@ pub enum DropReason {
     Crafted = 3,
     /// A new connection while the flow table is full (fail closed).
     TableFull = 4,
+    /// Client bytes that would change what was judged: bytes that differ
+    /// from those already seen at the same place, bytes before the
+    /// stream's start, after the client's FIN or after a RST.
+    Rewritten = 5,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 6;
     /// All reasons, in table order.
     pub const ALL: [Self; Self::COUNT] = [
         Self::OutOfOrder,
@@ -96,6 +100,7 @@ impl DropReason {
         Self::UnreadableHeaders,
         Self::Crafted,
         Self::TableFull,
+        Self::Rewritten,
     ];
 
     /// The `reason` label value.
@@ -106,6 +111,7 @@ impl DropReason {
             Self::UnreadableHeaders => "unreadable-headers",
             Self::Crafted => "crafted",
             Self::TableFull => "table-full",
+            Self::Rewritten => "rewritten",
         }
     }
 
@@ -147,6 +153,6 @@ mod tests {
         for (i, r) in DropReason::ALL.into_iter().enumerate() {
             assert_eq!(r as usize, i);
         }
-        assert_eq!(DropReason::TableFull.index() as usize, STAT_ENTRIES - 1);
+        assert_eq!(DropReason::Rewritten.index() as usize, STAT_ENTRIES - 1);
     }
 }

@@ -74,16 +74,23 @@ pub struct Filter {
     /// The agent's clock when a SYN or SYN-ACK of a half-open connection
     /// hashing here was last seen, 0 when none is recent: the segment that
     /// completes the handshake looks in `HALF_OPEN` only then. The agent
-    /// clears marks older than [`HALF_OPEN_MARK_TTL_NS`].
+    /// clears marks older than [`HALF_OPEN_TTL_NS`] once no half-open entry
+    /// hashes here.
     pub syn_ns: u64,
 }
 
 const _: () = assert!(size_of::<Filter>() == 16);
 
-/// How long a `Filter::syn_ns` mark lasts without a new SYN or SYN-ACK:
-/// longer than the kernel's handshake retransmissions (SYN-ACKs 1 s to
-/// 16 s apart).
-pub const HALF_OPEN_MARK_TTL_NS: u64 = 60_000_000_000;
+/// How long a half-open entry, and a `Filter::syn_ns` mark, last without a
+/// new SYN or SYN-ACK: longer than the kernel's handshake retransmissions
+/// (about a minute) and than a SYN cookie stays valid (a few minutes), so
+/// a handshake that completes late is still found.
+pub const HALF_OPEN_TTL_NS: u64 = 300_000_000_000;
+
+/// How long the agent keeps an entry the kernel programs saw close (a RST,
+/// or a FIN each way) on a path with a `block` rule: they keep enforcing
+/// until then (see `Flow::reset`).
+pub const CLOSED_LINGER_NS: u64 = 10_000_000_000;
 
 /// The `FLOW_FILTER` slot of a connection between `a:a_port` and
 /// `b:b_port`; symmetric, so both directions of a connection share it.
@@ -199,10 +206,15 @@ pub struct Flow {
     /// (0 otherwise): the key of its `CONNECTS` entry (process, original
     /// destination).
     pub client_cookie: u64,
+    /// 1 once a valid RST was seen on a path with a `block` rule: the entry
+    /// stays (a RST the receiver discarded must not end enforcement), every
+    /// later payload segment is dropped, and the agent removes it after a
+    /// short linger, destroying any socket still there.
+    pub reset: u8,
     /// Explicit padding, always 0. (The layout differs from the 72-byte one
     /// of earlier agents by its size too, so their pinned tables are
     /// recreated rather than misread: see `observer/src/pin.rs`.)
-    pub _reserved: u64,
+    pub _pad: [u8; 7],
 }
 
 const _: () = assert!(size_of::<Flow>() == 80);
@@ -228,7 +240,8 @@ impl Flow {
             created_ns: now_ns,
             last_ns: now_ns,
             client_cookie: 0,
-            _reserved: 0,
+            reset: 0,
+            _pad: [0; 7],
         }
     }
 
@@ -321,6 +334,29 @@ impl Flow {
         } else {
             Place::Hole
         }
+    }
+
+    /// True when `n` bytes (`bytes`, packed) starting at stream offset `off`
+    /// agree with the prefix wherever both have bytes: a receiver that
+    /// keeps what it queued first sees the same stream either way.
+    #[inline(always)]
+    pub fn agrees(&self, off: usize, bytes: &Prefix, n: usize) -> bool {
+        let have = self.prefix_len as usize;
+        let end = if off + n > have { have } else { off + n };
+        if off >= end {
+            return true;
+        }
+        let shifted = shift_up(bytes, off);
+        let overlap = first_bytes(end);
+        let before = first_bytes(off);
+        ((shifted[0] ^ self.prefix[0]) & overlap[0] & !before[0]) == 0
+            && ((shifted[1] ^ self.prefix[1]) & overlap[1] & !before[1]) == 0
+    }
+
+    /// True when the connection is over as far as the kernel programs
+    /// know (a valid RST, or a valid FIN each way).
+    pub const fn closed(&self) -> bool {
+        self.reset != 0 || (self.fin[C2S] != 0 && self.fin[S2C] != 0)
     }
 
     /// Adds `n` bytes (`bytes`, packed), which start at stream offset `off`,
@@ -468,6 +504,32 @@ mod tests {
         }
         assert_eq!(decided, Some((Protocol::Http, 4)));
         assert_eq!(f.prefix, pack(b"GET "));
+    }
+
+    #[test]
+    fn agreement_is_checked_on_the_overlap_only() {
+        let mut f = Flow::new(3, true, 0, 0);
+        f.merge_prefix(
+            0,
+            &pack(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
+            11,
+        );
+        assert!(f.agrees(0, &pack(b"\x16\x03\x01"), 3), "a retransmission");
+        assert!(
+            f.agrees(9, &pack(b"\x03\x03MORE"), 6),
+            "overlap, then new bytes"
+        );
+        assert!(f.agrees(11, &pack(b"anything"), 8), "past the prefix");
+        assert!(
+            !f.agrees(0, &pack(b"GET / HTTP/1.1\r\n"), 16),
+            "other bytes at 0"
+        );
+        assert!(!f.agrees(10, &pack(b"XY"), 2), "one byte differs");
+        let empty = Flow::new(3, true, 0, 0);
+        assert!(
+            empty.agrees(0, &pack(b"GET "), 4),
+            "nothing to disagree with"
+        );
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! TCP socket sends or accepts may create, complete or end a connection's
 //! state (see `track.rs`).
 
-use aya_ebpf::{helpers::bpf_sk_fullsock, programs::SkBuffContext};
+use aya_ebpf::{
+    helpers::{bpf_sk_fullsock, bpf_tcp_sock},
+    programs::SkBuffContext,
+};
 
 /// TCP states (`include/net/tcp_states.h`), as `bpf_sock::state` gives them.
 pub mod state {
@@ -14,9 +17,7 @@ pub mod state {
     pub const FIN_WAIT1: u32 = 4;
     pub const FIN_WAIT2: u32 = 5;
     pub const CLOSE_WAIT: u32 = 8;
-    pub const LAST_ACK: u32 = 9;
     pub const LISTEN: u32 = 10;
-    pub const CLOSING: u32 = 11;
 }
 
 const SOCK_STREAM: u32 = 1;
@@ -38,18 +39,27 @@ pub enum Origin {
 }
 
 impl Origin {
-    /// True for a TCP socket whose handshake is complete (or, TCP Fast
-    /// Open, accepted by the server): proof that the connection is real.
+    /// Whether a connection can start being tracked at a segment of this
+    /// socket, the connection's local end (the server when
+    /// `local_is_server`): only a TCP socket past its handshake (or, TCP
+    /// Fast Open, accepted by the server) proves the connection real. Then
+    /// the FINs already gone each way ([`C2S`](observer_common::flow::C2S),
+    /// [`S2C`](observer_common::flow::S2C)), as the socket's state says;
+    /// `None` as well once no more client bytes can come (the client's FIN
+    /// is in), as there is nothing left to judge.
     #[inline(always)]
-    pub fn synchronized(self) -> bool {
+    pub fn joinable(self, local_is_server: bool) -> Option<[u8; 2]> {
         use state::*;
-        match self {
-            Self::Tcp(s) => matches!(
-                s,
-                ESTABLISHED | SYN_RECV | FIN_WAIT1 | FIN_WAIT2 | CLOSE_WAIT | LAST_ACK | CLOSING
-            ),
-            Self::Unknown => true,
-            Self::Other => false,
+        let state = match self {
+            Self::Tcp(s) => s,
+            Self::Unknown => return Some([0, 0]),
+            Self::Other => return None,
+        };
+        match (state, local_is_server) {
+            (ESTABLISHED | SYN_RECV, _) => Some([0, 0]),
+            // The server closed first; the client may still send.
+            (FIN_WAIT1 | FIN_WAIT2, true) | (CLOSE_WAIT, false) => Some([0, 1]),
+            _ => None,
         }
     }
 
@@ -95,5 +105,37 @@ pub fn origin(ctx: &SkBuffContext) -> Origin {
         Origin::Unknown
     } else {
         Origin::Other
+    }
+}
+
+/// Where the client's stream starts (its ISN + 1), as the connection's
+/// local socket knows it (its server's when `local_is_server`, else its
+/// client's), and whether any of the stream went already; `None` without
+/// a TCP socket. What the socket says beats any SYN we saw: a client can
+/// send several SYNs with different ISNs. (`tests/tests/kernel.rs` checks
+/// the two counters' meaning on each kernel of the matrix.)
+#[inline(always)]
+pub fn client_stream_start(ctx: &SkBuffContext, local_is_server: bool) -> Option<(u32, bool)> {
+    // SAFETY: a read of the program's context.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: a plain helper call on a non-null socket from the context.
+    let tp = unsafe { bpf_tcp_sock(sk) };
+    if tp.is_null() {
+        return None;
+    }
+    // SAFETY (both): a TCP socket pointer from the helper.
+    if local_is_server {
+        // `rcv_nxt` moved by exactly `bytes_received` since the SYN.
+        let (rcv_nxt, received) = unsafe { ((*tp).rcv_nxt, (*tp).bytes_received) };
+        Some((rcv_nxt.wrapping_sub(received as u32), received != 0))
+    } else {
+        // `snd_una` moved by exactly `bytes_acked` since the ISN: the SYN
+        // counts one.
+        let (una, nxt, acked) = unsafe { ((*tp).snd_una, (*tp).snd_nxt, (*tp).bytes_acked) };
+        let start = una.wrapping_sub(acked as u32).wrapping_add(1);
+        Some((start, nxt != start))
     }
 }

@@ -44,7 +44,7 @@ use observer_common::{
     flow::{C2S, Flow, FlowKey, Place, S2C, UNDECIDED, filter_slot},
     path::{End, Path, classify},
     policy::{self, Action, SLOT_ANY_ENFORCED, Verdict, policy_index, violation_index},
-    protocol::{Detection, Protocol, detect},
+    protocol::{Detection, PREFIX_LEN, Protocol, detect},
 };
 
 use crate::{
@@ -53,7 +53,7 @@ use crate::{
         self, APISERVERS, BYTES, CLOCK, CONNECTIONS, CONNECTS, EVENTS, FLOWS, HALF_OPEN, POLICY,
         POLICY_SLOT, PORTS, ROLES, STATS, VIOLATIONS,
     },
-    origin::{origin, state},
+    origin::{client_stream_start, origin, state},
     packet::{self, ACK, FIN, Parsed, RST, SYN, Segment, URG},
 };
 
@@ -93,14 +93,28 @@ pub fn on_packet(ctx: &SkBuffContext, hook: Hook) -> Result<i32, ()> {
     let (key, src_is_lo) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
     let flow = match FLOWS.get_ptr_mut(&key) {
         Some(flow) => flow,
-        None if syn_ns != 0 => match promote(ctx, &key, &seg) {
-            Promotion::Tracked => match FLOWS.get_ptr_mut(&key) {
-                Some(flow) => flow,
-                None => return Ok(PASS),
-            },
-            Promotion::Pass => return Ok(PASS),
-            Promotion::Drop => return Ok(DROP),
-        },
+        None if syn_ns != 0 => {
+            let promotion = match promote(ctx, hook, &key, src_is_lo, &seg) {
+                Promotion::Missing => pick_up(ctx, hook, &seg),
+                p => p,
+            };
+            match promotion {
+                Promotion::Tracked(missed) => {
+                    if missed {
+                        decide_missed(&key);
+                    }
+                    match FLOWS.get_ptr_mut(&key) {
+                        Some(flow) => flow,
+                        None => return Ok(PASS),
+                    }
+                }
+                Promotion::Drop(reason) => {
+                    maps::count_drop(reason);
+                    return Ok(DROP);
+                }
+                Promotion::Pass | Promotion::Missing => return Ok(PASS),
+            }
+        }
         None => return Ok(PASS),
     };
     // SAFETY: the entry stays valid for the whole program run (RCU); racing
@@ -111,14 +125,19 @@ pub fn on_packet(ctx: &SkBuffContext, hook: Hook) -> Result<i32, ()> {
     let dir = flow.direction(src_is_lo);
     let mut result = Ok(());
     if seg.payload_len > 0 || seg.flags & URG != 0 {
-        if dir == C2S && flow.decision().0 == UNDECIDED {
-            match feed_detection(ctx, flow, &key, &seg) {
-                Ok(Fed::Hole) if path_enforced(flow.path) => {
-                    maps::count_drop(DropReason::OutOfOrder);
+        if path_enforced(flow.path) {
+            match guard(ctx, flow, &key, dir, &seg) {
+                Ok(Some(reason)) => {
+                    maps::count_drop(reason);
                     return Ok(DROP);
                 }
-                Ok(_) => {}
+                Ok(None) => {}
                 Err(()) => result = Err(()),
+            }
+        } else if dir == C2S && flow.decision().0 == UNDECIDED {
+            // Visibility only: what can be assembled in order.
+            if let Err(()) = feed_detection(ctx, flow, &key, &seg) {
+                result = Err(());
             }
         }
         // A blocked connection's payload goes no further, in either
@@ -190,6 +209,13 @@ fn handshake(ctx: &SkBuffContext, hook: Hook, seg: &Segment) -> i32 {
     }
 }
 
+/// True when `seg` was sent by (egress) or reaches (ingress) the
+/// connection's server.
+#[inline(always)]
+fn local_is_server(hook: Hook, dir: usize) -> bool {
+    (hook == Hook::Ingress) == (dir == C2S)
+}
+
 /// The path of a new connection, and the socket cookie of its local client
 /// (0 when the client is not a local `connect()`), or `None` when it is on
 /// no path or is known already.
@@ -200,18 +226,29 @@ fn classify_syn(ctx: &SkBuffContext, seg: &Segment) -> Option<(Path, u64)> {
     // retransmission: known already, no need to classify again. The same
     // key with another ISN is a new connection.
     // The filter spares untracked SYNs both lookups.
+    // A SYN carrying data is always judged (see `open`): a first SYN
+    // without data must not let a second one with data through.
     let start = seg.seq.wrapping_add(1);
-    let (flows, syn_ns) = maps::filter(key.filter_slot());
-    // SAFETY (both): map value pointers, valid for this run.
-    if flows != 0
-        && let Some(f) = FLOWS.get_ptr(&key)
-        && unsafe { (*f).start_seq[C2S] } == start
-    {
+    let (flows, syn_ns) = if seg.payload_len == 0 {
+        maps::filter(key.filter_slot())
+    } else {
+        (0, 0)
+    };
+    // SAFETY (all three): map value pointers, valid for this run.
+    let tracked = if flows != 0 {
+        FLOWS.get_ptr(&key).map(|f| unsafe { (*f).start_seq[C2S] })
+    } else {
+        None
+    };
+    if tracked == Some(start) {
         return None;
     }
-    if syn_ns != 0
-        && let Some(h) = HALF_OPEN.get_ptr(&key)
-        && unsafe { (*h).start_seq[C2S] } == start
+    // Known as half-open, and no older connection on these ends to forget.
+    if tracked.is_none()
+        && syn_ns != 0
+        && HALF_OPEN
+            .get_ptr(&key)
+            .is_some_and(|h| unsafe { (*h).start_seq[C2S] } == start)
     {
         return None;
     }
@@ -281,14 +318,6 @@ fn open(ctx: &SkBuffContext, hook: Hook, seg: &Segment, path: Path, cookie: u64)
     }
     let (key, src_is_lo) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
     let slot = key.filter_slot();
-    // A TCP socket's SYN on the key of a tracked connection with another
-    // ISN: that connection is over at this end (a new socket connects, or
-    // the SYN reached a listener), so the new one is judged afresh rather
-    // than inheriting a verdict.
-    if maps::filter(slot).0 != 0 && FLOWS.remove(&key).is_ok() {
-        maps::count_flow(slot, false);
-        maps::count_stat(Stat::FlowsClosed);
-    }
     // Data in a SYN on a path without a block rule is counted out: the
     // prefix starts after it.
     let mut flow = Flow::new(
@@ -298,10 +327,32 @@ fn open(ctx: &SkBuffContext, hook: Hook, seg: &Segment, path: Path, cookie: u64)
         now(),
     );
     flow.client_cookie = cookie;
-    if HALF_OPEN.insert(&key, &flow, 0).is_ok() {
-        maps::count_stat(Stat::HalfOpen);
-        maps::mark_half_open(slot, now());
+    // A tracked connection on the same ends with another ISN is over at
+    // this end when a listener gets the SYN (a live socket would have), or
+    // when a new local socket connects and the old client was local too
+    // (not a socket bound to a remote client's address, IP_TRANSPARENT):
+    // forget it, so the new one is judged afresh.
+    let old_client_local = FLOWS
+        .get_ptr(&key)
+        // SAFETY: a map value pointer, valid for this run.
+        .map(|f| unsafe { (*f).client_cookie } != 0);
+    if old_client_local.is_some_and(|local| hook == Hook::Ingress || local)
+        && FLOWS.remove(&key).is_ok()
+    {
+        maps::count_flow(slot, false);
+        maps::count_stat(Stat::FlowsClosed);
     }
+    // A local client's own SYN is the truth about its ISN; one reaching a
+    // listener may be a second SYN a client crafted, and never replaces a
+    // half-open entry (the server's socket settles the ISN: see `promote`).
+    let flags = match hook {
+        Hook::Egress => 0,
+        Hook::Ingress => u64::from(BPF_NOEXIST),
+    };
+    if HALF_OPEN.insert(&key, &flow, flags).is_ok() {
+        maps::count_stat(Stat::HalfOpen);
+    }
+    maps::mark_half_open(slot, now());
     PASS
 }
 
@@ -320,69 +371,177 @@ fn answer(ctx: &SkBuffContext, seg: &Segment) {
     if half.direction(src_is_lo) == S2C && seg.ack == half.start_seq[C2S] {
         half.start(S2C, seg.seq);
         half.server_start = seg.seq.wrapping_add(1);
-        maps::mark_half_open(key.filter_slot(), now());
+        half.last_ns = now();
+        maps::mark_half_open(key.filter_slot(), half.last_ns);
     }
 }
 
-/// What [`promote`] did.
+/// What [`promote`] or [`pick_up`] did.
 enum Promotion {
-    /// The connection is in `FLOWS` now.
-    Tracked,
+    /// The connection is in `FLOWS` now; `true` when its server had
+    /// received some of its bytes already (see [`decide_missed`]).
+    Tracked(bool),
     /// Not (yet) tracked; the segment passes.
     Pass,
-    /// Not tracked, on an enforced path; the segment is dropped.
-    Drop,
+    /// On an enforced path; the segment is dropped, for this reason.
+    Drop(DropReason),
+    /// No half-open entry (evicted, or never seen): see [`pick_up`].
+    Missing,
 }
 
 /// A segment of a connection that may be half-open: moves it to `FLOWS`
 /// when a TCP socket proves the handshake complete.
 #[inline(never)]
-fn promote(ctx: &SkBuffContext, key: &FlowKey, seg: &Segment) -> Promotion {
-    let Some(half) = HALF_OPEN.get_ptr(key) else {
-        return Promotion::Pass;
+fn promote(
+    ctx: &SkBuffContext,
+    hook: Hook,
+    key: &FlowKey,
+    src_is_lo: bool,
+    seg: &Segment,
+) -> Promotion {
+    let Some(half) = HALF_OPEN.get_ptr_mut(key) else {
+        return Promotion::Missing;
     };
     // SAFETY: a map value pointer, valid for this run.
-    let half = unsafe { &*half };
+    let half = unsafe { &mut *half };
     let enforced = path_enforced(half.path);
     let from = origin(ctx);
+    let server_here = local_is_server(hook, half.direction(src_is_lo));
     // A segment from or to a socket past its handshake; or the handshake's
     // last ACK, which reaches the listener, acknowledging the server's ISN
     // (only the real client has seen it).
-    let confirmed = from.synchronized()
-        || (from.in_state(state::LISTEN)
+    let fins = from.joinable(server_here).or_else(|| {
+        (from.in_state(state::LISTEN)
             && half.server_start != 0
             && seg.flags & ACK != 0
-            && seg.ack == half.server_start);
-    if !confirmed {
+            && seg.ack == half.server_start)
+            .then_some([0, 0])
+    });
+    let Some(fins) = fins else {
+        // Data no socket has accepted yet (the handshake's last ACK with
+        // data, unconfirmed) would reach the application unjudged.
         if enforced && seg.payload_len > 0 {
-            maps::count_drop(DropReason::Crafted);
-            return Promotion::Drop;
+            return Promotion::Drop(DropReason::Crafted);
         }
         return Promotion::Pass;
+    };
+    half.fin = fins;
+    // The local socket knows where the client's stream starts.
+    let mut missed = false;
+    if let Some((start, went)) = client_stream_start(ctx, server_here) {
+        half.start_seq[C2S] = start;
+        half.next_seq[C2S] = start;
+        missed = went;
     }
+    let promotion = insert_flow(key, half, enforced, missed);
+    // Tracked, or left untracked for good (the table is full, the path has
+    // no block rule: counted once): it is half-open no more.
+    if matches!(promotion, Promotion::Tracked(_) | Promotion::Pass) {
+        let _ = HALF_OPEN.remove(key);
+    }
+    promotion
+}
+
+/// Puts `flow` into `FLOWS` under `key`. A tracked connection already there
+/// with the same client ISN is this one (another CPU was first); with
+/// another ISN it is an old connection on the same ends, replaced.
+#[inline(always)]
+fn insert_flow(key: &FlowKey, flow: &Flow, enforced: bool, missed: bool) -> Promotion {
     let slot = key.filter_slot();
     // The filter counts the entry before it exists, so no other CPU can
     // find the entry with the filter saying there is none.
     maps::count_flow(slot, true);
-    match FLOWS.insert(key, half, u64::from(BPF_NOEXIST)) {
+    match FLOWS.insert(key, flow, u64::from(BPF_NOEXIST)) {
         Ok(()) => {
-            let _ = HALF_OPEN.remove(key);
             maps::count_stat(Stat::FlowsCreated);
-            Promotion::Tracked
+            Promotion::Tracked(missed)
         }
         Err(e) => {
             maps::count_flow(slot, false);
             if e == -EEXIST {
-                Promotion::Tracked // another CPU promoted it meanwhile
+                // SAFETY: a map value pointer, valid for this run.
+                let same = FLOWS
+                    .get_ptr(key)
+                    .is_some_and(|f| unsafe { (*f).start_seq[C2S] } == flow.start_seq[C2S]);
+                if same {
+                    return Promotion::Tracked(false);
+                }
+                if FLOWS.insert(key, flow, 0).is_ok() {
+                    maps::count_stat(Stat::FlowsClosed);
+                    maps::count_stat(Stat::FlowsCreated);
+                }
+                Promotion::Tracked(missed)
             } else if enforced {
-                maps::count_drop(DropReason::TableFull);
-                Promotion::Drop
+                Promotion::Drop(DropReason::TableFull)
             } else {
                 maps::count_stat(Stat::FlowTableFull);
                 Promotion::Pass
             }
         }
     }
+}
+
+/// A connection on an enforced path that is already past its start when it
+/// enters `FLOWS`: its first bytes were never judged, so it is `other`. A
+/// subprogram of its own, called from the entry point: its event report
+/// must not stack on `pick_up`'s frame.
+#[inline(never)]
+fn decide_missed(key: &FlowKey) {
+    if let Some(flow) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: a map value pointer, valid for this run.
+        decide(unsafe { &mut *flow }, key, Protocol::Other as u8);
+    }
+}
+
+/// A segment in a slot a half-open SYN marked, of a connection found in
+/// neither table: its half-open entry was pushed out (a flood), or its
+/// handshake completed unseen (SYN cookies). On an enforced path the
+/// connection is tracked from here, from what its server's socket says,
+/// rather than passed untracked.
+#[inline(never)]
+fn pick_up(ctx: &SkBuffContext, hook: Hook, seg: &Segment) -> Promotion {
+    let Some(ports) = PORTS.get(0) else {
+        return Promotion::Pass;
+    };
+    let end = |addr: Addr, port: u16| End {
+        roles: roles_of(addr),
+        port,
+        apiserver: APISERVERS
+            .get_ptr(&Endpoint {
+                addr,
+                port,
+                _pad: 0,
+            })
+            .is_some(),
+    };
+    let (src, dst) = (end(seg.src, seg.sport), end(seg.dst, seg.dport));
+    let (path, src_is_client) = match classify(&src, &dst, ports) {
+        Some(path) => (path, true),
+        None => match classify(&dst, &src, ports) {
+            Some(path) => (path, false),
+            None => return Promotion::Pass,
+        },
+    };
+    if !path_enforced(path as u8) {
+        return Promotion::Pass;
+    }
+    let dir = if src_is_client { C2S } else { S2C };
+    let from = origin(ctx);
+    let server_here = local_is_server(hook, dir);
+    let Some(fins) = from.joinable(server_here) else {
+        return if seg.payload_len > 0 {
+            Promotion::Drop(DropReason::Crafted)
+        } else {
+            Promotion::Pass
+        };
+    };
+    let (key, src_is_lo) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
+    let client_is_lo = src_is_lo == src_is_client;
+    // Without a socket to ask (test runs): where the stream is now.
+    let (start, missed) = client_stream_start(ctx, server_here).unwrap_or((seg.seq, true));
+    let mut flow = Flow::new(path as u8, client_is_lo, start.wrapping_sub(1), now());
+    flow.fin = fins;
+    insert_flow(&key, &flow, true, missed)
 }
 
 /// The agent's CLOCK_MONOTONIC, at its tick resolution (see `maps::CLOCK`).
@@ -398,6 +557,69 @@ fn roles_of(addr: Addr) -> Roles {
         .map_or(Roles::EMPTY, |r| Roles(*r))
 }
 
+/// The stream rules of an enforced path, for a segment with payload (or
+/// URG): what reaches the server's application first must be what was
+/// judged. `Some(reason)` drops the segment.
+#[inline(never)]
+fn guard(
+    ctx: &SkBuffContext,
+    flow: &mut Flow,
+    key: &FlowKey,
+    dir: usize,
+    seg: &Segment,
+) -> Result<Option<DropReason>, ()> {
+    if flow.reset != 0 {
+        return Ok(Some(DropReason::Rewritten)); // nothing after a RST
+    }
+    if dir != C2S {
+        return Ok(None); // only the client's bytes are judged
+    }
+    let off = seg.seq.wrapping_sub(flow.start_seq[C2S]) as i32;
+    let end = off.wrapping_add(seg.payload_len as i32);
+    if off < 0 {
+        // Before the stream's first byte: the receiver would trim what it
+        // has and keep the rest, which no real sender sends.
+        return Ok((end > 0).then_some(DropReason::Rewritten));
+    }
+    // After the client's FIN (which took a sequence number): no receiver
+    // delivers it, but detection must not see it either.
+    let fin_at = flow.next_seq[C2S].wrapping_sub(1);
+    if flow.fin[C2S] != 0 && (seg.seq.wrapping_add(seg.payload_len).wrapping_sub(fin_at) as i32) > 0
+    {
+        return Ok(Some(DropReason::Rewritten));
+    }
+    let undecided = flow.decision().0 == UNDECIDED;
+    if undecided && seg.flags & URG != 0 {
+        // The server's TCP takes urgent data out of the stream (unless the
+        // application asked for SO_OOBINLINE): it would read something
+        // else than the sequence space holds.
+        decide(flow, key, Protocol::Other as u8);
+        return Ok(None);
+    }
+    if off as u32 > flow.prefix_len {
+        // Beyond a gap: held back until the gap is filled, while undecided.
+        return Ok(undecided.then_some(DropReason::OutOfOrder));
+    }
+    if off as usize >= PREFIX_LEN {
+        return Ok(None);
+    }
+    // On or right after the judged bytes: they must agree (a segment the
+    // receiver discarded, bad checksum or no ACK, may have been judged).
+    let mut bytes = [0u64; 2];
+    let n = packet::load_prefix(ctx, seg, &mut bytes)?;
+    if !flow.agrees(off as usize, &bytes, n) {
+        return Ok(Some(DropReason::Rewritten));
+    }
+    if undecided {
+        flow.merge_prefix(off as usize, &bytes, n);
+        if let Detection::Decided(protocol) = detect(&flow.prefix, flow.prefix_len as usize, false)
+        {
+            decide(flow, key, protocol as u8);
+        }
+    }
+    Ok(None)
+}
+
 /// What feeding a client segment to detection found.
 enum Fed {
     /// The segment is in stream order (or old); detection has its bytes.
@@ -406,7 +628,8 @@ enum Fed {
     Hole,
 }
 
-/// Adds a client segment's leading bytes to the prefix and decides the
+/// On a path without a block rule (visibility only): adds a client
+/// segment's leading bytes to the prefix, in stream order, and decides the
 /// protocol once the prefix is conclusive.
 #[inline(never)]
 fn feed_detection(
@@ -529,6 +752,16 @@ fn close(ctx: &SkBuffContext, flow: &mut Flow, key: &FlowKey, dir: usize, seg: &
         // The FIN takes a sequence number: a RST after it comes one later.
         flow.next_seq[d] = flow.next_seq[d].wrapping_add(1);
         flow.fin[d] = 1;
+    }
+    if path_enforced(flow.path) {
+        // The entry stays, and enforces `guard`'s rules on whatever comes
+        // after: the receiver may have discarded this segment (a bad
+        // checksum, no ACK). The agent removes closed entries after a short
+        // linger, destroying any socket still there.
+        if reset {
+            flow.reset = 1;
+        }
+        return;
     }
     if (reset || flow.fin[C2S] & flow.fin[S2C] != 0) && FLOWS.remove(key).is_ok() {
         maps::count_flow(key.filter_slot(), false);

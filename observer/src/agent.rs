@@ -70,17 +70,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Vec::new()
     };
     let (stop_expiry, stop_rx) = std::sync::mpsc::channel();
-    let expiry = flows::spawn_expiry(flows, settings.flow_idle_timeout, counters.clone(), stop_rx);
+    let enforced = observer_common::path::Path::ALL.map(|p| settings.policy.enforces(p));
+    let expiry = flows::spawn_expiry(
+        flows,
+        settings.flow_idle_timeout,
+        enforced,
+        counters.clone(),
+        stop_rx,
+    );
     let (blocked, enforcer) = enforce::spawn(counters.clone());
     // Connections blocked while no agent ran were dropped by the kernel but
     // not reset: reset them now.
     for (key, flow) in flows_snapshot {
         if flow.verdict == Verdict::Blocked as u8 {
-            let (c, cport, s, sport) = key.ends(&flow);
-            let _ = blocked.send((
-                SocketAddr::new(events::ip(&c), cport),
-                SocketAddr::new(events::ip(&s), sport),
-            ));
+            let _ = blocked.send(enforce::ends(&key, &flow));
         }
     }
     let discovery_status = Arc::new(discovery::Status::default());

@@ -209,6 +209,7 @@ impl Datapath {
         };
         let flows = FlowTable::new(
             take(&mut ebpf, "FLOWS")?,
+            take(&mut ebpf, "HALF_OPEN")?,
             // Two words per slot: `observer_common::flow::Filter`.
             take_mapped(&mut ebpf, "FLOW_FILTER", 2 * FILTER_SLOTS as usize)?,
             take_mapped(&mut ebpf, "FLOW_COUNT", flow_count::WORDS as usize)?,

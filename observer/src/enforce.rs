@@ -22,6 +22,8 @@ use std::{
     thread::JoinHandle,
 };
 
+use observer_common::flow::{Flow, FlowKey};
+
 use crate::ebpf::Counters;
 
 /// Starts the enforcer thread; it resets the connection of every
@@ -49,6 +51,15 @@ pub fn spawn(counters: Arc<Counters>) -> (mpsc::Sender<(SocketAddr, SocketAddr)>
         })
         .expect("a thread can be spawned");
     (tx, thread)
+}
+
+/// (client, server) of the connection a flow entry describes.
+pub fn ends(key: &FlowKey, flow: &Flow) -> (SocketAddr, SocketAddr) {
+    let (c, cport, s, sport) = key.ends(flow);
+    (
+        SocketAddr::new(crate::events::ip(&c), cport),
+        SocketAddr::new(crate::events::ip(&s), sport),
+    )
 }
 
 /// Destroys both ends of `client` → `server` wherever they live; returns

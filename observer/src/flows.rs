@@ -10,7 +10,10 @@ use std::{
 };
 
 use aya::maps::{HashMap, MapData, MapError};
-use observer_common::flow::{FILTER_SLOTS, Flow, FlowKey, HALF_OPEN_MARK_TTL_NS, flow_count};
+use observer_common::flow::{
+    CLOSED_LINGER_NS, FILTER_SLOTS, Flow, FlowKey, HALF_OPEN_TTL_NS, flow_count,
+};
+use observer_common::path::Path;
 
 use crate::ebpf::{Counters, MappedArray};
 
@@ -19,6 +22,9 @@ use crate::ebpf::{Counters, MappedArray};
 /// its entries are stamped with.
 pub struct FlowTable {
     map: HashMap<MapData, FlowKey, Flow>,
+    /// `HALF_OPEN`: entries older than their TTL are removed here, and a
+    /// slot's mark only once none of them hashes there.
+    half_open: HashMap<MapData, FlowKey, Flow>,
     /// `FLOW_FILTER`, two words per slot (`observer_common::flow::Filter`):
     /// the kernel programs and the agent update it with atomic instructions
     /// on the same memory, so a change here cannot lose a concurrent one
@@ -52,6 +58,7 @@ pub fn monotonic_ns() -> u64 {
 impl FlowTable {
     pub(crate) fn new(
         map: HashMap<MapData, FlowKey, Flow>,
+        half_open: HashMap<MapData, FlowKey, Flow>,
         filter: MappedArray,
         count: MappedArray,
         clock: MappedArray,
@@ -59,6 +66,7 @@ impl FlowTable {
     ) -> Self {
         let table = Self {
             map,
+            half_open,
             filter,
             count,
             clock,
@@ -94,27 +102,6 @@ impl FlowTable {
         self.filter.word(2 * slot as usize)
     }
 
-    /// Clears the half-open marks (`Filter::syn_ns`) older than their TTL
-    /// at `now_ns`, so untracked packets hashing there skip the `HALF_OPEN`
-    /// lookup again. Returns how many it cleared.
-    pub fn clear_stale_marks(&self, now_ns: u64) -> usize {
-        let mut cleared = 0;
-        for slot in 0..FILTER_SLOTS as usize {
-            let mark = self.filter.word(2 * slot + 1);
-            let seen = mark.load(Ordering::Relaxed);
-            // A compare-and-swap: a SYN marking the slot meanwhile wins.
-            if seen != 0
-                && now_ns.saturating_sub(seen) > HALF_OPEN_MARK_TTL_NS
-                && mark
-                    .compare_exchange(seen, 0, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
-                cleared += 1;
-            }
-        }
-        cleared
-    }
-
     /// Every entry now (a snapshot; the kernel keeps changing it).
     pub fn entries(&self) -> Vec<(FlowKey, Flow)> {
         self.map.iter().filter_map(Result::ok).collect()
@@ -130,19 +117,80 @@ impl FlowTable {
         self.len() == 0
     }
 
-    /// Removes entries whose last segment is older than `idle` at `now_ns`
-    /// and returns how many it removed.
-    pub fn expire_idle(&mut self, idle: Duration, now_ns: u64) -> Result<usize, MapError> {
+    /// Removes half-open entries older than their TTL at `now_ns`, then
+    /// clears the half-open marks (`Filter::syn_ns`) older than their TTL
+    /// in slots no half-open entry hashes to any more, so untracked packets
+    /// there skip the `HALF_OPEN` lookup again. Returns how many marks it
+    /// cleared.
+    pub fn clear_stale_marks(&mut self, now_ns: u64) -> usize {
+        let mut live = vec![false; FILTER_SLOTS as usize];
+        let old: Vec<FlowKey> = self
+            .half_open
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(key, half)| {
+                if now_ns.saturating_sub(half.last_ns) > HALF_OPEN_TTL_NS {
+                    Some(key)
+                } else {
+                    live[key.filter_slot() as usize] = true;
+                    None
+                }
+            })
+            .collect();
+        for key in old {
+            // Promoted or pushed out meanwhile: gone either way.
+            let _ = self.half_open.remove(&key);
+        }
+        let mut cleared = 0;
+        for slot in (0..FILTER_SLOTS as usize).filter(|s| !live[*s]) {
+            let mark = self.filter.word(2 * slot + 1);
+            let seen = mark.load(Ordering::Relaxed);
+            // A compare-and-swap: a SYN marking the slot meanwhile wins.
+            if seen != 0
+                && now_ns.saturating_sub(seen) > HALF_OPEN_TTL_NS
+                && mark
+                    .compare_exchange(seen, 0, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                cleared += 1;
+            }
+        }
+        cleared
+    }
+
+    /// Removes entries whose last segment is older than `idle` at `now_ns`,
+    /// or than [`CLOSED_LINGER_NS`] for entries the kernel saw close, and
+    /// returns how many it removed. `before_removing` runs first for each
+    /// (the agent destroys the sockets of connections on enforced paths).
+    pub fn expire(
+        &mut self,
+        idle: Duration,
+        now_ns: u64,
+        mut before_removing: impl FnMut(&FlowKey, &Flow),
+    ) -> Result<usize, MapError> {
         let idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
-        let stale: Vec<FlowKey> = self
+        let stale = |f: &Flow| {
+            let limit = if f.closed() {
+                idle_ns.min(CLOSED_LINGER_NS)
+            } else {
+                idle_ns
+            };
+            now_ns.saturating_sub(f.last_ns) > limit
+        };
+        let candidates: Vec<(FlowKey, Flow)> = self
             .map
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, f)| now_ns.saturating_sub(f.last_ns) > idle_ns)
-            .map(|(k, _)| k)
+            .filter(|(_, f)| stale(f))
             .collect();
         let mut removed = 0;
-        for key in stale {
+        for (key, flow) in candidates {
+            before_removing(&key, &flow);
+            // Look again: a segment (or a new connection on the same ends)
+            // since the scan keeps the entry.
+            if !self.map.get(&key, 0).is_ok_and(|f| stale(&f)) {
+                continue;
+            }
             // The kernel may have removed it meanwhile (the connection
             // closed); then it released the filter slot itself.
             if self.map.remove(&key).is_ok() {
@@ -155,6 +203,11 @@ impl FlowTable {
             }
         }
         Ok(removed)
+    }
+
+    /// [`Self::expire`] with nothing to do before removing.
+    pub fn expire_idle(&mut self, idle: Duration, now_ns: u64) -> Result<usize, MapError> {
+        self.expire(idle, now_ns, |_, _| {})
     }
 }
 
@@ -170,48 +223,91 @@ pub fn tick_interval(idle: Duration) -> Duration {
     (idle / 8).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
+/// How often entries the kernel saw close are looked for: they linger
+/// [`CLOSED_LINGER_NS`].
+const CLOSED_SWEEP: Duration = Duration::from_secs(5);
+
 /// Runs the clock and the expiry on their own thread until `stop` is
 /// dropped or sent to. Removed entries are added to `counters`' expired
-/// count.
+/// count. Before an entry on an enforced path (`enforced`, by path) goes,
+/// its sockets are destroyed: a connection the kernel programs no longer
+/// track could no longer be blocked.
 ///
-/// The first sweep waits one idle timeout: entries the kernel kept while no
-/// agent ran were stamped with the clock the last agent left, however busy
-/// they were since; by then every live one has been stamped anew.
+/// The first idle sweep waits one idle timeout: entries the kernel kept
+/// while no agent ran were stamped with the clock the last agent left,
+/// however busy they were since; by then every live one has been stamped
+/// anew. Closed entries are swept from the start.
 pub fn spawn_expiry(
     mut table: FlowTable,
     idle: Duration,
+    enforced: [bool; Path::COUNT],
     counters: Arc<Counters>,
     stop: mpsc::Receiver<()>,
 ) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("flow-expiry".into())
         .spawn(move || {
-            let mut next_sweep = std::time::Instant::now() + idle.max(sweep_interval(idle));
+            let start = std::time::Instant::now();
+            let mut next_sweep = start + idle.max(sweep_interval(idle));
+            let mut next_closed = start + CLOSED_SWEEP;
             while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(tick_interval(idle))
             {
                 let now = monotonic_ns();
                 table.tick(now);
-                if std::time::Instant::now() < next_sweep {
+                let at = std::time::Instant::now();
+                let sweep_idle = at >= next_sweep;
+                if !sweep_idle && at < next_closed {
                     continue;
                 }
-                next_sweep += sweep_interval(idle);
-                let cleared = table.clear_stale_marks(now);
-                if cleared > 0 {
-                    tracing::debug!(cleared, "cleared stale half-open marks");
-                }
-                match table.expire_idle(idle, now) {
+                next_closed = at + CLOSED_SWEEP;
+                let timeout = if sweep_idle {
+                    next_sweep += sweep_interval(idle);
+                    let cleared = table.clear_stale_marks(now);
+                    if cleared > 0 {
+                        tracing::debug!(cleared, "cleared stale half-open marks");
+                    }
+                    idle
+                } else {
+                    Duration::MAX // closed entries only
+                };
+                let reset = |key: &FlowKey, flow: &Flow| {
+                    if Path::from_u8(flow.path).is_some_and(|p| enforced[p as usize]) {
+                        reset_before_forgetting(key, flow, &counters);
+                    }
+                };
+                match table.expire(timeout, now, reset) {
                     Ok(0) => {}
                     Ok(n) => {
                         counters
                             .flows_expired
                             .fetch_add(n as u64, Ordering::Relaxed);
-                        tracing::debug!(removed = n, "expired idle flows");
+                        tracing::debug!(removed = n, "expired flows");
                     }
                     Err(e) => tracing::warn!("cannot sweep map FLOWS: {e}"),
                 }
             }
         })
         .expect("a thread can be spawned")
+}
+
+/// Destroys the sockets of a connection on an enforced path before its
+/// entry goes (a RST the receiver discarded, a connection idle for the
+/// timeout): none left means the connection is over, as it should be.
+fn reset_before_forgetting(key: &FlowKey, flow: &Flow, counters: &Counters) {
+    let (client, server) = crate::enforce::ends(key, flow);
+    match crate::enforce::reset(client, server) {
+        Ok(0) => {}
+        Ok(n) => {
+            counters
+                .sockets_reset
+                .fetch_add(n as u64, Ordering::Relaxed);
+            tracing::info!(%client, %server, sockets = n, "reset a connection on an enforced path before forgetting it");
+        }
+        Err(e) => {
+            counters.reset_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%client, %server, "cannot reset a connection on an enforced path before forgetting it: {e}");
+        }
+    }
 }
 
 #[cfg(test)]

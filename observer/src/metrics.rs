@@ -148,7 +148,7 @@ impl Collector for DatapathCollector {
         )?)?;
         ConstCounter::new(stat(Stat::FlowTableFull)).encode(encoder.encode_descriptor(
             "cp_observer_flow_table_full",
-            "Connections on paths without a block rule left untracked because the flow table was full (on paths with one they are refused: cp_observer_dropped_segments{reason=\"table-full\"}).",
+            "Connections on paths without a block rule left untracked because the flow table was full, once each (they stay untracked) (on paths with one they are refused: cp_observer_dropped_segments{reason=\"table-full\"}).",
             None,
             MetricType::Counter,
         )?)?;

@@ -390,9 +390,20 @@ impl OutOfOrder {
     }
 }
 
-/// The connection's next send and receive sequence numbers, read in repair
-/// mode. Leaves repair mode without the window probe `TCP_REPAIR_OFF` sends.
-fn sequence_numbers(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+/// `tcpi_bytes_acked` and `tcpi_bytes_received` of a TCP socket (what
+/// `bpf_tcp_sock` calls `bytes_acked` and `bytes_received`), from
+/// `TCP_INFO` (byte offsets 120 and 128 of `struct tcp_info`, since 4.1;
+/// libc's glibc layout stops before them).
+pub fn tcp_byte_counters(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    // SAFETY: any bits are a valid byte array.
+    let info: [u8; 136] = unsafe { get_tcp_opt(fd, libc::TCP_INFO) }?;
+    let at = |i: usize| u64::from_ne_bytes(info[i..i + 8].try_into().expect("8 bytes"));
+    Ok((at(120), at(128)))
+}
+
+/// The connection's next send (`write_seq`) and receive (`rcv_nxt`)
+/// sequence numbers, read in repair mode. Leaves repair mode without the window probe `TCP_REPAIR_OFF` sends.
+pub fn sequence_numbers(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
     set_tcp_opt(fd, libc::TCP_REPAIR, TCP_REPAIR_ON)?;
     let read = |queue| {
         set_tcp_opt(fd, libc::TCP_REPAIR_QUEUE, queue)?;

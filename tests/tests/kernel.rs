@@ -649,10 +649,9 @@ fn full_flow_table_loses_visibly() {
     assert_eq!(k.flows.counted(), 8);
     let stat = |s: Stat| k.counters.stat(s).unwrap();
     assert_eq!(stat(Stat::FlowsCreated), 8);
-    // Each refused connection is counted at each sighting of the ACK that
-    // completed its handshake (egress and ingress here, as both ends are
-    // local).
-    assert_eq!(stat(Stat::FlowTableFull), 2 * 12);
+    // Each refused connection is counted once, at the first sighting of
+    // the ACK that completed its handshake: it stays untracked for good.
+    assert_eq!(stat(Stat::FlowTableFull), 12);
     for i in 0..20 {
         k.both(
             &Tcp::new(sa(CP, 46000 + i), sa(POD, 8080))
@@ -1000,7 +999,7 @@ fn unreadable_headers_are_dropped_while_enforcing() {
 /// changes nothing: it neither removes the entry nor decides `none`.
 #[test]
 fn resets_and_fins_out_of_sequence_change_nothing() {
-    let k = enforcing();
+    let mut k = enforcing();
     let (c, s) = to_pod(56000, 8080);
     k.handshake(c, s);
     k.both(&Tcp::new(c, s).seq(1001 + 4000).rst());
@@ -1009,8 +1008,29 @@ fn resets_and_fins_out_of_sequence_change_nothing() {
     assert_eq!(k.flows(), 1, "still tracked");
     assert_eq!(k.total(), 0, "still undecided");
     assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(GET)), (0, 0));
-    // The RST the reset client sends is where its stream is.
+    // A RST where the stream is counts, but on an enforced path the entry
+    // stays (the receiver may have discarded it): nothing passes after it.
     k.both(&Tcp::new(c, s).seq(1001).rst());
+    assert_eq!(k.flows(), 1);
+    let tls = to_pod(56001, 8443);
+    k.handshake(tls.0, tls.1);
+    k.both(&Tcp::new(tls.0, tls.1).seq(1001).payload(CLIENT_HELLO));
+    let end = 1001 + CLIENT_HELLO.len() as u32;
+    k.both(&Tcp::new(tls.0, tls.1).seq(end).rst());
+    assert_eq!(
+        k.verdicts(&Tcp::new(tls.0, tls.1).seq(end).payload(GET)),
+        (0, 0),
+        "after a RST"
+    );
+    assert_eq!(k.dropped(DropReason::Rewritten), 2);
+    // The agent forgets closed entries after a short linger.
+    let later = monotonic_ns() + 60_000_000_000;
+    assert_eq!(
+        k.flows
+            .expire_idle(std::time::Duration::from_secs(3600), later)
+            .unwrap(),
+        2
+    );
     assert_eq!(k.flows(), 0);
 }
 
@@ -1049,20 +1069,21 @@ fn the_client_decides_even_when_the_server_speaks_first() {
     assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(GET)), (0, 0));
 }
 
-/// The agent clears a half-open mark a minute after the last SYN or
-/// SYN-ACK that set it: untracked packets in that slot skip the
-/// `HALF_OPEN` lookup again, and a handshake that slow is not tracked.
+/// The agent forgets a half-open entry, and clears its slot's mark, five
+/// minutes after the last SYN or SYN-ACK: untracked packets in that slot
+/// skip the `HALF_OPEN` lookup again, and a handshake that slow is not
+/// tracked.
 #[test]
 fn half_open_marks_expire() {
-    use observer_common::flow::HALF_OPEN_MARK_TTL_NS;
-    let k = kernel();
+    use observer_common::flow::HALF_OPEN_TTL_NS;
+    let mut k = kernel();
     let (c, s) = to_pod(59000, 8080);
     k.both(&Tcp::new(c, s).syn(1000));
     let now = monotonic_ns();
     assert_eq!(k.flows.clear_stale_marks(now), 0, "a fresh mark stays");
     assert_eq!(
         k.flows
-            .clear_stale_marks(now + HALF_OPEN_MARK_TTL_NS + 1_000_000_000),
+            .clear_stale_marks(now + HALF_OPEN_TTL_NS + 1_000_000_000),
         1
     );
     k.both(&Tcp::new(c, s).seq(1001).ack_seq(5001));
@@ -1070,4 +1091,147 @@ fn half_open_marks_expire() {
     // The retransmitted SYN (known already) and its SYN-ACK mark it again.
     k.handshake(c, s);
     assert_eq!(k.flows(), 1);
+}
+
+/// The first bytes judged are the ones the server gets: a decoy the server
+/// discards (a bad checksum, no ACK: the programs run before TCP checks
+/// either) may decide the protocol, but bytes that differ at the same
+/// place are dropped afterwards.
+#[test]
+fn bytes_that_differ_from_what_was_judged_are_dropped() {
+    let k = enforcing();
+    let (c, s) = to_pod(60000, 8080);
+    k.handshake(c, s);
+    k.both(&Tcp::new(c, s).seq(1001).payload(CLIENT_HELLO));
+    assert_eq!(
+        k.connections(Path::ApiserverProxyToPod, Protocol::Tls, Verdict::Allowed),
+        1
+    );
+    assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(GET)), (0, 0));
+    assert_eq!(
+        k.verdicts(&Tcp::new(c, s).seq(1001).payload(CLIENT_HELLO)),
+        (1, 1),
+        "the same bytes again (a retransmission) pass"
+    );
+    assert_eq!(k.dropped(DropReason::Rewritten), 2);
+}
+
+/// A FIN the server discards decides `none`; nothing the client sends
+/// after its FIN may pass.
+#[test]
+fn nothing_passes_after_the_clients_fin() {
+    let k = enforcing();
+    let (c, s) = to_pod(60100, 8080);
+    k.handshake(c, s);
+    k.both(&Tcp::new(c, s).seq(1001).fin());
+    assert_eq!(
+        k.connections(Path::ApiserverProxyToPod, Protocol::None, Verdict::Allowed),
+        1
+    );
+    assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(GET)), (0, 0));
+}
+
+/// Bytes starting before the stream's first byte and running into it: the
+/// receiver would trim and keep the rest, unjudged.
+#[test]
+fn bytes_from_before_the_stream_are_dropped() {
+    let k = enforcing();
+    let (c, s) = to_pod(60200, 8080);
+    k.handshake(c, s);
+    let overlapping = [b"X".as_slice(), GET].concat();
+    assert_eq!(
+        k.verdicts(&Tcp::new(c, s).seq(1000).payload(&overlapping)),
+        (0, 0)
+    );
+    assert_eq!(k.total(), 0);
+}
+
+/// A first SYN without data must not let a second one with data through.
+#[test]
+fn data_in_a_retransmitted_syn_is_dropped_too() {
+    let k = enforcing();
+    let (c, s) = to_pod(60300, 8080);
+    k.both(&Tcp::new(c, s).syn(1000));
+    assert_eq!(k.verdicts(&Tcp::new(c, s).syn(1000).payload(GET)), (0, 0));
+}
+
+/// A half-open entry pushed out by a flood: the connection's next segment
+/// is picked up on the enforced path (here, without a socket to say where
+/// its stream starts, as `other`: fail closed), not passed.
+#[test]
+fn a_connection_whose_half_open_entry_was_pushed_out_is_picked_up() {
+    const CAPACITY: u32 = 1024;
+    let k = kernel_with(|args| {
+        args.flow_table_capacity = Some(CAPACITY);
+        args.policy = vec![NO_PLAINTEXT.parse().unwrap()];
+    });
+    let (c, s) = to_pod(60400, 8080);
+    k.both(&Tcp::new(c, s).syn(1000));
+    k.both(&Tcp::new(s, c).syn_ack(5000).ack_seq(1001));
+    for i in 0..5 * CAPACITY {
+        let (fc, fs) = to_pod(1024 + (i % 60000) as u16, 9000 + (i / 60000) as u16);
+        k.both(&Tcp::new(fc, fs).syn(i));
+    }
+    assert_eq!(
+        k.verdicts(&Tcp::new(c, s).seq(1001).ack_seq(5001).payload(GET)),
+        (0, 0)
+    );
+    assert_eq!(k.flows(), 1);
+}
+
+/// A local socket connecting from a remote client's address and port
+/// (IP_TRANSPARENT, which CAP_NET_RAW allows) cannot make the programs
+/// forget that client's connection and its verdict.
+#[test]
+fn a_local_socket_posing_as_a_remote_client_changes_nothing() {
+    let k = enforcing();
+    let (c, s) = to_pod(60500, 8080);
+    k.handshake(c, s);
+    assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(GET)), (0, 0));
+    assert_eq!(k.run("egress", &Tcp::new(c, s).syn(77_000).build()), 1);
+    assert_eq!(k.flows(), 1);
+    assert_eq!(
+        k.verdicts(&Tcp::new(c, s).seq(1001).payload(GET)),
+        (0, 0),
+        "still blocked"
+    );
+}
+
+/// What the programs read from a TCP socket (`bpf_tcp_sock`) to know where
+/// a client's stream starts means the same on this kernel: the server's
+/// `rcv_nxt` moved by `bytes_received` since the SYN, the client's
+/// `snd_una` by `bytes_acked`, the SYN counting one. Real sockets on
+/// loopback; the sequence numbers read with `TCP_REPAIR`.
+#[test]
+fn the_socket_counters_the_programs_read_mean_what_they_assume() {
+    use lab::attack::{sequence_numbers, tcp_byte_counters};
+    use std::{
+        io::{Read as _, Write as _},
+        os::fd::AsFd as _,
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    let (first, _) = sequence_numbers(client.as_fd()).unwrap(); // ISN + 1
+    for n in [1usize, 100, 3000] {
+        client.write_all(&vec![b'x'; n]).unwrap();
+        server.read_exact(&mut vec![0; n]).unwrap();
+        server.write_all(b"ok").unwrap();
+        client.read_exact(&mut [0; 2]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50)); // the ACKs
+        let (_, rcv_nxt) = sequence_numbers(server.as_fd()).unwrap();
+        let (_, received) = tcp_byte_counters(server.as_fd()).unwrap();
+        assert_eq!(
+            rcv_nxt.wrapping_sub(received as u32),
+            first,
+            "server, after {n}"
+        );
+        let (snd_una, _) = sequence_numbers(client.as_fd()).unwrap(); // all acked
+        let (acked, _) = tcp_byte_counters(client.as_fd()).unwrap();
+        assert_eq!(
+            snd_una.wrapping_sub(acked as u32).wrapping_add(1),
+            first,
+            "client, after {n}"
+        );
+    }
 }

@@ -173,12 +173,17 @@ fn discovery_learns_the_cluster_from_the_real_apiserver() {
     );
     assert!(body.contains("hello from the lab pod"));
     // The node dialling the apiserver endpoint, and a pod dialling the VIP
-    // (nothing answers there in the lab: the SYN is enough to classify).
+    // (a bare listener answers there: only connections whose handshake
+    // completes are counted).
     use lab::{topology::addrs, traffic};
     let endpoint = std::net::SocketAddr::new(addrs::CP4.into(), 6443);
     let vip = std::net::SocketAddr::new(addrs::VIP4.into(), 443);
+    let _vip = lab
+        .topo
+        .cp
+        .run(move || std::net::TcpListener::bind(vip).expect("bind the VIP"));
     traffic::connect_close(&lab.topo.node, endpoint).expect("the node reaches the apiserver");
-    let _ = traffic::connect_close(&lab.topo.pod, vip);
+    traffic::connect_close(&lab.topo.pod, vip).expect("the pod reaches the VIP");
 
     // The konnectivity agent calls the kubelet on the apiserver's behalf.
     let kubelet = std::net::SocketAddr::new(addrs::NODE4.into(), 10250);
