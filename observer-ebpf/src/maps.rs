@@ -33,6 +33,24 @@ pub static HALF_OPEN: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(6
 #[map]
 pub static FLOW_FILTER: Array<Filter> = Array::with_max_entries(FILTER_SLOTS, BPF_F_MMAPABLE);
 
+/// One `Flow` per CPU to build a new entry in before inserting it: a map
+/// value is a valid source for an insert, and the verifier's 512 bytes of
+/// stack (5.10 and 6.1 round each frame up) have no room for it.
+#[map]
+pub static SCRATCH: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's [`SCRATCH`] entry, holding `flow`.
+#[inline(always)]
+pub fn scratch(flow: Flow) -> Option<&'static Flow> {
+    let slot = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's value, valid for the run; programs do not migrate
+    // CPUs mid-run, so nothing else writes it meanwhile.
+    unsafe {
+        *slot = flow;
+        Some(&*slot)
+    }
+}
+
 /// `FLOWS`'s entry count and capacity (`observer_common::flow::flow_count`):
 /// a new connection on a path with a block rule is refused while the table
 /// is full. Memory-mappable, for the agent's expiry.

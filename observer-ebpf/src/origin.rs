@@ -133,9 +133,10 @@ pub fn client_stream_start(ctx: &SkBuffContext, local_is_server: bool) -> Option
         Some((rcv_nxt.wrapping_sub(received as u32), received != 0))
     } else {
         // `snd_una` moved by exactly `bytes_acked` since the ISN: the SYN
-        // counts one.
-        let (una, nxt, acked) = unsafe { ((*tp).snd_una, (*tp).snd_nxt, (*tp).bytes_acked) };
+        // counts one. (Data sent but not acknowledged, such as a TCP Fast
+        // Open SYN's the programs dropped, has not reached the server.)
+        let (una, acked) = unsafe { ((*tp).snd_una, (*tp).bytes_acked) };
         let start = una.wrapping_sub(acked as u32).wrapping_add(1);
-        Some((start, nxt != start))
+        Some((start, una != start))
     }
 }

@@ -306,7 +306,9 @@ fn skip_v6_ext_headers(ctx: &SkBuffContext, mut next: u8) -> Transport {
 
 /// Copies the first `min(payload_len, PREFIX_LEN)` payload bytes of `seg`
 /// into `buf` (packed as `Prefix`: little-endian words) and returns how many.
-#[inline(always)]
+/// A subprogram: inlined into a busy caller, LLVM spills the packet
+/// pointers, and the verifiers of 5.10 and 6.1 then lose their bounds.
+#[inline(never)]
 pub fn load_prefix(ctx: &SkBuffContext, seg: &Segment, buf: &mut Prefix) -> Result<usize, ()> {
     // The usual first payload (a TLS ClientHello, an HTTP request) has 16
     // bytes in the linear part of the skb: read them in place.

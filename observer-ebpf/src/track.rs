@@ -34,7 +34,9 @@
 //!    what was seen; the entry goes with the RST or the second FIN.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::bpf_get_socket_cookie, maps::lpm_trie::Key,
+    bindings::{BPF_EXIST, BPF_NOEXIST},
+    helpers::bpf_get_socket_cookie,
+    maps::lpm_trie::Key,
     programs::SkBuffContext,
 };
 use observer_common::{
@@ -125,40 +127,68 @@ pub fn on_packet(ctx: &SkBuffContext, hook: Hook) -> Result<i32, ()> {
     let dir = flow.direction(src_is_lo);
     let mut result = Ok(());
     if seg.payload_len > 0 || seg.flags & URG != 0 {
-        if path_enforced(flow.path) {
-            match guard(ctx, flow, &key, dir, &seg) {
-                Ok(Some(reason)) => {
-                    maps::count_drop(reason);
-                    return Ok(DROP);
-                }
-                Ok(None) => {}
-                Err(()) => result = Err(()),
-            }
-        } else if dir == C2S && flow.decision().0 == UNDECIDED {
-            // Visibility only: what can be assembled in order.
-            if let Err(()) = feed_detection(ctx, flow, &key, &seg) {
-                result = Err(());
-            }
-        }
-        // A blocked connection's payload goes no further, in either
-        // direction and at either end; the agent resets both ends. It is
-        // not counted as let through, so a RST must match what was.
-        let (protocol, verdict) = flow.decision();
-        if seg.payload_len > 0 && verdict == Verdict::Blocked as u8 && protocol != UNDECIDED {
-            maps::count_stat(Stat::SegmentsDropped);
-            return result.map(|()| DROP);
-        }
-        let new = flow.new_bytes(dir, seg.seq, seg.payload_len);
-        if new > 0 {
-            let rx = (dir == C2S) == Path::from_u8(flow.path).is_some_and(Path::server_is_local);
-            let d = if rx { Direction::Rx } else { Direction::Tx };
-            maps::add(&BYTES, byte_index(flow.path, d), u64::from(new));
+        match on_payload(ctx, flow, &key, dir, &seg) {
+            Ok(Outcome::Drop) => return Ok(DROP),
+            Ok(Outcome::Pass) => {}
+            Err(()) => result = Err(()),
         }
     }
     if seg.flags & (FIN | RST) != 0 {
         close(ctx, flow, &key, dir, &seg);
     }
     result.map(|()| PASS)
+}
+
+/// What [`on_payload`] does with a segment.
+enum Outcome {
+    Pass,
+    Drop,
+}
+
+/// A tracked connection's segment with payload (or URG): judged, counted,
+/// passed or dropped. A subprogram of its own, so its frame is not the
+/// entry point's, which a SYN's subprograms stack on.
+#[inline(never)]
+fn on_payload(
+    ctx: &SkBuffContext,
+    flow: &mut Flow,
+    key: &FlowKey,
+    dir: usize,
+    seg: &Segment,
+) -> Result<Outcome, ()> {
+    let mut result = Ok(());
+    if path_enforced(flow.path) {
+        match guard(ctx, flow, key, dir, seg) {
+            Ok(Some(reason)) => {
+                maps::count_drop(reason);
+                return Ok(Outcome::Drop);
+            }
+            Ok(None) => {}
+            // Bytes we could not read must not pass unjudged.
+            Err(()) => {
+                maps::count_stat(Stat::ReadErrors);
+                return Ok(Outcome::Drop);
+            }
+        }
+    } else if dir == C2S && flow.decision().0 == UNDECIDED {
+        // Visibility only: what can be assembled in order.
+        result = feed_detection(ctx, flow, key, seg);
+    }
+    // A blocked connection's payload goes no further, in either direction
+    // and at either end; the agent resets both ends. It is not counted as
+    // let through, so a RST must match what was.
+    let (protocol, verdict) = flow.decision();
+    if seg.payload_len > 0 && verdict == Verdict::Blocked as u8 && protocol != UNDECIDED {
+        maps::count_stat(Stat::SegmentsDropped);
+        return result.map(|()| Outcome::Drop);
+    }
+    let new = flow.new_bytes(dir, seg.seq, seg.payload_len);
+    if new > 0 {
+        let rx = (dir == C2S) == Path::from_u8(flow.path).is_some_and(Path::server_is_local);
+        let d = if rx { Direction::Rx } else { Direction::Tx };
+        maps::add(&BYTES, byte_index(flow.path, d), u64::from(new));
+    }
+    result.map(|()| Outcome::Pass)
 }
 
 /// Marks the branch it is in as rarely taken.
@@ -304,7 +334,10 @@ fn open(ctx: &SkBuffContext, hook: Hook, seg: &Segment, path: Path, cookie: u64)
         Hook::Ingress => state::LISTEN,
     });
     if !from_tcp {
-        if enforced {
+        // A raw socket's SYN is dropped; a TCP socket's that opens nothing
+        // (one reaching an established socket, which answers with a
+        // challenge ACK) passes.
+        if enforced && !origin(ctx).is_tcp() {
             maps::count_drop(DropReason::Crafted);
             return DROP;
         }
@@ -320,25 +353,27 @@ fn open(ctx: &SkBuffContext, hook: Hook, seg: &Segment, path: Path, cookie: u64)
     let slot = key.filter_slot();
     // Data in a SYN on a path without a block rule is counted out: the
     // prefix starts after it.
-    let mut flow = Flow::new(
-        path as u8,
-        src_is_lo,
-        seg.seq.wrapping_add(seg.payload_len),
-        now(),
-    );
-    flow.client_cookie = cookie;
+    let Some(flow) = maps::scratch(Flow {
+        client_cookie: cookie,
+        ..Flow::new(
+            path as u8,
+            src_is_lo,
+            seg.seq.wrapping_add(seg.payload_len),
+            now(),
+        )
+    }) else {
+        return PASS;
+    };
     // A tracked connection on the same ends with another ISN is over at
     // this end when a listener gets the SYN (a live socket would have), or
-    // when a new local socket connects and the old client was local too
-    // (not a socket bound to a remote client's address, IP_TRANSPARENT):
-    // forget it, so the new one is judged afresh.
-    let old_client_local = FLOWS
+    // when a new local socket connects and the old one was closed or its
+    // client was local too (not a socket bound to a remote client's
+    // address, IP_TRANSPARENT): forget it, so the new one is judged afresh.
+    let forget = FLOWS
         .get_ptr(&key)
         // SAFETY: a map value pointer, valid for this run.
-        .map(|f| unsafe { (*f).client_cookie } != 0);
-    if old_client_local.is_some_and(|local| hook == Hook::Ingress || local)
-        && FLOWS.remove(&key).is_ok()
-    {
+        .map(|f| unsafe { (*f).client_cookie != 0 || (*f).closed() });
+    if forget.is_some_and(|over| hook == Hook::Ingress || over) && FLOWS.remove(&key).is_ok() {
         maps::count_flow(slot, false);
         maps::count_stat(Stat::FlowsClosed);
     }
@@ -349,7 +384,7 @@ fn open(ctx: &SkBuffContext, hook: Hook, seg: &Segment, path: Path, cookie: u64)
         Hook::Egress => 0,
         Hook::Ingress => u64::from(BPF_NOEXIST),
     };
-    if HALF_OPEN.insert(&key, &flow, flags).is_ok() {
+    if HALF_OPEN.insert(&key, flow, flags).is_ok() {
         maps::count_stat(Stat::HalfOpen);
     }
     maps::mark_half_open(slot, now());
@@ -410,28 +445,30 @@ fn promote(
     // A segment from or to a socket past its handshake; or the handshake's
     // last ACK, which reaches the listener, acknowledging the server's ISN
     // (only the real client has seen it).
-    let fins = from.joinable(server_here).or_else(|| {
-        (from.in_state(state::LISTEN)
-            && half.server_start != 0
-            && seg.flags & ACK != 0
-            && seg.ack == half.server_start)
-            .then_some([0, 0])
-    });
-    let Some(fins) = fins else {
-        // Data no socket has accepted yet (the handshake's last ACK with
-        // data, unconfirmed) would reach the application unjudged.
-        if enforced && seg.payload_len > 0 {
+    let joined = from.joinable(server_here);
+    let last_ack = from.in_state(state::LISTEN)
+        && half.server_start != 0
+        && seg.flags & ACK != 0
+        && seg.ack == half.server_start;
+    if joined.is_none() && !last_ack {
+        // Client data no socket has accepted yet (the handshake's last ACK
+        // with data, unconfirmed) would reach the application unjudged.
+        if enforced && seg.payload_len > 0 && half.direction(src_is_lo) == C2S {
             return Promotion::Drop(DropReason::Crafted);
         }
         return Promotion::Pass;
-    };
-    half.fin = fins;
-    // The local socket knows where the client's stream starts.
+    }
     let mut missed = false;
-    if let Some((start, went)) = client_stream_start(ctx, server_here) {
-        half.start_seq[C2S] = start;
-        half.next_seq[C2S] = start;
-        missed = went;
+    if let Some(fins) = joined {
+        half.fin = fins;
+        // The connection's own socket knows where the client's stream
+        // starts. (At the last ACK the socket is the listener: the SYN the
+        // SYN-ACK answered, in the half-open entry, is the truth then.)
+        if let Some((start, went)) = client_stream_start(ctx, server_here) {
+            half.start_seq[C2S] = start;
+            half.next_seq[C2S] = start;
+            missed = went;
+        }
     }
     let promotion = insert_flow(key, half, enforced, missed);
     // Tracked, or left untracked for good (the table is full, the path has
@@ -466,11 +503,14 @@ fn insert_flow(key: &FlowKey, flow: &Flow, enforced: bool, missed: bool) -> Prom
                 if same {
                     return Promotion::Tracked(false);
                 }
-                if FLOWS.insert(key, flow, 0).is_ok() {
+                // Over the old entry only if it is still there (it keeps
+                // its count); gone meanwhile, the next segment inserts anew.
+                if FLOWS.insert(key, flow, u64::from(BPF_EXIST)).is_ok() {
                     maps::count_stat(Stat::FlowsClosed);
                     maps::count_stat(Stat::FlowsCreated);
+                    return Promotion::Tracked(missed);
                 }
-                Promotion::Tracked(missed)
+                Promotion::Pass
             } else if enforced {
                 Promotion::Drop(DropReason::TableFull)
             } else {
@@ -494,15 +534,37 @@ fn decide_missed(key: &FlowKey) {
 }
 
 /// A segment in a slot a half-open SYN marked, of a connection found in
-/// neither table: its half-open entry was pushed out (a flood), or its
-/// handshake completed unseen (SYN cookies). On an enforced path the
-/// connection is tracked from here, from what its server's socket says,
-/// rather than passed untracked.
-#[inline(never)]
+/// neither table: its half-open entry was pushed out (a flood) before its
+/// handshake completed. On an enforced path the connection is tracked from
+/// here, from what its socket says, rather than passed untracked.
+///
+/// Only client bytes are judged, so the segment is taken for one the client
+/// sends, and only when the local socket's role agrees: at egress a socket
+/// that `connect()`ed (it has a `CONNECTS` entry), at ingress one that did
+/// not (a server's). And only a connection none of whose client bytes went
+/// yet is picked up: an older one, never seen from its start, is left
+/// alone (its first bytes cannot be judged any more).
+///
+/// Two sibling subprograms, as for a SYN (see [`classify_syn`]): their
+/// frames would not fit the verifier's stack limit stacked.
+#[inline(always)]
 fn pick_up(ctx: &SkBuffContext, hook: Hook, seg: &Segment) -> Promotion {
-    let Some(ports) = PORTS.get(0) else {
-        return Promotion::Pass;
-    };
+    match pick_up_path(ctx, hook, seg) {
+        Some((path, cookie)) => join(ctx, hook, seg, path, cookie),
+        None => Promotion::Pass,
+    }
+}
+
+/// The enforced path of a segment taken for a client's, and the local
+/// client socket's cookie (0 at ingress), or `None`.
+#[inline(never)]
+fn pick_up_path(ctx: &SkBuffContext, hook: Hook, seg: &Segment) -> Option<(Path, u64)> {
+    // SAFETY: a plain helper call on the context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+    if CONNECTS.get_ptr(&cookie).is_some() != (hook == Hook::Egress) {
+        return None;
+    }
+    let ports = PORTS.get(0)?;
     let end = |addr: Addr, port: u16| End {
         roles: roles_of(addr),
         port,
@@ -514,34 +576,36 @@ fn pick_up(ctx: &SkBuffContext, hook: Hook, seg: &Segment) -> Promotion {
             })
             .is_some(),
     };
-    let (src, dst) = (end(seg.src, seg.sport), end(seg.dst, seg.dport));
-    let (path, src_is_client) = match classify(&src, &dst, ports) {
-        Some(path) => (path, true),
-        None => match classify(&dst, &src, ports) {
-            Some(path) => (path, false),
-            None => return Promotion::Pass,
-        },
-    };
-    if !path_enforced(path as u8) {
-        return Promotion::Pass;
-    }
-    let dir = if src_is_client { C2S } else { S2C };
-    let from = origin(ctx);
-    let server_here = local_is_server(hook, dir);
-    let Some(fins) = from.joinable(server_here) else {
+    let path = classify(&end(seg.src, seg.sport), &end(seg.dst, seg.dport), ports)?;
+    path_enforced(path as u8).then_some((path, if hook == Hook::Egress { cookie } else { 0 }))
+}
+
+/// Tracks a picked-up connection from what its socket says.
+#[inline(never)]
+fn join(ctx: &SkBuffContext, hook: Hook, seg: &Segment, path: Path, cookie: u64) -> Promotion {
+    let server_here = hook == Hook::Ingress;
+    let Some(fins) = origin(ctx).joinable(server_here) else {
         return if seg.payload_len > 0 {
             Promotion::Drop(DropReason::Crafted)
         } else {
             Promotion::Pass
         };
     };
+    let (start, missed) = match client_stream_start(ctx, server_here) {
+        Some((_, true)) => return Promotion::Pass,
+        Some((start, false)) => (start, false),
+        // No socket to ask (test runs): fail closed.
+        None => (seg.seq, true),
+    };
     let (key, src_is_lo) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
-    let client_is_lo = src_is_lo == src_is_client;
-    // Without a socket to ask (test runs): where the stream is now.
-    let (start, missed) = client_stream_start(ctx, server_here).unwrap_or((seg.seq, true));
-    let mut flow = Flow::new(path as u8, client_is_lo, start.wrapping_sub(1), now());
-    flow.fin = fins;
-    insert_flow(&key, &flow, true, missed)
+    let Some(flow) = maps::scratch(Flow {
+        fin: fins,
+        client_cookie: cookie,
+        ..Flow::new(path as u8, src_is_lo, start.wrapping_sub(1), now())
+    }) else {
+        return Promotion::Pass;
+    };
+    insert_flow(&key, flow, true, missed)
 }
 
 /// The agent's CLOCK_MONOTONIC, at its tick resolution (see `maps::CLOCK`).
@@ -620,14 +684,6 @@ fn guard(
     Ok(None)
 }
 
-/// What feeding a client segment to detection found.
-enum Fed {
-    /// The segment is in stream order (or old); detection has its bytes.
-    InOrder,
-    /// Bytes before it are missing.
-    Hole,
-}
-
 /// On a path without a block rule (visibility only): adds a client
 /// segment's leading bytes to the prefix, in stream order, and decides the
 /// protocol once the prefix is conclusive.
@@ -637,18 +693,17 @@ fn feed_detection(
     flow: &mut Flow,
     key: &FlowKey,
     seg: &Segment,
-) -> Result<Fed, ()> {
+) -> Result<(), ()> {
     if seg.flags & URG != 0 {
         // The server's TCP takes urgent data out of the stream (unless the
         // application asked for SO_OOBINLINE): it would read something
         // else than the sequence space holds.
         decide(flow, key, Protocol::Other as u8);
-        return Ok(Fed::InOrder);
+        return Ok(());
     }
-    let off = match flow.place(seg.seq) {
-        Place::Prefix(off) => off,
-        Place::Hole => return Ok(Fed::Hole),
-        Place::Before => return Ok(Fed::InOrder),
+    // Beyond a gap, or before the stream: nothing to add in order.
+    let Place::Prefix(off) = flow.place(seg.seq) else {
+        return Ok(());
     };
     let mut bytes = [0u64; 2];
     let n = packet::load_prefix(ctx, seg, &mut bytes)?;
@@ -656,7 +711,7 @@ fn feed_detection(
     if let Detection::Decided(protocol) = detect(&flow.prefix, flow.prefix_len as usize, false) {
         decide(flow, key, protocol as u8);
     }
-    Ok(Fed::InOrder)
+    Ok(())
 }
 
 /// Records the protocol and verdict, counts the connection once, and

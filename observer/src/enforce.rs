@@ -196,8 +196,11 @@ fn destroy(local: SocketAddr, remote: SocketAddr) -> io::Result<bool> {
     }
     // struct inet_diag_msg after the 16-byte nlmsghdr: family, state, ...,
     // then the socket id whose cookie ends at byte 16 + 4 + 48.
+    // A listener is a server, not a connection; a time-wait socket is a
+    // connection over already.
+    const TCP_TIME_WAIT: u8 = 6;
     const TCP_LISTEN: u8 = 10;
-    if buf[17] == TCP_LISTEN {
+    if matches!(buf[17], TCP_LISTEN | TCP_TIME_WAIT) {
         return Ok(false);
     }
     req.cookie = [

@@ -185,12 +185,15 @@ impl FlowTable {
             .collect();
         let mut removed = 0;
         for (key, flow) in candidates {
-            before_removing(&key, &flow);
-            // Look again: a segment (or a new connection on the same ends)
-            // since the scan keeps the entry.
-            if !self.map.get(&key, 0).is_ok_and(|f| stale(&f)) {
+            // Look again: a segment since the scan, or a new connection on
+            // the same ends, keeps the entry (and its sockets).
+            let same = |f: &Flow| {
+                stale(f) && (f.start_seq, f.created_ns) == (flow.start_seq, flow.created_ns)
+            };
+            if !self.map.get(&key, 0).is_ok_and(|f| same(&f)) {
                 continue;
             }
+            before_removing(&key, &flow);
             // The kernel may have removed it meanwhile (the connection
             // closed); then it released the filter slot itself.
             if self.map.remove(&key).is_ok() {
