@@ -47,7 +47,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let Loaded {
         mut datapath,
         counters,
-        flows,
+        mut flows,
         events,
         mut addresses,
     } = Datapath::load(&settings)?;
@@ -64,8 +64,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     );
 
     let counters = Arc::new(counters);
+    // Adopted connections were judged under the previous agent's policy:
+    // judge them again under this one.
     let flows_snapshot = if how == Attachment::Adopted {
-        flows.entries()
+        flows.apply_policy(&settings.policy)
     } else {
         Vec::new()
     };

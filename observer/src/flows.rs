@@ -107,6 +107,31 @@ impl FlowTable {
         self.map.iter().filter_map(Result::ok).collect()
     }
 
+    /// Gives every decided entry the verdict `policy` gives its (path,
+    /// protocol), as an agent adopting a previous one's table must: a
+    /// connection allowed before and blocked now is dropped from here on.
+    /// Returns every entry, as now. (An entry the kernel changes meanwhile
+    /// may lose that change: the window is one update, once per start.)
+    pub fn apply_policy(&mut self, policy: &crate::policy::Policy) -> Vec<(FlowKey, Flow)> {
+        let mut entries = self.entries();
+        for (key, flow) in &mut entries {
+            let (Some(path), Some(protocol)) = (Path::from_u8(flow.path), flow.protocol()) else {
+                continue;
+            };
+            let verdict =
+                observer_common::policy::verdict(policy.action(path, protocol), policy.dry_run)
+                    as u8;
+            if verdict != flow.verdict {
+                flow.verdict = verdict;
+                // BPF_EXIST: only over the entry read (2, linux/bpf.h).
+                if let Err(e) = self.map.insert(*key, *flow, 2) {
+                    tracing::warn!("cannot update the verdict of an adopted connection: {e}");
+                }
+            }
+        }
+        entries
+    }
+
     /// Number of entries now.
     pub fn len(&self) -> usize {
         self.map.keys().filter_map(Result::ok).count()

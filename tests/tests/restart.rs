@@ -274,3 +274,74 @@ fn a_connection_busy_while_no_agent_ran_is_not_expired() {
     drop(server);
     assert!(cleanup().status.success());
 }
+
+/// A connection judged under the old policy is judged again under the new
+/// one: plaintext that was only alerted on is blocked (and reset) once an
+/// agent with `plaintext=block` adopts the pins; it does not keep passing
+/// under the verdict it got before.
+#[test]
+fn a_new_policy_judges_adopted_connections_again() {
+    use std::io::{Read as _, Write as _};
+    let _ = cleanup();
+    let lab = Lab::new("t-repolicy");
+    // A server that logs every byte it receives, on a pod port no lab
+    // server uses.
+    let listener = lab
+        .ns(Where::Pod)
+        .run(|| std::net::TcpListener::bind(pod(9091)).expect("bind"));
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let log = received.clone();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = [0u8; 256];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            log.lock().expect("lock").extend_from_slice(&buf[..n]);
+        }
+    });
+    let first = start(None);
+    let mut client = lab
+        .ns(Where::ControlPlane)
+        .run(|| std::net::TcpStream::connect(pod(9091)).expect("connect"));
+    client.write_all(b"GET / HTTP/1.1\r\n").expect("first line");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        first
+            .scrape()
+            .sum(C, &[("protocol", "http"), ("verdict", "alerted")]),
+        1.0
+    );
+    assert!(first.stop().success());
+
+    let second = start(Some("apiserver-proxy-to-pod:plaintext=block"));
+    // The adopted connection is blocked now: the rest of the request never
+    // arrives, and the client is reset.
+    let wrote = client.write_all(b"Host: x\r\n\r\n");
+    let mut rest = [0u8; 16];
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let got = client.read(&mut rest);
+    // The reset shows on whichever call comes first after it; the next one
+    // then reads the end of the connection.
+    assert!(
+        wrote.as_ref().is_err_and(is_reset)
+            || got.as_ref().is_err_and(is_reset)
+            || got.as_ref().is_ok_and(|n| *n == 0),
+        "the adopted plaintext connection is reset: {wrote:?}, then {got:?}"
+    );
+    drop(client);
+    server.join().expect("server thread");
+    assert_eq!(
+        String::from_utf8_lossy(&received.lock().expect("lock")),
+        "GET / HTTP/1.1\r\n",
+        "nothing after the new policy reached the pod"
+    );
+    assert!(second.scrape().sum("cp_observer_sockets_reset_total", &[]) >= 1.0);
+    drop(second);
+    let _ = cleanup();
+}
