@@ -34,23 +34,28 @@ pub fn spawn(counters: Arc<Counters>) -> (mpsc::Sender<(SocketAddr, SocketAddr)>
         .name("enforcer".into())
         .spawn(move || {
             for (client, server) in rx {
-                match reset(client, server) {
-                    Ok(0) => tracing::debug!(%client, %server, "blocked connection already gone"),
-                    Ok(n) => {
-                        counters
-                            .sockets_reset
-                            .fetch_add(n as u64, Ordering::Relaxed);
-                        tracing::info!(%client, %server, sockets = n, "reset blocked connection");
-                    }
-                    Err(e) => {
-                        counters.reset_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%client, %server, "cannot reset blocked connection: {e}");
-                    }
-                }
+                reset_counted(client, server, &counters, "blocked");
             }
         })
         .expect("a thread can be spawned");
     (tx, thread)
+}
+
+/// [`reset`], its outcome counted in `counters` and logged with `why`.
+pub fn reset_counted(client: SocketAddr, server: SocketAddr, counters: &Counters, why: &str) {
+    match reset(client, server) {
+        Ok(0) => tracing::debug!(%client, %server, why, "connection to reset already gone"),
+        Ok(n) => {
+            counters
+                .sockets_reset
+                .fetch_add(n as u64, Ordering::Relaxed);
+            tracing::info!(%client, %server, sockets = n, why, "reset connection");
+        }
+        Err(e) => {
+            counters.reset_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%client, %server, why, "cannot reset connection: {e}");
+        }
+    }
 }
 
 /// (client, server) of the connection a flow entry describes.

@@ -298,9 +298,17 @@ pub fn spawn_expiry(
                 } else {
                     Duration::MAX // closed entries only
                 };
+                // A connection the programs no longer track could no
+                // longer be blocked: none may be left when its entry goes.
                 let reset = |key: &FlowKey, flow: &Flow| {
                     if Path::from_u8(flow.path).is_some_and(|p| enforced[p as usize]) {
-                        reset_before_forgetting(key, flow, &counters);
+                        let (client, server) = crate::enforce::ends(key, flow);
+                        crate::enforce::reset_counted(
+                            client,
+                            server,
+                            &counters,
+                            "forgotten on an enforced path",
+                        );
                     }
                 };
                 match table.expire(timeout, now, reset) {
@@ -316,26 +324,6 @@ pub fn spawn_expiry(
             }
         })
         .expect("a thread can be spawned")
-}
-
-/// Destroys the sockets of a connection on an enforced path before its
-/// entry goes (a RST the receiver discarded, a connection idle for the
-/// timeout): none left means the connection is over, as it should be.
-fn reset_before_forgetting(key: &FlowKey, flow: &Flow, counters: &Counters) {
-    let (client, server) = crate::enforce::ends(key, flow);
-    match crate::enforce::reset(client, server) {
-        Ok(0) => {}
-        Ok(n) => {
-            counters
-                .sockets_reset
-                .fetch_add(n as u64, Ordering::Relaxed);
-            tracing::info!(%client, %server, sockets = n, "reset a connection on an enforced path before forgetting it");
-        }
-        Err(e) => {
-            counters.reset_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%client, %server, "cannot reset a connection on an enforced path before forgetting it: {e}");
-        }
-    }
 }
 
 #[cfg(test)]

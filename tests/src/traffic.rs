@@ -259,8 +259,16 @@ pub(crate) fn request(host: SocketAddr) -> String {
 
 /// `GET /` over plain HTTP from inside `ns`.
 pub fn http_get(ns: &NetNs, to: SocketAddr) -> io::Result<Exchange> {
+    http_get_waiting(ns, to, IO_TIMEOUT)
+}
+
+/// [`http_get`], waiting up to `timeout` for the answer: for a client that
+/// must outwait something slower than the lab's usual exchanges (an agent
+/// starting on an emulated machine).
+pub fn http_get_waiting(ns: &NetNs, to: SocketAddr, timeout: Duration) -> io::Result<Exchange> {
     ns.run(move || {
         let mut s = connect(to)?;
+        s.inner.set_read_timeout(Some(timeout))?;
         s.write_all(request(to).as_bytes())?;
         finish(s)
     })

@@ -80,7 +80,10 @@ fn pins_outlive_the_agent_and_a_restart_adopts_them() {
         std::thread::spawn(move || {
             let ns = lab::netns::NetNs::existing(&cp);
             let start = Instant::now();
-            (traffic::http_get(&ns, pod(8080)), start.elapsed())
+            // Long enough for the next agent to start, also under the
+            // kernel matrix's software emulation.
+            let waited = traffic::http_get_waiting(&ns, pod(8080), Duration::from_secs(60));
+            (waited, start.elapsed())
         })
     };
     std::thread::sleep(Duration::from_millis(300));
