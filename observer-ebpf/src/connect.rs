@@ -14,11 +14,20 @@ use observer_common::{config::Addr, flow::Connect};
 
 use crate::maps::CONNECTS;
 
-/// Records the connect; never refuses it (1 = allow).
+/// `cgroup_sock_addr` return value that lets the `connect()` go on.
+const ALLOW: i32 = 1;
+
+/// Records the connect; never refuses it.
 #[inline(always)]
 pub fn on_connect(ctx: &SockAddrContext, v6: bool) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
     let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
+    // Only TCP sockets: the table is small, and every UDP `connect()` (a
+    // resolver's, for each DNS query) would push TCP clients out of it.
+    const SOCK_STREAM: u32 = 1;
+    if sa.type_ != SOCK_STREAM {
+        return ALLOW;
+    }
     let orig = if v6 {
         let w = sa.user_ip6;
         let mut b = [0u8; 16];
@@ -49,5 +58,5 @@ pub fn on_connect(ctx: &SockAddrContext, v6: bool) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     // A full LRU evicts; an error here only loses attribution.
     let _ = CONNECTS.insert(&cookie, &entry, 0);
-    1
+    ALLOW
 }

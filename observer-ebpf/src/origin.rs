@@ -140,3 +140,17 @@ pub fn client_stream_start(ctx: &SkBuffContext, local_is_server: bool) -> Option
         Some((start, una != start))
     }
 }
+
+/// True when this segment's TCP socket has sent data already.
+#[inline(always)]
+pub fn sent_data(ctx: &SkBuffContext) -> bool {
+    // SAFETY: a read of the program's context.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: a plain helper call on a non-null socket from the context.
+    let tp = unsafe { bpf_tcp_sock(sk) };
+    // SAFETY: a TCP socket pointer from the helper.
+    !tp.is_null() && unsafe { (*tp).data_segs_out } != 0
+}

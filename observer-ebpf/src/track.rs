@@ -55,7 +55,7 @@ use crate::{
         self, APISERVERS, BYTES, CLOCK, CONNECTIONS, CONNECTS, EVENTS, FLOWS, HALF_OPEN, POLICY,
         POLICY_SLOT, PORTS, ROLES, STATS, VIOLATIONS,
     },
-    origin::{client_stream_start, origin, state},
+    origin::{self, client_stream_start, origin, state},
     packet::{self, ACK, FIN, Parsed, RST, SYN, Segment, URG},
 };
 
@@ -230,7 +230,7 @@ fn path_enforced(path: u8) -> bool {
 #[inline(always)]
 fn handshake(ctx: &SkBuffContext, hook: Hook, seg: &Segment) -> i32 {
     if seg.flags & ACK != 0 {
-        answer(ctx, seg);
+        answer(ctx, hook, seg);
         return PASS;
     }
     match classify_syn(ctx, seg) {
@@ -380,9 +380,18 @@ fn open(ctx: &SkBuffContext, hook: Hook, seg: &Segment, path: Path, cookie: u64)
     // A local client's own SYN is the truth about its ISN; one reaching a
     // listener may be a second SYN a client crafted, and never replaces a
     // half-open entry (the server's socket settles the ISN: see `promote`).
-    let flags = match hook {
-        Hook::Egress => 0,
-        Hook::Ingress => u64::from(BPF_NOEXIST),
+    // (Nor does a local socket's SYN rewrite a remote client's entry: a
+    // socket bound to that client's address, IP_TRANSPARENT.)
+    let remote_client = || {
+        HALF_OPEN
+            .get_ptr(&key)
+            // SAFETY: a map value pointer, valid for this run.
+            .is_some_and(|h| unsafe { (*h).client_cookie } == 0)
+    };
+    let flags = if hook == Hook::Egress && !remote_client() {
+        0
+    } else {
+        u64::from(BPF_NOEXIST)
     };
     if HALF_OPEN.insert(&key, flow, flags).is_ok() {
         maps::count_stat(Stat::HalfOpen);
@@ -393,7 +402,7 @@ fn open(ctx: &SkBuffContext, hook: Hook, seg: &Segment, path: Path, cookie: u64)
 
 /// A SYN-ACK: the server's ISN, for the half-open entry it answers.
 #[inline(never)]
-fn answer(ctx: &SkBuffContext, seg: &Segment) {
+fn answer(ctx: &SkBuffContext, hook: Hook, seg: &Segment) {
     if !origin(ctx).is_tcp() {
         return;
     }
@@ -403,12 +412,24 @@ fn answer(ctx: &SkBuffContext, seg: &Segment) {
     };
     // SAFETY: a map value pointer, valid for this run.
     let half = unsafe { &mut *half };
-    if half.direction(src_is_lo) == S2C && seg.ack == half.start_seq[C2S] {
-        half.start(S2C, seg.seq);
-        half.server_start = seg.seq.wrapping_add(1);
-        half.last_ns = now();
-        maps::mark_half_open(key.filter_slot(), half.last_ns);
+    if half.direction(src_is_lo) != S2C {
+        return;
     }
+    // A local server's SYN-ACK is its kernel's word on the connection it
+    // is opening (the request it answers may not be the first SYN's: a
+    // client can reset it and send another); a remote one must answer the
+    // SYN the local client sent.
+    if hook == Hook::Egress {
+        half.start_seq[C2S] = seg.ack;
+        half.next_seq[C2S] = seg.ack;
+        half.started[S2C] = 0;
+    } else if seg.ack != half.start_seq[C2S] {
+        return;
+    }
+    half.start(S2C, seg.seq);
+    half.server_start = seg.seq.wrapping_add(1);
+    half.last_ns = now();
+    maps::mark_half_open(key.filter_slot(), half.last_ns);
 }
 
 /// What [`promote`] or [`pick_up`] did.
@@ -473,7 +494,9 @@ fn promote(
     let promotion = insert_flow(key, half, enforced, missed);
     // Tracked, or left untracked for good (the table is full, the path has
     // no block rule: counted once): it is half-open no more.
-    if matches!(promotion, Promotion::Tracked(_) | Promotion::Pass) {
+    if matches!(promotion, Promotion::Tracked(_))
+        || (!enforced && matches!(promotion, Promotion::Pass))
+    {
         let _ = HALF_OPEN.remove(key);
     }
     promotion
@@ -510,7 +533,12 @@ fn insert_flow(key: &FlowKey, flow: &Flow, enforced: bool, missed: bool) -> Prom
                     maps::count_stat(Stat::FlowsCreated);
                     return Promotion::Tracked(missed);
                 }
-                Promotion::Pass
+                // Gone meanwhile: the next segment inserts anew.
+                if enforced {
+                    Promotion::Drop(DropReason::TableFull)
+                } else {
+                    Promotion::Pass
+                }
             } else if enforced {
                 Promotion::Drop(DropReason::TableFull)
             } else {
@@ -593,6 +621,9 @@ fn join(ctx: &SkBuffContext, hook: Hook, seg: &Segment, path: Path, cookie: u64)
     };
     let (start, missed) = match client_stream_start(ctx, server_here) {
         Some((_, true)) => return Promotion::Pass,
+        // A server's socket that sent data already is likely a client's
+        // after all (its CONNECTS entry pushed out): it sent its request.
+        Some(_) if server_here && origin::sent_data(ctx) => return Promotion::Pass,
         Some((start, false)) => (start, false),
         // No socket to ask (test runs): fail closed.
         None => (seg.seq, true),
@@ -639,11 +670,11 @@ fn guard(
         return Ok(None); // only the client's bytes are judged
     }
     let off = seg.seq.wrapping_sub(flow.start_seq[C2S]) as i32;
-    let end = off.wrapping_add(seg.payload_len as i32);
     if off < 0 {
-        // Before the stream's first byte: the receiver would trim what it
-        // has and keep the rest, which no real sender sends.
-        return Ok((end > 0).then_some(DropReason::Rewritten));
+        // Before the stream's first byte, where no sender has bytes: a
+        // crafted segment (the receiver would trim what it has and keep the
+        // rest), or our start is not the receiver's. Either way unjudged.
+        return Ok(Some(DropReason::Rewritten));
     }
     // After the client's FIN (which took a sequence number): no receiver
     // delivers it, but detection must not see it either.

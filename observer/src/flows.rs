@@ -219,6 +219,11 @@ impl FlowTable {
                 continue;
             }
             before_removing(&key, &flow);
+            // And again after: resetting takes a while, and a client told
+            // by the reset may have reconnected on the same ends meanwhile.
+            if !self.map.get(&key, 0).is_ok_and(|f| same(&f)) {
+                continue;
+            }
             // The kernel may have removed it meanwhile (the connection
             // closed); then it released the filter slot itself.
             if self.map.remove(&key).is_ok() {

@@ -537,7 +537,7 @@ fn ipv4_options_do_not_hide_the_tcp_header() {
         let (c, s) = (sa(CP, 42000 + words as u16), sa(POD, 8080));
         for p in [
             Tcp::new(c, s).syn(1000),
-            Tcp::new(s, c).syn_ack(5000),
+            Tcp::new(s, c).syn_ack(5000).ack_seq(1001),
             Tcp::new(c, s).seq(1001).payload(GET),
         ] {
             let bytes = with_ipv4_options(&p.build(), words);
@@ -575,7 +575,7 @@ fn ipv6_extension_headers_are_walked() {
         let (c, s) = (sa(CP6, 43000 + i as u16), sa(POD6, 8080));
         for p in [
             Tcp::new(c, s).syn(1000),
-            Tcp::new(s, c).syn_ack(5000),
+            Tcp::new(s, c).syn_ack(5000).ack_seq(1001),
             Tcp::new(c, s).seq(1001).payload(GET),
         ] {
             let bytes = with_ipv6_ext_headers(&p.build(), chain, 0);
@@ -1234,4 +1234,36 @@ fn the_socket_counters_the_programs_read_mean_what_they_assume() {
             "client, after {n}"
         );
     }
+}
+
+/// A client that resets its first request and opens another with a new ISN
+/// (the listener's SYN-ACK answers the new one): where its stream starts
+/// is where the local server's SYN-ACK says, and bytes before that are
+/// never let through unjudged.
+#[test]
+fn the_servers_syn_ack_says_where_the_stream_starts() {
+    let k = enforcing();
+    let (c, s) = to_pod(61000, 8443);
+    k.both(&Tcp::new(c, s).syn(1000));
+    k.both(&Tcp::new(s, c).syn_ack(5000).ack_seq(1001));
+    // The second request: its SYN does not rewrite the half-open entry,
+    // the server's answer does.
+    k.run("ingress", &Tcp::new(c, s).syn(900).build());
+    k.run("egress", &Tcp::new(s, c).syn_ack(6000).ack_seq(901).build());
+    assert_eq!(
+        k.verdicts(&Tcp::new(c, s).seq(901).ack_seq(6001).payload(CLIENT_HELLO)),
+        (1, 1),
+        "TLS where the server's stream starts"
+    );
+    let (c, s) = to_pod(61001, 8080);
+    k.handshake(c, s);
+    assert_eq!(
+        k.verdicts(
+            &Tcp::new(c, s)
+                .seq(900)
+                .payload(&[b"x".as_slice(), GET].concat()[..1])
+        ),
+        (0, 0),
+        "a byte before the stream"
+    );
 }
