@@ -15,6 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
 use crate::{
+    agent_counters::AgentCounters,
     cgroup,
     cli::RunArgs,
     config::Settings,
@@ -63,7 +64,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "attached"
     );
 
-    let counters = Arc::new(counters);
+    let agent_counters = Arc::new(AgentCounters::default());
     // Adopted connections were judged under the previous agent's policy:
     // judge them again under this one.
     let flows_snapshot = if how == Attachment::Adopted {
@@ -77,10 +78,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         flows,
         settings.flow_idle_timeout,
         enforced,
-        counters.clone(),
+        agent_counters.clone(),
         stop_rx,
     );
-    let (blocked, enforcer) = enforce::spawn(counters.clone());
+    let (blocked, enforcer) = enforce::spawn(agent_counters.clone());
     // Connections blocked while no agent ran were dropped by the kernel but
     // not reset: reset them now.
     for (key, flow) in flows_snapshot {
@@ -112,6 +113,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let registry = Arc::new(metrics::registry(
         counters,
+        agent_counters,
         discovery_status.clone(),
         kubelet_status.clone(),
     ));

@@ -23,7 +23,7 @@ use observer_common::{
     policy::{POLICY_ENTRIES, SLOT_ANY_ENFORCED, VIOLATION_ENTRIES},
 };
 
-use crate::{config::Settings, flows::FlowTable, pin, policy::Policy, roles};
+use crate::{config::Settings, flows::FlowTable, mapped::MappedArray, pin, policy::Policy, roles};
 
 /// The kernel object built by `build.rs`.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
@@ -143,12 +143,6 @@ pub struct Counters {
     violations: PerCpuArray<MapData, u64>,
     /// Capacity of the flow table.
     pub flow_capacity: u32,
-    /// Flow entries removed by the agent's idle expiry.
-    pub flows_expired: std::sync::atomic::AtomicU64,
-    /// Sockets of blocked connections destroyed by the enforcer.
-    pub sockets_reset: std::sync::atomic::AtomicU64,
-    /// Blocked connections the enforcer could not reset.
-    pub reset_errors: std::sync::atomic::AtomicU64,
 }
 
 impl Datapath {
@@ -203,9 +197,6 @@ impl Datapath {
             stats: take(&mut ebpf, "STATS")?,
             violations: take(&mut ebpf, "VIOLATIONS")?,
             flow_capacity: settings.flow_table_capacity,
-            flows_expired: std::sync::atomic::AtomicU64::new(0),
-            sockets_reset: std::sync::atomic::AtomicU64::new(0),
-            reset_errors: std::sync::atomic::AtomicU64::new(0),
         };
         let flows = FlowTable::new(
             take(&mut ebpf, "FLOWS")?,
@@ -396,64 +387,6 @@ fn take_mapped(
         Some(aya::maps::Map::Array(data)) => MappedArray::new(data, len).map_err(mmap_err),
         Some(_) => Err(mmap_err(std::io::Error::other("not an array"))),
         None => Err(missing_map(name)),
-    }
-}
-
-/// A `BPF_F_MMAPABLE` array of `u64`, mapped into the agent's memory: the
-/// kernel programs and the agent update it with atomic instructions on the
-/// same memory.
-pub struct MappedArray {
-    words: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
-    len: usize,
-    /// Keeps the map open while it is mapped.
-    _map: MapData,
-}
-
-// SAFETY: the mapping is only accessed through atomics.
-unsafe impl Send for MappedArray {}
-// SAFETY: as above.
-unsafe impl Sync for MappedArray {}
-
-impl MappedArray {
-    /// Maps the `len` words of `map` (the map's exact size).
-    fn new(map: MapData, len: usize) -> std::io::Result<Self> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        // SAFETY: a shared mapping of a BPF_F_MMAPABLE array of `len`
-        // u64 values (the object defines them so; the pin shapes check it).
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len * size_of::<u64>(),
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let words = std::ptr::NonNull::new(ptr.cast())
-            .ok_or_else(|| std::io::Error::other("mmap returned NULL"))?;
-        Ok(Self {
-            words,
-            len,
-            _map: map,
-        })
-    }
-
-    /// Word `i`; panics past the end.
-    pub fn word(&self, i: usize) -> &std::sync::atomic::AtomicU64 {
-        assert!(i < self.len, "word {i} of a {}-word map", self.len);
-        // SAFETY: in bounds, aligned, and alive as long as `self`.
-        unsafe { self.words.add(i).as_ref() }
-    }
-}
-
-impl Drop for MappedArray {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.words.as_ptr().cast(), self.len * size_of::<u64>()) };
     }
 }
 

@@ -24,11 +24,13 @@ use std::{
 
 use observer_common::flow::{Flow, FlowKey};
 
-use crate::ebpf::Counters;
+use crate::agent_counters::AgentCounters;
 
 /// Starts the enforcer thread; it resets the connection of every
 /// (client, server) pair sent to it, until the sender is dropped.
-pub fn spawn(counters: Arc<Counters>) -> (mpsc::Sender<(SocketAddr, SocketAddr)>, JoinHandle<()>) {
+pub fn spawn(
+    counters: Arc<AgentCounters>,
+) -> (mpsc::Sender<(SocketAddr, SocketAddr)>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel::<(SocketAddr, SocketAddr)>();
     let thread = std::thread::Builder::new()
         .name("enforcer".into())
@@ -42,7 +44,7 @@ pub fn spawn(counters: Arc<Counters>) -> (mpsc::Sender<(SocketAddr, SocketAddr)>
 }
 
 /// [`reset`], its outcome counted in `counters` and logged with `why`.
-pub fn reset_counted(client: SocketAddr, server: SocketAddr, counters: &Counters, why: &str) {
+pub fn reset_counted(client: SocketAddr, server: SocketAddr, counters: &AgentCounters, why: &str) {
     match reset(client, server) {
         Ok(0) => tracing::debug!(%client, %server, why, "connection to reset already gone"),
         Ok(n) => {

@@ -15,7 +15,7 @@ use observer_common::flow::{
 };
 use observer_common::path::Path;
 
-use crate::ebpf::{Counters, MappedArray};
+use crate::{agent_counters::AgentCounters, mapped::MappedArray};
 
 /// The kernel's `FLOWS` map, owned by whoever maintains it, with the
 /// `FLOW_FILTER` slots in front of it, its `FLOW_COUNT`, and the `CLOCK`
@@ -274,7 +274,7 @@ pub fn spawn_expiry(
     mut table: FlowTable,
     idle: Duration,
     enforced: [bool; Path::COUNT],
-    counters: Arc<Counters>,
+    counters: Arc<AgentCounters>,
     stop: mpsc::Receiver<()>,
 ) -> JoinHandle<()> {
     std::thread::Builder::new()

@@ -11,17 +11,20 @@
 //! - [`cgroup`]: finding and checking the cgroup v2 mount;
 //! - [`features`]: the kernel features the agent needs, probed at start;
 //! - [`ebpf`]: loading, configuring and attaching the kernel programs;
+//! - [`mapped`]: kernel arrays mapped into the agent's memory;
 //! - [`pin`]: pinning under bpffs, so counting and enforcement outlive the agent;
 //! - [`flows`]: the flow table seen from userspace, and idle expiry;
 //! - [`events`]: violation events from the kernel to stdout as JSON;
 //! - [`enforce`]: resetting both ends of blocked connections;
 //! - [`kubelet`]: checking the kubelet's serving certificate against the cluster CA;
 //! - [`policy`]: `--policy` rules resolved into the kernel's table;
-//! - [`metrics`]: the OpenMetrics view of the kernel's counters;
+//! - [`agent_counters`]: what the agent itself counts;
+//! - [`metrics`]: the OpenMetrics view of the kernel's and the agent's counters;
 //! - [`server`]: `/metrics` and `/healthz`;
 //! - [`agent`]: `cp-observer run` from start to clean shutdown.
 
 pub mod agent;
+pub mod agent_counters;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
@@ -32,6 +35,7 @@ pub mod events;
 pub mod features;
 pub mod flows;
 pub mod kubelet;
+pub mod mapped;
 pub mod metrics;
 pub mod pin;
 pub mod policy;

@@ -20,17 +20,19 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::ebpf::Counters;
+use crate::{agent_counters::AgentCounters, ebpf::Counters};
 
 /// Builds the registry served on `/metrics`.
 pub fn registry(
-    counters: Arc<Counters>,
+    counters: Counters,
+    agent: Arc<AgentCounters>,
     discovery: Arc<crate::discovery::Status>,
     kubelet: Arc<crate::kubelet::Status>,
 ) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(DatapathCollector {
         counters,
+        agent,
         discovery,
         kubelet,
     }));
@@ -40,7 +42,8 @@ pub fn registry(
 /// Reads the kernel maps at scrape time.
 #[derive(Debug)]
 struct DatapathCollector {
-    counters: Arc<Counters>,
+    counters: Counters,
+    agent: Arc<AgentCounters>,
     discovery: Arc<crate::discovery::Status>,
     kubelet: Arc<crate::kubelet::Status>,
 }
@@ -122,7 +125,10 @@ impl Collector for DatapathCollector {
             }
         }
 
-        let expired = c.flows_expired.load(std::sync::atomic::Ordering::Relaxed);
+        let expired = self
+            .agent
+            .flows_expired
+            .load(std::sync::atomic::Ordering::Relaxed);
         let entries = stat(Stat::FlowsCreated)
             .saturating_sub(stat(Stat::FlowsClosed))
             .saturating_sub(expired);
@@ -180,22 +186,28 @@ impl Collector for DatapathCollector {
             None,
             MetricType::Counter,
         )?)?;
-        ConstCounter::new(c.sockets_reset.load(std::sync::atomic::Ordering::Relaxed)).encode(
-            encoder.encode_descriptor(
-                "cp_observer_sockets_reset",
-                "Sockets of blocked connections destroyed (their peers get a RST).",
-                None,
-                MetricType::Counter,
-            )?,
-        )?;
-        ConstCounter::new(c.reset_errors.load(std::sync::atomic::Ordering::Relaxed)).encode(
-            encoder.encode_descriptor(
-                "cp_observer_reset_errors",
-                "Blocked connections whose sockets could not be destroyed.",
-                None,
-                MetricType::Counter,
-            )?,
-        )?;
+        ConstCounter::new(
+            self.agent
+                .sockets_reset
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .encode(encoder.encode_descriptor(
+            "cp_observer_sockets_reset",
+            "Sockets of blocked connections destroyed (their peers get a RST).",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(
+            self.agent
+                .reset_errors
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .encode(encoder.encode_descriptor(
+            "cp_observer_reset_errors",
+            "Blocked connections whose sockets could not be destroyed.",
+            None,
+            MetricType::Counter,
+        )?)?;
         ConstCounter::new(stat(Stat::ReadErrors)).encode(encoder.encode_descriptor(
             "cp_observer_datapath_read_errors",
             "Packets the kernel programs could not read; they were passed untouched.",
