@@ -5,7 +5,8 @@
 //! state (see `track.rs`).
 
 use aya_ebpf::{
-    helpers::{bpf_sk_fullsock, bpf_tcp_sock},
+    bindings::{bpf_sock, bpf_tcp_sock},
+    helpers::{bpf_sk_fullsock, bpf_tcp_sock as tcp_sock_of},
     programs::SkBuffContext,
 };
 
@@ -80,14 +81,28 @@ impl Origin {
     }
 }
 
+/// The socket of the packet in `ctx`, if any.
+#[inline(always)]
+fn socket(ctx: &SkBuffContext) -> Option<*mut bpf_sock> {
+    // SAFETY: a read of the program's context.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    (!sk.is_null()).then_some(sk)
+}
+
+/// The TCP view of the packet's socket, if it is a TCP socket.
+#[inline(always)]
+fn tcp_socket(ctx: &SkBuffContext) -> Option<*mut bpf_tcp_sock> {
+    // SAFETY: a plain helper call on a non-null socket from the context.
+    let tp = unsafe { tcp_sock_of(socket(ctx)?) };
+    (!tp.is_null()).then_some(tp)
+}
+
 /// The origin of the packet in `ctx`.
 #[inline(always)]
 pub fn origin(ctx: &SkBuffContext) -> Origin {
-    // SAFETY: a read of the program's context.
-    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
-    if sk.is_null() {
+    let Some(sk) = socket(ctx) else {
         return Origin::Unknown;
-    }
+    };
     // SAFETY: a non-null socket pointer from the context; `state` is a
     // field every socket has.
     let state = unsafe { (*sk).state };
@@ -116,16 +131,7 @@ pub fn origin(ctx: &SkBuffContext) -> Origin {
 /// the two counters' meaning on each kernel of the matrix.)
 #[inline(always)]
 pub fn client_stream_start(ctx: &SkBuffContext, local_is_server: bool) -> Option<(u32, bool)> {
-    // SAFETY: a read of the program's context.
-    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return None;
-    }
-    // SAFETY: a plain helper call on a non-null socket from the context.
-    let tp = unsafe { bpf_tcp_sock(sk) };
-    if tp.is_null() {
-        return None;
-    }
+    let tp = tcp_socket(ctx)?;
     // SAFETY (both): a TCP socket pointer from the helper.
     if local_is_server {
         // `rcv_nxt` moved by exactly `bytes_received` since the SYN.
@@ -144,13 +150,6 @@ pub fn client_stream_start(ctx: &SkBuffContext, local_is_server: bool) -> Option
 /// True when this segment's TCP socket has sent data already.
 #[inline(always)]
 pub fn sent_data(ctx: &SkBuffContext) -> bool {
-    // SAFETY: a read of the program's context.
-    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return false;
-    }
-    // SAFETY: a plain helper call on a non-null socket from the context.
-    let tp = unsafe { bpf_tcp_sock(sk) };
     // SAFETY: a TCP socket pointer from the helper.
-    !tp.is_null() && unsafe { (*tp).data_segs_out } != 0
+    tcp_socket(ctx).is_some_and(|tp| unsafe { (*tp).data_segs_out } != 0)
 }

@@ -46,7 +46,7 @@ use observer_common::{
     flow::{C2S, Flow, FlowKey, Place, S2C, UNDECIDED, filter_slot},
     path::{End, Path, classify},
     policy::{self, Action, SLOT_ANY_ENFORCED, Verdict, policy_index, violation_index},
-    protocol::{Detection, PREFIX_LEN, Protocol, detect},
+    protocol::{Detection, Prefix, Protocol, detect},
 };
 
 use crate::{
@@ -309,8 +309,7 @@ fn classify_syn(ctx: &SkBuffContext, seg: &Segment) -> Option<(Path, u64)> {
     let server = End {
         roles: roles_of(seg.dst),
         port: seg.dport,
-        apiserver: APISERVERS.get_ptr(&endpoint).is_some()
-            || asked.is_some_and(|a| APISERVERS.get_ptr(&a).is_some()),
+        apiserver: is_apiserver(&endpoint) || asked.is_some_and(|a| is_apiserver(&a)),
     };
     let path = classify(&client, &server, ports)?;
     Some((path, if asked.is_some() { cookie } else { 0 }))
@@ -596,13 +595,11 @@ fn pick_up_path(ctx: &SkBuffContext, hook: Hook, seg: &Segment) -> Option<(Path,
     let end = |addr: Addr, port: u16| End {
         roles: roles_of(addr),
         port,
-        apiserver: APISERVERS
-            .get_ptr(&Endpoint {
-                addr,
-                port,
-                _pad: 0,
-            })
-            .is_some(),
+        apiserver: is_apiserver(&Endpoint {
+            addr,
+            port,
+            _pad: 0,
+        }),
     };
     let path = classify(&end(seg.src, seg.sport), &end(seg.dst, seg.dport), ports)?;
     path_enforced(path as u8).then_some((path, if hook == Hook::Egress { cookie } else { 0 }))
@@ -645,6 +642,12 @@ fn now() -> u64 {
     CLOCK.get(0).map_or(0, |t| *t)
 }
 
+/// True when `ep` is an apiserver endpoint or the `kubernetes` VIP.
+#[inline(always)]
+fn is_apiserver(ep: &Endpoint) -> bool {
+    APISERVERS.get_ptr(ep).is_some()
+}
+
 #[inline(always)]
 fn roles_of(addr: Addr) -> Roles {
     ROLES
@@ -669,8 +672,8 @@ fn guard(
     if dir != C2S {
         return Ok(None); // only the client's bytes are judged
     }
-    let off = seg.seq.wrapping_sub(flow.start_seq[C2S]) as i32;
-    if off < 0 {
+    let place = flow.place(seg.seq);
+    if place == Place::Before {
         // Before the stream's first byte, where no sender has bytes: a
         // crafted segment (the receiver would trim what it has and keep the
         // rest), or our start is not the receiver's. Either way unjudged.
@@ -685,34 +688,43 @@ fn guard(
     }
     let undecided = flow.decision().0 == UNDECIDED;
     if undecided && seg.flags & URG != 0 {
-        // The server's TCP takes urgent data out of the stream (unless the
-        // application asked for SO_OOBINLINE): it would read something
-        // else than the sequence space holds.
-        decide(flow, key, Protocol::Other as u8);
+        decide_urgent(flow, key);
         return Ok(None);
     }
-    if off as u32 > flow.prefix_len {
-        // Beyond a gap: held back until the gap is filled, while undecided.
+    let Place::Prefix(off) = place else {
+        // Beyond the judged bytes: after a gap (held back until it is
+        // filled) while undecided, ordinary data once decided.
         return Ok(undecided.then_some(DropReason::OutOfOrder));
-    }
-    if off as usize >= PREFIX_LEN {
-        return Ok(None);
-    }
+    };
     // On or right after the judged bytes: they must agree (a segment the
     // receiver discarded, bad checksum or no ACK, may have been judged).
     let mut bytes = [0u64; 2];
     let n = packet::load_prefix(ctx, seg, &mut bytes)?;
-    if !flow.agrees(off as usize, &bytes, n) {
+    if !flow.agrees(off, &bytes, n) {
         return Ok(Some(DropReason::Rewritten));
     }
     if undecided {
-        flow.merge_prefix(off as usize, &bytes, n);
-        if let Detection::Decided(protocol) = detect(&flow.prefix, flow.prefix_len as usize, false)
-        {
-            decide(flow, key, protocol as u8);
-        }
+        judge(flow, key, off, &bytes, n);
     }
     Ok(None)
+}
+
+/// Urgent data before the decision: the server's TCP takes it out of the
+/// stream (unless the application asked for SO_OOBINLINE), so it would
+/// read something else than the sequence space holds: `other`.
+#[inline(always)]
+fn decide_urgent(flow: &mut Flow, key: &FlowKey) {
+    decide(flow, key, Protocol::Other as u8);
+}
+
+/// Adds `n` client bytes at stream offset `off` to the prefix and decides
+/// the protocol once the prefix is conclusive.
+#[inline(always)]
+fn judge(flow: &mut Flow, key: &FlowKey, off: usize, bytes: &Prefix, n: usize) {
+    flow.merge_prefix(off, bytes, n);
+    if let Detection::Decided(protocol) = detect(&flow.prefix, flow.prefix_len as usize, false) {
+        decide(flow, key, protocol as u8);
+    }
 }
 
 /// On a path without a block rule (visibility only): adds a client
@@ -726,10 +738,7 @@ fn feed_detection(
     seg: &Segment,
 ) -> Result<(), ()> {
     if seg.flags & URG != 0 {
-        // The server's TCP takes urgent data out of the stream (unless the
-        // application asked for SO_OOBINLINE): it would read something
-        // else than the sequence space holds.
-        decide(flow, key, Protocol::Other as u8);
+        decide_urgent(flow, key);
         return Ok(());
     }
     // Beyond a gap, or before the stream: nothing to add in order.
@@ -738,10 +747,7 @@ fn feed_detection(
     };
     let mut bytes = [0u64; 2];
     let n = packet::load_prefix(ctx, seg, &mut bytes)?;
-    flow.merge_prefix(off, &bytes, n);
-    if let Detection::Decided(protocol) = detect(&flow.prefix, flow.prefix_len as usize, false) {
-        decide(flow, key, protocol as u8);
-    }
+    judge(flow, key, off, &bytes, n);
     Ok(())
 }
 
