@@ -49,6 +49,14 @@ fn enforcing() -> Kernel {
     kernel_with(|args| args.policy = vec![NO_PLAINTEXT.parse().unwrap()])
 }
 
+/// [`enforcing`], with a flow table of `capacity` entries.
+fn enforcing_with_capacity(capacity: u32) -> Kernel {
+    kernel_with(|args| {
+        args.flow_table_capacity = Some(capacity);
+        args.policy = vec![NO_PLAINTEXT.parse().unwrap()];
+    })
+}
+
 const NO_PLAINTEXT: &str = "apiserver-proxy-to-pod:plaintext=block";
 
 /// The programs, with the lab's addresses and what `adjust` changes.
@@ -837,10 +845,7 @@ fn to_pod(client_port: u16, server_port: u16) -> (SocketAddr, SocketAddr) {
 #[test]
 fn a_spoofed_syn_flood_never_fills_the_flow_table() {
     const CAPACITY: u32 = 1024;
-    let k = kernel_with(|args| {
-        args.flow_table_capacity = Some(CAPACITY);
-        args.policy = vec![NO_PLAINTEXT.parse().unwrap()];
-    });
+    let k = enforcing_with_capacity(CAPACITY);
     let flood = |from: u32, n: u32| {
         for i in from..from + n {
             // Spoofed control-plane sources, each SYN from its own port.
@@ -880,10 +885,7 @@ fn a_spoofed_syn_flood_never_fills_the_flow_table() {
 /// open). Both are counted.
 #[test]
 fn a_full_table_fails_closed_on_enforced_paths_only() {
-    let k = kernel_with(|args| {
-        args.flow_table_capacity = Some(8);
-        args.policy = vec![NO_PLAINTEXT.parse().unwrap()];
-    });
+    let k = enforcing_with_capacity(8);
     for i in 0..8 {
         let (c, s) = to_pod(50000 + i, 8443);
         k.handshake(c, s);
@@ -1162,10 +1164,7 @@ fn data_in_a_retransmitted_syn_is_dropped_too() {
 #[test]
 fn a_connection_whose_half_open_entry_was_pushed_out_is_picked_up() {
     const CAPACITY: u32 = 1024;
-    let k = kernel_with(|args| {
-        args.flow_table_capacity = Some(CAPACITY);
-        args.policy = vec![NO_PLAINTEXT.parse().unwrap()];
-    });
+    let k = enforcing_with_capacity(CAPACITY);
     let (c, s) = to_pod(60400, 8080);
     k.both(&Tcp::new(c, s).syn(1000));
     k.both(&Tcp::new(s, c).syn_ack(5000).ack_seq(1001));
