@@ -18,6 +18,11 @@ use crate::{netns::NetNs, tls::Tls};
 
 /// Socket timeouts: every exchange in the lab is local and small.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a server waits for a client: longer than any client, so that a
+/// request held back by the kernel programs ends with the agent's reset,
+/// not with the server giving up first (an agent starting under the kernel
+/// matrix's software emulation takes more than `IO_TIMEOUT`).
+const SERVER_TIMEOUT: Duration = Duration::from_secs(60);
 const BODY: &str = "hello from the lab pod\n";
 
 /// What the server side does with a connection.
@@ -118,8 +123,8 @@ fn serve(
     log: &Mutex<Vec<String>>,
 ) -> io::Result<()> {
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    stream.set_read_timeout(Some(SERVER_TIMEOUT))?;
+    stream.set_write_timeout(Some(SERVER_TIMEOUT))?;
     match kind {
         Kind::Http => handle(stream, log),
         Kind::Https => {
