@@ -6,6 +6,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use cargo_metadata::Message;
+
+use crate::command::run_checked;
 
 /// The workspace root, whatever directory `cargo xtask` was run from.
 pub fn workspace_root() -> PathBuf {
@@ -19,17 +22,6 @@ fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root());
     cmd
-}
-
-/// Runs `cmd`, failing with its command line if it fails.
-pub fn run_checked(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
 }
 
 /// Builds the agent and returns the path of the `cp-observer` binary.
@@ -75,32 +67,33 @@ fn built_executable(cmd: &mut Command, name: &str) -> Result<PathBuf> {
     if !out.status.success() {
         bail!("building {name} failed");
     }
-    executable(&String::from_utf8_lossy(&out.stdout), name)
+    executable(&out.stdout, name)
         .with_context(|| format!("cargo did not report the {name} executable"))
 }
 
 /// The executable of target `name` in cargo's JSON messages: the last
 /// `compiler-artifact` message for that target that has one.
-fn executable(messages: &str, name: &str) -> Option<PathBuf> {
-    messages
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
-        .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .next_back()
+fn executable(messages: &[u8], name: &str) -> Option<PathBuf> {
+    Message::parse_stream(messages)
+        .filter_map(|m| match m.ok()? {
+            Message::CompilerArtifact(a) if a.target.name == name => a.executable,
+            _ => None,
+        })
+        .map(PathBuf::from)
+        .last()
 }
 
 /// Runs every test of the workspace's default members (all but the kernel
 /// crate, which only builds for BPF) with `CP_OBSERVER_BIN` pointing at the
-/// agent. Privileged tests share the machine's cgroup root and kernel, so
-/// they run one at a time.
-pub fn test(agent: &std::path::Path, kube: &crate::kube::Binaries, extra: &[String]) -> Result<()> {
+/// agent and `env` set (where the tests find their tools). Privileged tests
+/// share the machine's cgroup root and kernel, so they run one at a time.
+pub fn test<'a>(
+    agent: &std::path::Path,
+    env: impl IntoIterator<Item = (&'a str, &'a std::path::Path)>,
+    extra: &[String],
+) -> Result<()> {
     let mut cmd = cargo();
-    cmd.arg("test")
-        .env("CP_OBSERVER_BIN", agent)
-        .env("CP_OBSERVER_KUBE_APISERVER", &kube.apiserver)
-        .env("CP_OBSERVER_ETCD", &kube.etcd)
-        .env("CP_OBSERVER_KUBECTL", &kube.kubectl);
+    cmd.arg("test").env("CP_OBSERVER_BIN", agent).envs(env);
     // Test-binary arguments go after a single `--`, ours and the caller's.
     match extra.iter().position(|a| a == "--") {
         Some(i) => cmd
@@ -116,19 +109,27 @@ pub fn test(agent: &std::path::Path, kube: &crate::kube::Binaries, extra: &[Stri
 mod tests {
     use std::path::Path;
 
+    /// A `compiler-artifact` message as cargo prints it.
+    fn artifact(name: &str, executable: Option<&str>) -> String {
+        let executable = executable.map_or("null".to_owned(), |e| format!("\"{e}\""));
+        format!(
+            r#"{{"reason":"compiler-artifact","package_id":"path+file:///w/x#0.1.0","manifest_path":"/w/x/Cargo.toml","target":{{"kind":["bin"],"crate_types":["bin"],"name":"{name}","src_path":"/w/x/src/main.rs","edition":"2024","doc":true,"doctest":false,"test":true}},"profile":{{"opt_level":"0","debuginfo":2,"debug_assertions":true,"overflow_checks":true,"test":false}},"features":[],"filenames":[],"executable":{executable},"fresh":true}}"#
+        )
+    }
+
     #[test]
     fn executable() {
         let messages = [
-            r#"{"reason":"compiler-artifact","target":{"name":"x"},"executable":"/t/debug/x","fresh":true}"#,
-            r#"{"reason":"compiler-artifact","target":{"name":"y"},"executable":"/t/debug/y"}"#,
-            r#"{"reason":"compiler-artifact","target":{"name":"x"},"executable":null}"#,
-            r#"{"reason":"build-finished","success":true}"#,
+            artifact("x", Some("/t/debug/x")),
+            artifact("y", Some("/t/debug/y")),
+            artifact("x", None),
+            r#"{"reason":"build-finished","success":true}"#.to_owned(),
         ]
         .join("\n");
         assert_eq!(
-            super::executable(&messages, "x").as_deref(),
+            super::executable(messages.as_bytes(), "x").as_deref(),
             Some(Path::new("/t/debug/x"))
         );
-        assert_eq!(super::executable(&messages, "z"), None);
+        assert_eq!(super::executable(messages.as_bytes(), "z"), None);
     }
 }

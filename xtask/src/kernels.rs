@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    cargo,
+    cargo, command,
     toolchain::{self, host_release},
     vm,
 };
@@ -256,7 +256,7 @@ fn prepare(steps: &[Step], dir: &Path) -> Result<PathBuf> {
 fn run_host(steps: &[Step], dir: &Path) -> Result<Row> {
     let script = prepare(steps, dir)?;
     let start = Instant::now();
-    cargo::run_checked(Command::new("sh").arg(&script))?;
+    command::run_checked(Command::new("sh").arg(&script))?;
     Ok(row(
         host_release(),
         "this machine".into(),
@@ -443,7 +443,7 @@ fn fetch(debian: &Debian, apt: &Apt, dir: &Path) -> Result<Kernel> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let deb = apt.download(&package, dir)?;
-    cargo::run_checked(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dir))?;
+    command::run_checked(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dir))?;
     std::fs::remove_file(&deb)?;
     let version = package
         .name
@@ -501,7 +501,7 @@ impl Apt {
             .flat_map(|o| ["-o".to_owned(), o])
             .collect(),
         };
-        cargo::run_checked(
+        command::run_checked(
             Command::new("apt-get")
                 .args(&apt.options)
                 .args(["update", "-qq"]),
@@ -528,7 +528,7 @@ impl Apt {
     }
 
     fn download(&self, package: &Package, dir: &Path) -> Result<PathBuf> {
-        cargo::run_checked(
+        command::run_checked(
             Command::new("apt-get")
                 .args(&self.options)
                 .args([

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cargo::run_checked, toolchain};
+use crate::{command::run_checked, toolchain};
 
 /// The version Debian 12 packages (1.20.5+really1.20.2).
 const VERSION: &str = "v1.20.2";
@@ -27,6 +27,17 @@ pub struct Binaries {
     pub etcd: PathBuf,
     /// kubectl (the machine's, or Debian's).
     pub kubectl: PathBuf,
+}
+
+impl Binaries {
+    /// The environment through which the tests and the lab find them.
+    pub fn env(&self) -> [(&'static str, &Path); 3] {
+        [
+            ("CP_OBSERVER_KUBE_APISERVER", &self.apiserver),
+            ("CP_OBSERVER_ETCD", &self.etcd),
+            ("CP_OBSERVER_KUBECTL", &self.kubectl),
+        ]
+    }
 }
 
 /// Builds the apiserver if it is not cached, installs etcd and kubectl.
@@ -109,7 +120,7 @@ fn build(dir: &Path, target: &Path) -> Result<()> {
 }
 
 /// Adds `deb-src` to the first `Types:` line of Debian's sources (the
-/// recipe of the machine notes); `apt-get update` follows in the install.
+/// usual way to enable source packages); `apt-get update` follows in the install.
 fn enable_deb_src() -> Result<()> {
     let text =
         std::fs::read_to_string(SOURCES).with_context(|| format!("cannot read {SOURCES}"))?;

@@ -14,6 +14,7 @@
 //!   lab plan on the host's kernel and in VMs booted from Debian's kernels.
 
 mod cargo;
+mod command;
 mod kernels;
 mod kube;
 mod toolchain;
@@ -93,11 +94,9 @@ fn run(command: Command) -> Result<()> {
             let mut cmd = std::process::Command::new(lab);
             if args.iter().any(|a| a == "--kube") {
                 let kube = kube::ensure()?;
-                cmd.env("CP_OBSERVER_KUBE_APISERVER", &kube.apiserver)
-                    .env("CP_OBSERVER_ETCD", &kube.etcd)
-                    .env("CP_OBSERVER_KUBECTL", &kube.kubectl);
+                cmd.envs(kube.env());
             }
-            cargo::run_checked(cmd.arg("--agent").arg(agent).args(args))?;
+            command::run_checked(cmd.arg("--agent").arg(agent).args(args))?;
         }
         Command::Bench { kernel } => {
             require_root("the benchmarks (BPF and network namespaces)")?;
@@ -106,7 +105,7 @@ fn run(command: Command) -> Result<()> {
             // The A/B and load benchmarks measure the agent as shipped.
             let agent = cargo::build_agent(true)?;
             let bench = cargo::build_release_bin("cp-observer-tests", "cp-observer-bench")?;
-            cargo::run_checked(
+            command::run_checked(
                 std::process::Command::new(bench)
                     .env("CP_OBSERVER_BIN", agent)
                     .arg(cargo::workspace_root().join("BENCHMARKS.md"))
@@ -123,7 +122,7 @@ fn run(command: Command) -> Result<()> {
             toolchain::ensure_debian_packages(&["iptables"])?;
             // A real Prometheus (and promtool) for the monitoring tests.
             toolchain::ensure_debian_packages(&["prometheus"])?;
-            cargo::test(&agent, &kube, &args)?;
+            cargo::test(&agent, kube.env(), &args)?;
             if let Some(series) = kernels {
                 kernels::run(&series)?;
             }

@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::cargo::run_checked;
+use crate::command::run_checked;
 
 /// The rustup toolchain name `observer/build.rs` looks for.
 const LINKED: &str = "cp-observer-bpf";

@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cargo::run_checked, toolchain};
+use crate::{command::run_checked, toolchain};
 
 /// virtme-ng release known to work here.
 const VIRTME_NG: &str = "virtme-ng==1.42";
