@@ -37,8 +37,6 @@ pub struct Status {
     pub expiry: AtomicI64,
     /// Checks that could not reach the kubelet or read its certificate.
     pub errors: AtomicU64,
-    /// Why the last check did not verify, for the log.
-    pub reason: Mutex<String>,
 }
 
 /// What one check found.
@@ -193,7 +191,6 @@ pub fn spawn(
                         status.verified.store(i64::from(f.verified.is_ok()), Ordering::Relaxed);
                         if let Err(why) = f.verified {
                             tracing::warn!("the kubelet's serving certificate does not verify against the cluster CA: {why}");
-                            *status.reason.lock().expect("lock") = why;
                         }
                     }
                     Err(e) => {
