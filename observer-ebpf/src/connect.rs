@@ -28,21 +28,11 @@ pub fn on_connect(ctx: &SockAddrContext, v6: bool) -> i32 {
     if sa.type_ != SOCK_STREAM {
         return ALLOW;
     }
+    // The words hold the address's bytes in memory order, as a packet does.
     let orig = if v6 {
-        let w = sa.user_ip6;
-        let mut b = [0u8; 16];
-        let mut i = 0;
-        while i < 4 {
-            let be = w[i].to_ne_bytes();
-            b[4 * i] = be[0];
-            b[4 * i + 1] = be[1];
-            b[4 * i + 2] = be[2];
-            b[4 * i + 3] = be[3];
-            i += 1;
-        }
-        Addr(b)
+        Addr::from_words(sa.user_ip6)
     } else {
-        Addr::from_v4(sa.user_ip4.to_ne_bytes())
+        Addr::from_v4_word(sa.user_ip4)
     };
     // user_port holds the port in network byte order in its low 16 bits.
     let orig_port = u16::from_be(sa.user_port as u16);
