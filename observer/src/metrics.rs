@@ -1,4 +1,4 @@
-//! The OpenMetrics view of the kernel's counters (SPEC §5).
+//! The OpenMetrics view of the kernel's counters (README, "Metrics").
 //!
 //! The kernel's per-CPU maps are the source of truth; they are read at each
 //! scrape, so the agent keeps no second copy that could drift. Every label
@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use observer_common::{
     counters::{Direction, DropReason, Stat, byte_index, connection_index},
+    enums::Label as _,
     path::Path,
     policy::{Action, Verdict, violation_index},
     protocol::Protocol,
@@ -77,11 +78,7 @@ impl Collector for DatapathCollector {
                 for verdict in Verdict::ALL {
                     let v = connections
                         [connection_index(path as u8, protocol as u8, verdict as u8) as usize];
-                    let labels = [
-                        ("path", path.name()),
-                        ("protocol", protocol.name()),
-                        ("verdict", verdict.name()),
-                    ];
+                    let labels = [path.label(), protocol.label(), verdict.label()];
                     ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
                 }
             }
@@ -99,13 +96,12 @@ impl Collector for DatapathCollector {
         )?;
         for path in Path::ALL {
             for protocol in Protocol::ALL {
-                for action in [Action::Alert, Action::Block] {
-                    let i = violation_index(path as u8, protocol as u8, action).expect("not allow");
-                    let labels = [
-                        ("path", path.name()),
-                        ("protocol", protocol.name()),
-                        ("action", action.name()),
-                    ];
+                // The actions that are violations: those with an index.
+                for action in Action::ALL {
+                    let Some(i) = violation_index(path as u8, protocol as u8, action) else {
+                        continue;
+                    };
+                    let labels = [path.label(), protocol.label(), action.label()];
                     ConstCounter::new(violations[i as usize]).encode(m.encode_family(&labels)?)?;
                 }
             }
@@ -120,7 +116,7 @@ impl Collector for DatapathCollector {
         for path in Path::ALL {
             for dir in Direction::ALL {
                 let v = bytes[byte_index(path as u8, dir) as usize];
-                let labels = [("path", path.name()), ("direction", dir.name())];
+                let labels = [path.label(), dir.label()];
                 ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
             }
         }
@@ -172,7 +168,7 @@ impl Collector for DatapathCollector {
         )?;
         for reason in DropReason::ALL {
             ConstCounter::new(stats[reason.index() as usize])
-                .encode(m.encode_family(&[("reason", reason.name())])?)?;
+                .encode(m.encode_family(&[reason.label()])?)?;
         }
         ConstCounter::new(stat(Stat::SegmentsDropped)).encode(encoder.encode_descriptor(
             "cp_observer_blocked_segments",
