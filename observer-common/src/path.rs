@@ -170,22 +170,14 @@ mod tests {
             konnectivity: 9132,
             _pad: 0,
         };
-        assert_eq!(
-            classify(&end(CP, 1), &end(NODE, 11250), &p),
-            Some(Path::ApiserverToKubelet)
-        );
-        assert_eq!(
-            classify(&end(CP, 1), &end(NODE, 10250), &p),
-            Some(Path::ApiserverProxyToNode)
-        );
-        assert_eq!(
-            classify(&end(CP, 1), &end(NODE, 2222), &p),
-            Some(Path::SshTunnel)
-        );
-        assert_eq!(
-            classify(&end(POD, 1), &end(CP, 9132), &p),
-            Some(Path::Konnectivity)
-        );
+        for (c, s, want) in [
+            (end(CP, 1), end(NODE, 11250), Path::ApiserverToKubelet),
+            (end(CP, 1), end(NODE, 10250), Path::ApiserverProxyToNode),
+            (end(CP, 1), end(NODE, 2222), Path::SshTunnel),
+            (end(POD, 1), end(CP, 9132), Path::Konnectivity),
+        ] {
+            assert_eq!(classify(&c, &s, &p), Some(want), "server {s:?}");
+        }
         // Port 0 never matches a real connection, so it disables the row.
         assert_eq!(classify(&end(NONE, 1), &end(NODE, 10255), &p), None);
     }

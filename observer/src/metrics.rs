@@ -9,19 +9,39 @@ use std::sync::Arc;
 
 use observer_common::{
     counters::{Direction, DropReason, Stat, byte_index, connection_index},
-    enums::Label as _,
+    enums::Label,
     path::Path,
-    policy::{Action, Verdict, violation_index},
+    policy::{Verdict, violation_index},
     protocol::Protocol,
 };
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric as _},
+    encoding::{DescriptorEncoder, EncodeMetric as _, MetricEncoder},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
 
 use crate::{agent_counters::AgentCounters, ebpf::Counters};
+
+/// Encodes into `m` one counter per (path, protocol, `T`) that `index`
+/// gives an entry of `values` for, labelled with all three.
+fn per_path_and_protocol<T: Label>(
+    m: &mut MetricEncoder,
+    values: &[u64],
+    index: impl Fn(u8, u8, T) -> Option<u32>,
+) -> Result<(), std::fmt::Error> {
+    for path in Path::ALL {
+        for protocol in Protocol::ALL {
+            for &t in T::VALUES {
+                if let Some(i) = index(path as u8, protocol as u8, t) {
+                    let labels = [path.label(), protocol.label(), t.label()];
+                    ConstCounter::new(values[i as usize]).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Builds the registry served on `/metrics`.
 pub fn registry(
@@ -73,16 +93,9 @@ impl Collector for DatapathCollector {
             None,
             MetricType::Counter,
         )?;
-        for path in Path::ALL {
-            for protocol in Protocol::ALL {
-                for verdict in Verdict::ALL {
-                    let v = connections
-                        [connection_index(path as u8, protocol as u8, verdict as u8) as usize];
-                    let labels = [path.label(), protocol.label(), verdict.label()];
-                    ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
-                }
-            }
-        }
+        per_path_and_protocol(&mut m, &connections, |path, protocol, verdict: Verdict| {
+            Some(connection_index(path, protocol, verdict as u8))
+        })?;
 
         let violations = c.violations().unwrap_or_else(|e| {
             tracing::warn!("cannot read map VIOLATIONS: {e}");
@@ -94,18 +107,7 @@ impl Collector for DatapathCollector {
             None,
             MetricType::Counter,
         )?;
-        for path in Path::ALL {
-            for protocol in Protocol::ALL {
-                // The actions that are violations: those with an index.
-                for action in Action::ALL {
-                    let Some(i) = violation_index(path as u8, protocol as u8, action) else {
-                        continue;
-                    };
-                    let labels = [path.label(), protocol.label(), action.label()];
-                    ConstCounter::new(violations[i as usize]).encode(m.encode_family(&labels)?)?;
-                }
-            }
-        }
+        per_path_and_protocol(&mut m, &violations, violation_index)?;
 
         let mut m = encoder.encode_descriptor(
             "cp_observer_bytes",
