@@ -1,12 +1,12 @@
 //! Enums whose variants index kernel tables, declared once with
-//! [`indexed_enum!`]: the count, the list, the names and the conversions
+//! `indexed_enum!`: the count, the list, the names and the conversions
 //! follow from the declaration.
 //!
 //! What the kernel programs use (`COUNT`, `ALL`, `from_u8`/`from_u32`) is
 //! constants and const fns without loops or panics, so the BPF they compile
 //! to is what hand-written tables gave.
 
-use core::{fmt, marker::PhantomData};
+use core::fmt;
 
 /// An enum whose variants are the values of a metric label and of a JSON
 /// event field (README, "Metrics" and "Events"), named by [`Label::name`].
@@ -23,49 +23,27 @@ pub trait Label: Copy + 'static {
     }
 }
 
-/// A string that names no value of the label `T`.
-pub struct UnknownName<T>(PhantomData<fn() -> T>);
-
-impl<T> UnknownName<T> {
-    pub(crate) const fn new() -> Self {
-        Self(PhantomData)
-    }
+/// A string that names no value of a label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownName {
+    /// The label's key.
+    pub key: &'static str,
+    /// The names it has.
+    pub names: &'static [&'static str],
 }
 
-impl<T: Label> fmt::Display for UnknownName<T> {
+impl fmt::Display for UnknownName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown {}, expected one of: ", T::KEY)?;
-        for (i, v) in T::VALUES.iter().enumerate() {
+        write!(f, "unknown {}, expected one of: ", self.key)?;
+        for (i, name) in self.names.iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };
-            write!(f, "{sep}{}", v.name())?;
+            write!(f, "{sep}{name}")?;
         }
         Ok(())
     }
 }
 
-impl<T: Label> fmt::Debug for UnknownName<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl<T> Clone for UnknownName<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<T> Copy for UnknownName<T> {}
-
-impl<T> PartialEq for UnknownName<T> {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl<T> Eq for UnknownName<T> {}
-
-impl<T: Label> core::error::Error for UnknownName<T> {}
+impl core::error::Error for UnknownName {}
 
 /// A number that is no variant's discriminant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +96,9 @@ macro_rules! indexed_enum {
         }
 
         impl $name {
+            /// The names, in table order.
+            pub const NAMES: [&'static str; Self::COUNT] = [$( $label ),+];
+
             #[doc = concat!("The `", $key, "` label value.")]
             pub const fn name(self) -> &'static str {
                 match self {
@@ -147,9 +128,12 @@ macro_rules! indexed_enum {
         }
 
         impl core::str::FromStr for $name {
-            type Err = $crate::enums::UnknownName<Self>;
+            type Err = $crate::enums::UnknownName;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                Self::from_name(s).ok_or($crate::enums::UnknownName::new())
+                Self::from_name(s).ok_or($crate::enums::UnknownName {
+                    key: $key,
+                    names: &Self::NAMES,
+                })
             }
         }
 

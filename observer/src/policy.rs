@@ -15,7 +15,7 @@
 use std::{fmt, str::FromStr};
 
 use observer_common::{
-    enums::Label,
+    enums::UnknownName,
     path::Path,
     policy::{Action, POLICY_ENTRIES, encode},
     protocol::Protocol,
@@ -89,24 +89,27 @@ impl fmt::Display for Rule {
 
 /// Parses `word` of `rule` as a `T`, or says what it could have been:
 /// the names of `T`, then `others` (the selectors besides them).
-fn parse<T: Label + FromStr>(word: &str, rule: &str, others: &[&str]) -> Result<T, String> {
-    word.parse().map_err(|_| {
-        let names: Vec<&str> = T::VALUES.iter().map(|t| t.name()).collect();
-        let mut choices = names.join(", ");
+fn parse<T: FromStr<Err = UnknownName>>(
+    word: &str,
+    rule: &str,
+    others: &[&str],
+) -> Result<T, String> {
+    word.parse().map_err(|e: UnknownName| {
+        let mut choices = e.names.join(", ");
         if let Some((last, rest)) = others.split_last() {
             for o in rest {
                 choices += &format!(", {o}");
             }
             choices += &format!(", or {last}");
         }
-        let article = if T::KEY.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        let article = if e.key.starts_with(['a', 'e', 'i', 'o', 'u']) {
             "an"
         } else {
             "a"
         };
         format!(
             "'{word}' in '{rule}' is not {article} {} (one of: {choices})",
-            T::KEY
+            e.key
         )
     })
 }
