@@ -7,6 +7,10 @@
 //! tests, so the classification a test checks is the one the kernel makes.
 #![no_std]
 
+// First: the modules after it declare their enums with its macro.
+#[macro_use]
+pub mod enums;
+
 pub mod config;
 pub mod counters;
 pub mod event;

@@ -3,90 +3,37 @@
 
 use crate::config::{Ports, Roles};
 
-/// One row of the path table (SPEC §1). The discriminant indexes the kernel's
-/// counter arrays, so the order is part of the kernel/agent contract.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Path {
-    /// Anyone → node:10255, the unauthenticated read-only kubelet API.
-    KubeletReadOnly = 0,
-    /// Control plane → node:10250: logs, exec/attach, port-forward.
-    ApiserverToKubelet = 1,
-    /// Control plane → node:22: the deprecated SSH tunnels.
-    SshTunnel = 2,
-    /// Control plane → pod: apiserver proxy, plain HTTP by default.
-    ApiserverProxyToPod = 3,
-    /// Control plane → node, any other port: apiserver proxy to nodes.
-    ApiserverProxyToNode = 4,
-    /// Node or pod → control plane:8132: the Konnectivity agent's tunnel.
-    Konnectivity = 5,
-    /// Node → apiserver endpoint or `kubernetes` VIP.
-    NodeToApiserver = 6,
-    /// Pod → apiserver endpoint or `kubernetes` VIP.
-    PodToApiserver = 7,
+indexed_enum! {
+    /// One row of the path table (README, "The paths"). The discriminant indexes
+    /// the kernel's counter arrays, so the order is part of the kernel/agent
+    /// contract.
+    pub enum Path: u8, label "path" {
+        /// Anyone → node:10255, the unauthenticated read-only kubelet API.
+        KubeletReadOnly = 0 => "kubelet-read-only",
+        /// Control plane → node:10250: logs, exec/attach, port-forward.
+        ApiserverToKubelet = 1 => "apiserver-to-kubelet",
+        /// Control plane → node:22: the deprecated SSH tunnels.
+        SshTunnel = 2 => "ssh-tunnel",
+        /// Control plane → pod: apiserver proxy, plain HTTP by default.
+        ApiserverProxyToPod = 3 => "apiserver-proxy-to-pod",
+        /// Control plane → node, any other port: apiserver proxy to nodes.
+        ApiserverProxyToNode = 4 => "apiserver-proxy-to-node",
+        /// Node or pod → control plane:8132: the Konnectivity agent's tunnel.
+        Konnectivity = 5 => "konnectivity",
+        /// Node → apiserver endpoint or `kubernetes` VIP.
+        NodeToApiserver = 6 => "node-to-apiserver",
+        /// Pod → apiserver endpoint or `kubernetes` VIP.
+        PodToApiserver = 7 => "pod-to-apiserver",
+    }
 }
 
 impl Path {
-    /// Number of paths; the size of every per-path table.
-    pub const COUNT: usize = 8;
-
-    /// All paths, in table order.
-    pub const ALL: [Self; Self::COUNT] = [
-        Self::KubeletReadOnly,
-        Self::ApiserverToKubelet,
-        Self::SshTunnel,
-        Self::ApiserverProxyToPod,
-        Self::ApiserverProxyToNode,
-        Self::Konnectivity,
-        Self::NodeToApiserver,
-        Self::PodToApiserver,
-    ];
-
-    /// The `path` label value.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::KubeletReadOnly => "kubelet-read-only",
-            Self::ApiserverToKubelet => "apiserver-to-kubelet",
-            Self::SshTunnel => "ssh-tunnel",
-            Self::ApiserverProxyToPod => "apiserver-proxy-to-pod",
-            Self::ApiserverProxyToNode => "apiserver-proxy-to-node",
-            Self::Konnectivity => "konnectivity",
-            Self::NodeToApiserver => "node-to-apiserver",
-            Self::PodToApiserver => "pod-to-apiserver",
-        }
-    }
-
-    /// Parses a `path` label value.
-    pub fn from_name(name: &str) -> Option<Self> {
-        let mut i = 0;
-        while i < Self::COUNT {
-            if eq(Self::ALL[i].name(), name) {
-                return Some(Self::ALL[i]);
-            }
-            i += 1;
-        }
-        None
-    }
-
-    /// Converts a table index (as stored in kernel maps) back to a path.
-    pub const fn from_u8(v: u8) -> Option<Self> {
-        if (v as usize) < Self::COUNT {
-            Some(Self::ALL[v as usize])
-        } else {
-            None
-        }
-    }
-
     /// True when the server end of this path is the node or one of its pods,
     /// so that client→server bytes are received (`rx`) by the node. On the
     /// other paths the node is the client and client→server bytes are `tx`.
     pub const fn server_is_local(self) -> bool {
         (self as u8) <= Self::ApiserverProxyToNode as u8
     }
-}
-
-fn eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.as_bytes() == b.as_bytes()
 }
 
 /// What the agent knows about one end of a connection.
@@ -101,7 +48,7 @@ pub struct End {
 }
 
 /// Puts a connection from `client` (sent the SYN) to `server` on its path:
-/// the first matching row of SPEC §1, or `None` when the connection is not one
+/// the first matching row of the path table, or `None` when the connection is not one
 /// the page talks about.
 #[inline(always)]
 pub fn classify(client: &End, server: &End, ports: &Ports) -> Option<Path> {
@@ -170,57 +117,30 @@ mod tests {
 
     #[test]
     fn every_row_of_the_table() {
+        use Path::*;
         let p = Ports::default();
         let cases = [
-            (
-                end(NONE, 40000),
-                end(NODE, 10255),
-                Some(Path::KubeletReadOnly),
-            ),
-            (
-                end(POD, 40000),
-                end(NODE, 10255),
-                Some(Path::KubeletReadOnly),
-            ),
-            (
-                end(CP, 40000),
-                end(NODE, 10255),
-                Some(Path::KubeletReadOnly),
-            ),
-            (
-                end(CP, 40000),
-                end(NODE, 10250),
-                Some(Path::ApiserverToKubelet),
-            ),
-            (end(CP, 40000), end(NODE, 22), Some(Path::SshTunnel)),
-            (
-                end(CP, 40000),
-                end(POD, 8080),
-                Some(Path::ApiserverProxyToPod),
-            ),
-            (
-                end(CP, 40000),
-                end(POD, 10250),
-                Some(Path::ApiserverProxyToPod),
-            ),
-            (
-                end(CP, 40000),
-                end(NODE, 9100),
-                Some(Path::ApiserverProxyToNode),
-            ),
-            (end(NODE, 40000), end(CP, 8132), Some(Path::Konnectivity)),
-            (end(POD, 40000), end(CP, 8132), Some(Path::Konnectivity)),
-            (end(NODE, 40000), api(CP, 6443), Some(Path::NodeToApiserver)),
-            (
-                end(NODE, 40000),
-                api(NONE, 443),
-                Some(Path::NodeToApiserver),
-            ),
-            (end(POD, 40000), api(NONE, 443), Some(Path::PodToApiserver)),
-            (end(POD, 40000), api(CP, 6443), Some(Path::PodToApiserver)),
+            (end(NONE, 40000), end(NODE, 10255), KubeletReadOnly),
+            (end(POD, 40000), end(NODE, 10255), KubeletReadOnly),
+            (end(CP, 40000), end(NODE, 10255), KubeletReadOnly),
+            (end(CP, 40000), end(NODE, 10250), ApiserverToKubelet),
+            (end(CP, 40000), end(NODE, 22), SshTunnel),
+            (end(CP, 40000), end(POD, 8080), ApiserverProxyToPod),
+            (end(CP, 40000), end(POD, 10250), ApiserverProxyToPod),
+            (end(CP, 40000), end(NODE, 9100), ApiserverProxyToNode),
+            (end(NODE, 40000), end(CP, 8132), Konnectivity),
+            (end(POD, 40000), end(CP, 8132), Konnectivity),
+            (end(NODE, 40000), api(CP, 6443), NodeToApiserver),
+            (end(NODE, 40000), api(NONE, 443), NodeToApiserver),
+            (end(POD, 40000), api(NONE, 443), PodToApiserver),
+            (end(POD, 40000), api(CP, 6443), PodToApiserver),
         ];
         for (c, s, want) in cases {
-            assert_eq!(classify(&c, &s, &p), want, "client {c:?} server {s:?}");
+            assert_eq!(
+                classify(&c, &s, &p),
+                Some(want),
+                "client {c:?} server {s:?}"
+            );
         }
     }
 
@@ -250,33 +170,15 @@ mod tests {
             konnectivity: 9132,
             _pad: 0,
         };
-        assert_eq!(
-            classify(&end(CP, 1), &end(NODE, 11250), &p),
-            Some(Path::ApiserverToKubelet)
-        );
-        assert_eq!(
-            classify(&end(CP, 1), &end(NODE, 10250), &p),
-            Some(Path::ApiserverProxyToNode)
-        );
-        assert_eq!(
-            classify(&end(CP, 1), &end(NODE, 2222), &p),
-            Some(Path::SshTunnel)
-        );
-        assert_eq!(
-            classify(&end(POD, 1), &end(CP, 9132), &p),
-            Some(Path::Konnectivity)
-        );
+        for (c, s, want) in [
+            (end(CP, 1), end(NODE, 11250), Path::ApiserverToKubelet),
+            (end(CP, 1), end(NODE, 10250), Path::ApiserverProxyToNode),
+            (end(CP, 1), end(NODE, 2222), Path::SshTunnel),
+            (end(POD, 1), end(CP, 9132), Path::Konnectivity),
+        ] {
+            assert_eq!(classify(&c, &s, &p), Some(want), "server {s:?}");
+        }
         // Port 0 never matches a real connection, so it disables the row.
         assert_eq!(classify(&end(NONE, 1), &end(NODE, 10255), &p), None);
-    }
-
-    #[test]
-    fn names_round_trip() {
-        for p in Path::ALL {
-            assert_eq!(Path::from_name(p.name()), Some(p));
-            assert_eq!(Path::from_u8(p as u8), Some(p));
-        }
-        assert_eq!(Path::from_name("banana"), None);
-        assert_eq!(Path::from_u8(Path::COUNT as u8), None);
     }
 }

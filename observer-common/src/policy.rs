@@ -1,42 +1,24 @@
-//! Actions and verdicts (SPEC §3).
+//! Actions and verdicts.
 
 use crate::{path::Path, protocol::Protocol};
 
-/// What a policy rule asks for a (path, protocol) pair. Stored as `u32` in
-/// the `POLICY` array, indexed by [`policy_index`].
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Action {
-    /// Count only.
-    Allow = 0,
-    /// Count and report a violation.
-    Alert = 1,
-    /// Report and stop the connection.
-    Block = 2,
+indexed_enum! {
+    /// What a policy rule asks for a (path, protocol) pair. Stored as `u32`
+    /// in the `POLICY` array, indexed by [`policy_index`].
+    pub enum Action: u32, label "action" {
+        /// Count only.
+        Allow = 0 => "allow",
+        /// Count and report a violation.
+        Alert = 1 => "alert",
+        /// Report and stop the connection.
+        Block = 2 => "block",
+    }
 }
 
 impl Action {
-    /// The `action` label / config value.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Allow => "allow",
-            Self::Alert => "alert",
-            Self::Block => "block",
-        }
-    }
-
-    /// Converts a stored value back; unknown values read as `Allow`
-    /// (fail open).
-    pub const fn from_u32(v: u32) -> Self {
-        match v {
-            1 => Self::Alert,
-            2 => Self::Block,
-            _ => Self::Allow,
-        }
-    }
-
-    /// The default policy of SPEC §3: alert on plaintext on every path and on
-    /// any use of the read-only kubelet port or SSH tunnels.
+    /// The default policy (README, "Policy and enforcement"): alert on
+    /// plaintext on every path and on any use of the read-only kubelet port
+    /// or SSH tunnels.
     pub const fn default_for(path: Path, protocol: Protocol) -> Self {
         if protocol.is_plaintext() || matches!(path, Path::KubeletReadOnly | Path::SshTunnel) {
             Self::Alert
@@ -46,41 +28,23 @@ impl Action {
     }
 }
 
-/// The `verdict` label: what happened to a connection.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Verdict {
-    /// Allowed without report.
-    Allowed = 0,
-    /// Allowed and reported.
-    Alerted = 1,
-    /// Stopped.
-    Blocked = 2,
+indexed_enum! {
+    /// The `verdict` label: what happened to a connection.
+    pub enum Verdict: u8, label "verdict" {
+        /// Allowed without report.
+        Allowed = 0 => "allowed",
+        /// Allowed and reported.
+        Alerted = 1 => "alerted",
+        /// Stopped.
+        Blocked = 2 => "blocked",
+    }
 }
 
 impl Verdict {
-    /// Number of verdicts.
-    pub const COUNT: usize = 3;
-    /// All verdicts, in table order.
-    pub const ALL: [Self; Self::COUNT] = [Self::Allowed, Self::Alerted, Self::Blocked];
-
-    /// The `verdict` label value.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Allowed => "allowed",
-            Self::Alerted => "alerted",
-            Self::Blocked => "blocked",
-        }
-    }
-
-    /// The verdict an action gives.
+    /// The verdict an action gives (not under `--dry-run`).
     #[inline(always)]
     pub const fn of(action: Action) -> Self {
-        match action {
-            Action::Allow => Self::Allowed,
-            Action::Alert => Self::Alerted,
-            Action::Block => Self::Blocked,
-        }
+        verdict(action, false)
     }
 }
 
@@ -127,7 +91,12 @@ pub const fn path_enforced(entry: u32) -> bool {
 /// The action and dry-run bit of a `POLICY` entry.
 #[inline(always)]
 pub const fn decode(entry: u32) -> (Action, bool) {
-    (Action::from_u32(entry & 0xff), entry & DRY_RUN != 0)
+    // Unknown values read as `Allow` (fail open).
+    let action = match Action::from_u32(entry & 0xff) {
+        Some(a) => a,
+        None => Action::Allow,
+    };
+    (action, entry & DRY_RUN != 0)
 }
 
 /// What happens to a connection given its (path, protocol) entry.
@@ -161,7 +130,7 @@ mod tests {
 
     #[test]
     fn entries_round_trip_and_give_verdicts() {
-        for a in [Action::Allow, Action::Alert, Action::Block] {
+        for a in Action::ALL {
             for d in [false, true] {
                 assert_eq!(decode(encode(a, d, false)), (a, d));
                 assert_eq!(decode(encode(a, d, true)), (a, d));
@@ -174,42 +143,36 @@ mod tests {
         assert_eq!(verdict(Action::Alert, true), Verdict::Alerted);
         assert_eq!(verdict(Action::Allow, true), Verdict::Allowed);
         assert_eq!(policy_index(1, 0, 0), POLICY_ENTRIES as u32);
-        assert_eq!(policy_index(0, 7, 5), POLICY_ENTRIES as u32 - 1);
+        let (last_path, last_protocol) = (Path::COUNT as u8 - 1, Protocol::COUNT as u8 - 1);
         assert_eq!(
-            violation_index(7, 5, Action::Block),
+            policy_index(0, last_path, last_protocol),
+            POLICY_ENTRIES as u32 - 1
+        );
+        assert_eq!(
+            violation_index(last_path, last_protocol, Action::Block),
             Some(VIOLATION_ENTRIES as u32 - 1)
         );
         assert_eq!(violation_index(0, 0, Action::Allow), None);
     }
 
     #[test]
-    fn defaults_follow_the_spec() {
+    fn default_policy() {
         use Protocol::*;
-        assert_eq!(
-            Action::default_for(Path::ApiserverProxyToPod, Http),
-            Action::Alert
-        );
-        assert_eq!(
-            Action::default_for(Path::ApiserverProxyToPod, Tls),
-            Action::Allow
-        );
-        assert_eq!(
-            Action::default_for(Path::ApiserverToKubelet, Other),
-            Action::Alert
-        );
-        assert_eq!(
-            Action::default_for(Path::NodeToApiserver, Http2),
-            Action::Alert
-        );
-        assert_eq!(
-            Action::default_for(Path::NodeToApiserver, None),
-            Action::Allow
-        );
-        assert_eq!(
-            Action::default_for(Path::KubeletReadOnly, Tls),
-            Action::Alert
-        );
-        assert_eq!(Action::default_for(Path::SshTunnel, Ssh), Action::Alert);
-        assert_eq!(Action::default_for(Path::Konnectivity, Tls), Action::Allow);
+        for (path, protocol, action) in [
+            (Path::ApiserverProxyToPod, Http, Action::Alert),
+            (Path::ApiserverProxyToPod, Tls, Action::Allow),
+            (Path::ApiserverToKubelet, Other, Action::Alert),
+            (Path::NodeToApiserver, Http2, Action::Alert),
+            (Path::NodeToApiserver, None, Action::Allow),
+            (Path::KubeletReadOnly, Tls, Action::Alert),
+            (Path::SshTunnel, Ssh, Action::Alert),
+            (Path::Konnectivity, Tls, Action::Allow),
+        ] {
+            assert_eq!(
+                Action::default_for(path, protocol),
+                action,
+                "{path} {protocol}"
+            );
+        }
     }
 }

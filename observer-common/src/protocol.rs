@@ -1,63 +1,25 @@
-//! Protocol detection from the first payload bytes of a connection (SPEC §2).
+//! Protocol detection from the first payload bytes of a connection.
 
-/// The `protocol` label. The discriminant indexes the kernel's counter arrays.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    /// A TLS handshake record.
-    Tls = 0,
-    /// An HTTP/1.x request line.
-    Http = 1,
-    /// The cleartext HTTP/2 connection preface (h2c with prior knowledge).
-    Http2 = 2,
-    /// An SSH identification string.
-    Ssh = 3,
-    /// Anything else.
-    Other = 4,
-    /// The connection closed before any payload.
-    None = 5,
+indexed_enum! {
+    /// The `protocol` label. The discriminant indexes the kernel's counter
+    /// arrays.
+    pub enum Protocol: u8, label "protocol" {
+        /// A TLS handshake record.
+        Tls = 0 => "tls",
+        /// An HTTP/1.x request line.
+        Http = 1 => "http",
+        /// The cleartext HTTP/2 connection preface (h2c with prior knowledge).
+        Http2 = 2 => "http2",
+        /// An SSH identification string.
+        Ssh = 3 => "ssh",
+        /// Anything else.
+        Other = 4 => "other",
+        /// The connection closed before any payload.
+        None = 5 => "none",
+    }
 }
 
 impl Protocol {
-    /// Number of protocols; the size of every per-protocol table.
-    pub const COUNT: usize = 6;
-
-    /// All protocols, in table order.
-    pub const ALL: [Self; Self::COUNT] = [
-        Self::Tls,
-        Self::Http,
-        Self::Http2,
-        Self::Ssh,
-        Self::Other,
-        Self::None,
-    ];
-
-    /// The `protocol` label value.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Tls => "tls",
-            Self::Http => "http",
-            Self::Http2 => "http2",
-            Self::Ssh => "ssh",
-            Self::Other => "other",
-            Self::None => "none",
-        }
-    }
-
-    /// Parses a `protocol` label value.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.name() == name)
-    }
-
-    /// Converts a table index back to a protocol.
-    pub const fn from_u8(v: u8) -> Option<Self> {
-        if (v as usize) < Self::COUNT {
-            Some(Self::ALL[v as usize])
-        } else {
-            None
-        }
-    }
-
     /// Plaintext protocols: the ones the default policy alerts on.
     pub const fn is_plaintext(self) -> bool {
         matches!(self, Self::Http | Self::Http2 | Self::Other)
@@ -380,14 +342,5 @@ mod tests {
         assert_eq!(first_bytes(9), [u64::MAX, 0xff]);
         assert_eq!(first_bytes(16), [u64::MAX, u64::MAX]);
         assert_eq!(pack(b"GET "), [u64::from(u32::from_le_bytes(*b"GET ")), 0]);
-    }
-
-    #[test]
-    fn names_round_trip() {
-        for p in Protocol::ALL {
-            assert_eq!(Protocol::from_name(p.name()), Some(p));
-            assert_eq!(Protocol::from_u8(p as u8), Some(p));
-        }
-        assert_eq!(Protocol::from_name("ftp"), None);
     }
 }

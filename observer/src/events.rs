@@ -1,6 +1,6 @@
 //! Violation events: read from the kernel's ring buffer, printed as one JSON
-//! object per line on standard output (SPEC §6), and handed to the enforcer
-//! when a connection was blocked.
+//! object per line on standard output (README, "Events"), and handed to the
+//! enforcer when a connection was blocked.
 
 use std::{
     io::Write as _,
@@ -74,19 +74,15 @@ pub fn ip(addr: &Addr) -> IpAddr {
 impl Violation {
     /// Decodes a kernel event; `None` for values this build does not know.
     pub fn from_event(e: &Event, now: std::time::SystemTime) -> Option<Self> {
-        let action = match e.action {
-            1 => Action::Alert,
-            2 => Action::Block,
-            _ => return None,
-        };
-        let verdict = Verdict::ALL.into_iter().find(|v| *v as u8 == e.verdict)?;
+        // `allow` is no violation.
+        let action = Action::from_u32(e.action.into()).filter(|a| *a != Action::Allow)?;
         Some(Self {
             ts: humantime::format_rfc3339_millis(now).to_string(),
             kind: "violation",
             path: Path::from_u8(e.path)?.name(),
             protocol: Protocol::from_u8(e.protocol)?.name(),
             action: action.name(),
-            verdict: verdict.name(),
+            verdict: Verdict::from_u8(e.verdict)?.name(),
             src: SocketAddr::new(ip(&e.client), e.client_port).to_string(),
             dst: SocketAddr::new(ip(&e.server), e.server_port).to_string(),
             dry_run: e.flags & DRY_RUN != 0,
@@ -192,7 +188,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn json_has_the_spec_fields() {
+    fn json_has_the_documented_fields() {
         let e = Event {
             client: Addr::from_v4([198, 18, 0, 1]),
             server: Addr([0x20, 1, 0x0d, 0xb8, 0, 0x16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]),
@@ -222,7 +218,14 @@ mod tests {
             serde_json::json!({"pid": 4242, "comm": "kube-apiserver"})
         );
         assert!(
-            Violation::from_event(&Event { action: 0, ..e }, std::time::UNIX_EPOCH).is_none(),
+            Violation::from_event(
+                &Event {
+                    action: Action::Allow as u8,
+                    ..e
+                },
+                std::time::UNIX_EPOCH
+            )
+            .is_none(),
             "allow is no violation"
         );
     }

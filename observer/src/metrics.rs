@@ -1,4 +1,4 @@
-//! The OpenMetrics view of the kernel's counters (SPEC §5).
+//! The OpenMetrics view of the kernel's counters (README, "Metrics").
 //!
 //! The kernel's per-CPU maps are the source of truth; they are read at each
 //! scrape, so the agent keeps no second copy that could drift. Every label
@@ -9,18 +9,39 @@ use std::sync::Arc;
 
 use observer_common::{
     counters::{Direction, DropReason, Stat, byte_index, connection_index},
+    enums::Label,
     path::Path,
-    policy::{Action, Verdict, violation_index},
+    policy::{Verdict, violation_index},
     protocol::Protocol,
 };
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric as _},
+    encoding::{DescriptorEncoder, EncodeMetric as _, MetricEncoder},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
 
 use crate::{agent_counters::AgentCounters, ebpf::Counters};
+
+/// Encodes into `m` one counter per (path, protocol, `T`) that `index`
+/// gives an entry of `values` for, labelled with all three.
+fn per_path_and_protocol<T: Label>(
+    m: &mut MetricEncoder,
+    values: &[u64],
+    index: impl Fn(u8, u8, T) -> Option<u32>,
+) -> Result<(), std::fmt::Error> {
+    for path in Path::ALL {
+        for protocol in Protocol::ALL {
+            for &t in T::VALUES {
+                if let Some(i) = index(path as u8, protocol as u8, t) {
+                    let labels = [path.label(), protocol.label(), t.label()];
+                    ConstCounter::new(values[i as usize]).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Builds the registry served on `/metrics`.
 pub fn registry(
@@ -72,20 +93,9 @@ impl Collector for DatapathCollector {
             None,
             MetricType::Counter,
         )?;
-        for path in Path::ALL {
-            for protocol in Protocol::ALL {
-                for verdict in Verdict::ALL {
-                    let v = connections
-                        [connection_index(path as u8, protocol as u8, verdict as u8) as usize];
-                    let labels = [
-                        ("path", path.name()),
-                        ("protocol", protocol.name()),
-                        ("verdict", verdict.name()),
-                    ];
-                    ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
-                }
-            }
-        }
+        per_path_and_protocol(&mut m, &connections, |path, protocol, verdict: Verdict| {
+            Some(connection_index(path, protocol, verdict as u8))
+        })?;
 
         let violations = c.violations().unwrap_or_else(|e| {
             tracing::warn!("cannot read map VIOLATIONS: {e}");
@@ -97,19 +107,7 @@ impl Collector for DatapathCollector {
             None,
             MetricType::Counter,
         )?;
-        for path in Path::ALL {
-            for protocol in Protocol::ALL {
-                for action in [Action::Alert, Action::Block] {
-                    let i = violation_index(path as u8, protocol as u8, action).expect("not allow");
-                    let labels = [
-                        ("path", path.name()),
-                        ("protocol", protocol.name()),
-                        ("action", action.name()),
-                    ];
-                    ConstCounter::new(violations[i as usize]).encode(m.encode_family(&labels)?)?;
-                }
-            }
-        }
+        per_path_and_protocol(&mut m, &violations, violation_index)?;
 
         let mut m = encoder.encode_descriptor(
             "cp_observer_bytes",
@@ -120,7 +118,7 @@ impl Collector for DatapathCollector {
         for path in Path::ALL {
             for dir in Direction::ALL {
                 let v = bytes[byte_index(path as u8, dir) as usize];
-                let labels = [("path", path.name()), ("direction", dir.name())];
+                let labels = [path.label(), dir.label()];
                 ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
             }
         }
@@ -172,7 +170,7 @@ impl Collector for DatapathCollector {
         )?;
         for reason in DropReason::ALL {
             ConstCounter::new(stats[reason.index() as usize])
-                .encode(m.encode_family(&[("reason", reason.name())])?)?;
+                .encode(m.encode_family(&[reason.label()])?)?;
         }
         ConstCounter::new(stat(Stat::SegmentsDropped)).encode(encoder.encode_descriptor(
             "cp_observer_blocked_segments",

@@ -1,5 +1,6 @@
-//! The policy (SPEC §3): rules `PATH:PROTOCOL=ACTION` over the documented
-//! defaults, resolved into one table of (path, protocol) → action.
+//! The policy (README, "Policy and enforcement"): rules
+//! `PATH:PROTOCOL=ACTION` over the documented defaults, resolved into one
+//! table of (path, protocol) → action.
 //!
 //! A protocol selector is a protocol, `plaintext` (every protocol that
 //! [`Protocol::is_plaintext`]: `http`, `http2` and `other`, which is
@@ -14,6 +15,7 @@
 use std::{fmt, str::FromStr};
 
 use observer_common::{
+    enums::UnknownName,
     path::Path,
     policy::{Action, POLICY_ENTRIES, encode},
     protocol::Protocol,
@@ -41,6 +43,9 @@ pub enum Protocols {
     Any,
 }
 
+/// The selector for every path or every protocol.
+const ANY: &str = "*";
+
 impl Protocols {
     const PLAINTEXT: &str = "plaintext";
 
@@ -48,7 +53,7 @@ impl Protocols {
         match self {
             Self::One(p) => p.name(),
             Self::Plaintext => Self::PLAINTEXT,
-            Self::Any => "*",
+            Self::Any => ANY,
         }
     }
 
@@ -75,15 +80,38 @@ impl fmt::Display for Rule {
         write!(
             f,
             "{}:{}={}",
-            self.path.map_or("*", Path::name),
+            self.path.map_or(ANY, Path::name),
             self.protocols.name(),
             self.action.name()
         )
     }
 }
 
-fn names<T: Copy>(all: &[T], name: fn(T) -> &'static str) -> String {
-    all.iter().map(|t| name(*t)).collect::<Vec<_>>().join(", ")
+/// Parses `word` of `rule` as a `T`, or says what it could have been:
+/// the names of `T`, then `others` (the selectors besides them).
+fn parse<T: FromStr<Err = UnknownName>>(
+    word: &str,
+    rule: &str,
+    others: &[&str],
+) -> Result<T, String> {
+    word.parse().map_err(|e: UnknownName| {
+        let mut choices = e.names.join(", ");
+        if let Some((last, rest)) = others.split_last() {
+            for o in rest {
+                choices += &format!(", {o}");
+            }
+            choices += &format!(", or {last}");
+        }
+        let article = if e.key.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        };
+        format!(
+            "'{word}' in '{rule}' is not {article} {} (one of: {choices})",
+            e.key
+        )
+    })
 }
 
 impl FromStr for Rule {
@@ -98,35 +126,15 @@ impl FromStr for Rule {
         let (selector, action) = s.split_once('=').ok_or_else(shape)?;
         let (path, protocol) = selector.split_once(':').ok_or_else(shape)?;
         let path = match path.trim() {
-            "*" => None,
-            p => Some(Path::from_name(p).ok_or_else(|| {
-                format!(
-                    "'{p}' in '{s}' is not a path (one of: {}, or *)",
-                    names(&Path::ALL, Path::name)
-                )
-            })?),
+            ANY => None,
+            p => Some(parse(p, s, &[ANY])?),
         };
         let protocols = match protocol.trim() {
-            "*" => Protocols::Any,
+            ANY => Protocols::Any,
             Protocols::PLAINTEXT => Protocols::Plaintext,
-            p => Protocols::One(Protocol::from_name(p).ok_or_else(|| {
-                format!(
-                    "'{p}' in '{s}' is not a protocol (one of: {}, {}, or *)",
-                    names(&Protocol::ALL, Protocol::name),
-                    Protocols::PLAINTEXT
-                )
-            })?),
+            p => Protocols::One(parse(p, s, &[Protocols::PLAINTEXT, ANY])?),
         };
-        let action = match action.trim() {
-            "allow" => Action::Allow,
-            "alert" => Action::Alert,
-            "block" => Action::Block,
-            a => {
-                return Err(format!(
-                    "'{a}' in '{s}' is not an action (one of: allow, alert, block)"
-                ));
-            }
-        };
+        let action = parse(action.trim(), s, &[])?;
         Ok(Self {
             path,
             protocols,
@@ -252,24 +260,24 @@ mod tests {
             false,
         )
         .unwrap();
-        assert_eq!(
-            p.action(Path::ApiserverProxyToPod, Protocol::Tls),
-            Action::Block
-        );
-        assert_eq!(
-            p.action(Path::ApiserverProxyToPod, Protocol::Http),
-            Action::Alert,
-            "path:* beats *:protocol"
-        );
-        assert_eq!(
-            p.action(Path::NodeToApiserver, Protocol::Http),
-            Action::Block
-        );
-        assert_eq!(
-            p.action(Path::NodeToApiserver, Protocol::Other),
-            Action::Allow,
-            "*:* beats the defaults"
-        );
+        for (path, protocol, action, why) in [
+            (Path::ApiserverProxyToPod, Protocol::Tls, Action::Block, ""),
+            (
+                Path::ApiserverProxyToPod,
+                Protocol::Http,
+                Action::Alert,
+                "path:* beats *:protocol",
+            ),
+            (Path::NodeToApiserver, Protocol::Http, Action::Block, ""),
+            (
+                Path::NodeToApiserver,
+                Protocol::Other,
+                Action::Allow,
+                "*:* beats the defaults",
+            ),
+        ] {
+            assert_eq!(p.action(path, protocol), action, "{path}:{protocol} {why}");
+        }
     }
 
     #[test]
@@ -359,6 +367,15 @@ mod tests {
             let err = bad.parse::<Rule>().unwrap_err();
             assert!(err.contains(names), "{bad}: {err}");
         }
+        assert_eq!(
+            "ssh-tunnel:ftp=deny".parse::<Rule>().unwrap_err(),
+            "'ftp' in 'ssh-tunnel:ftp=deny' is not a protocol \
+             (one of: tls, http, http2, ssh, other, none, plaintext, or *)"
+        );
+        assert_eq!(
+            "*:*=deny".parse::<Rule>().unwrap_err(),
+            "'deny' in '*:*=deny' is not an action (one of: allow, alert, block)"
+        );
         let r: Rule = " * : tls = allow".parse().unwrap();
         assert_eq!(r.to_string(), "*:tls=allow");
     }
