@@ -10,6 +10,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
+use bytes::{BufMut as _, BytesMut};
 use observer_common::{
     config::Addr,
     event::{DRY_RUN, Event, HAS_PROCESS},
@@ -138,7 +139,7 @@ pub async fn run(
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     // One write per batch of events, not one per line: at thousands of
     // events a second the syscalls would be most of the agent's work.
-    let mut batch = Vec::with_capacity(BATCH_BYTES);
+    let mut batch = BytesMut::with_capacity(BATCH_BYTES);
     loop {
         let mut guard = fd.readable_mut().await?;
         let ring = guard.get_inner_mut();
@@ -155,8 +156,9 @@ pub async fn run(
             match Violation::from_event(&event, std::time::SystemTime::now()) {
                 Some(v) => {
                     let v = v.attribute(&event, &pods);
-                    serde_json::to_writer(&mut batch, &v).expect("a Violation serialises");
-                    batch.push(b'\n');
+                    serde_json::to_writer((&mut batch).writer(), &v)
+                        .expect("a Violation serialises");
+                    batch.put_u8(b'\n');
                 }
                 None => tracing::warn!(?event, "event with unknown values"),
             }
@@ -171,7 +173,7 @@ pub async fn run(
 }
 
 /// Writes and clears `batch` (whole lines) on standard output.
-fn write_out(batch: &mut Vec<u8>) {
+fn write_out(batch: &mut BytesMut) {
     if batch.is_empty() {
         return;
     }
