@@ -1,6 +1,6 @@
 //! Violation events, from the kernel to the agent through a ring buffer.
 
-use crate::config::Addr;
+use crate::{config::Addr, flow::Caller};
 
 /// One `alert` or `block` (or dry-run block): what the agent prints as a
 /// JSON line. No payload is carried beyond the detected protocol.
@@ -25,10 +25,8 @@ pub struct Event {
     pub verdict: u8,
     /// [`DRY_RUN`], [`HAS_PROCESS`].
     pub flags: u32,
-    /// The client's process id, when [`HAS_PROCESS`].
-    pub pid: u32,
-    /// The client's command name, NUL-padded, when [`HAS_PROCESS`].
-    pub comm: [u8; 16],
+    /// The client's process, when [`HAS_PROCESS`].
+    pub caller: Caller,
 }
 
 const _: () = assert!(size_of::<Event>() == 64);
@@ -36,7 +34,7 @@ const _: () = assert!(size_of::<Event>() == 64);
 /// [`Event::flags`] bit: the action was `block` under `--dry-run`.
 pub const DRY_RUN: u32 = 1;
 /// [`Event::flags`] bit: the client is a process on this node, named by
-/// `pid` and `comm`.
+/// [`Event::caller`].
 pub const HAS_PROCESS: u32 = 2;
 
 /// Byte size of the `EVENTS` ring buffer.

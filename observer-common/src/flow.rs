@@ -144,13 +144,24 @@ pub struct Connect {
     pub orig_port: u16,
     /// Explicit padding, always 0.
     pub _pad: u16,
-    /// Process id (thread group id) of the caller.
-    pub pid: u32,
-    /// The caller's command name, NUL-padded.
-    pub comm: [u8; 16],
+    /// Who called `connect()`.
+    pub caller: Caller,
 }
 
 const _: () = assert!(size_of::<Connect>() == 40);
+
+/// A process on this node: the one that called `connect()`, named in the
+/// violation events of its connections.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// Process id (thread group id).
+    pub pid: u32,
+    /// Command name, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(size_of::<Caller>() == 20);
 
 /// Index of the client→server direction in per-direction arrays.
 pub const C2S: usize = 0;

@@ -10,7 +10,10 @@ use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_socket_cookie},
     programs::SockAddrContext,
 };
-use observer_common::{config::Addr, flow::Connect};
+use observer_common::{
+    config::Addr,
+    flow::{Caller, Connect},
+};
 
 use crate::maps::CONNECTS;
 
@@ -41,8 +44,10 @@ pub fn on_connect(ctx: &SockAddrContext, v6: bool) -> i32 {
         orig,
         orig_port,
         _pad: 0,
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        comm,
+        caller: Caller {
+            pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+            comm,
+        },
     };
     // SAFETY: a plain helper call on the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };

@@ -43,7 +43,7 @@ use observer_common::{
     config::{Addr, Endpoint, Roles},
     counters::{Direction, DropReason, Stat, byte_index, connection_index},
     event::{self, Event},
-    flow::{C2S, Flow, FlowKey, Place, S2C, UNDECIDED, filter_slot},
+    flow::{C2S, Caller, Flow, FlowKey, Place, S2C, UNDECIDED, filter_slot},
     path::{End, Path, classify},
     policy::{self, Action, SLOT_ANY_ENFORCED, Verdict, policy_index, violation_index},
     protocol::{Detection, Prefix, Protocol, detect},
@@ -791,16 +791,14 @@ fn report(flow: &Flow, key: &FlowKey, action: Action, dry_run: bool) {
         } else {
             0
         },
-        pid: 0,
-        comm: [0; 16],
+        caller: Caller { pid: 0, comm: [0; 16] },
     };
     if flow.client_cookie != 0
         && let Some(c) = CONNECTS.get_ptr(&flow.client_cookie)
     {
         // SAFETY: a map value pointer, valid for this run.
         let c = unsafe { &*c };
-        event.pid = c.pid;
-        event.comm = c.comm;
+        event.caller = c.caller;
         event.flags |= event::HAS_PROCESS;
     }
     if EVENTS.output::<Event>(&event, 0).is_err() {

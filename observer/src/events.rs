@@ -90,9 +90,11 @@ impl Violation {
             src_pod: None,
             dst_pod: None,
             process: (e.flags & HAS_PROCESS != 0).then(|| Process {
-                pid: e.pid,
-                comm: String::from_utf8_lossy(e.comm.split(|b| *b == 0).next().unwrap_or_default())
-                    .into_owned(),
+                pid: e.caller.pid,
+                comm: String::from_utf8_lossy(
+                    e.caller.comm.split(|b| *b == 0).next().unwrap_or_default(),
+                )
+                .into_owned(),
             }),
         })
     }
@@ -187,6 +189,8 @@ fn write_out(batch: &mut BytesMut) {
 
 #[cfg(test)]
 mod tests {
+    use observer_common::flow::Caller;
+
     use super::*;
 
     #[test]
@@ -201,8 +205,10 @@ mod tests {
             action: Action::Block as u8,
             verdict: Verdict::Alerted as u8,
             flags: DRY_RUN | HAS_PROCESS,
-            pid: 4242,
-            comm: *b"kube-apiserver\0\0",
+            caller: Caller {
+                pid: 4242,
+                comm: *b"kube-apiserver\0\0",
+            },
         };
         let v = Violation::from_event(&e, std::time::UNIX_EPOCH).unwrap();
         let json: serde_json::Value = serde_json::to_value(&v).unwrap();
