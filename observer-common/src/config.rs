@@ -82,6 +82,27 @@ impl Addr {
     }
 }
 
+/// The kernel form of an address: IPv4 as IPv4-mapped IPv6 (an
+/// IPv4-mapped IPv6 address is the same address).
+impl From<core::net::IpAddr> for Addr {
+    fn from(ip: core::net::IpAddr) -> Self {
+        match ip.to_canonical() {
+            core::net::IpAddr::V4(v4) => Self::from_v4(v4.octets()),
+            core::net::IpAddr::V6(v6) => Self(v6.octets()),
+        }
+    }
+}
+
+/// The address as Rust sees it: IPv4-mapped back to IPv4.
+impl From<Addr> for core::net::IpAddr {
+    fn from(addr: Addr) -> Self {
+        match addr.as_v4() {
+            Some(v4) => Self::V4(v4.into()),
+            None => Self::V6(addr.0.into()),
+        }
+    }
+}
+
 /// Prefix length to add to an IPv4 prefix to store it in the 128-bit trie.
 pub const V4_MAPPED_PREFIX: u32 = 96;
 
@@ -130,3 +151,35 @@ pub struct Endpoint {
 }
 
 const _: () = assert!(size_of::<Endpoint>() == 20);
+
+impl From<core::net::SocketAddr> for Endpoint {
+    fn from(ep: core::net::SocketAddr) -> Self {
+        Self {
+            addr: ep.ip().into(),
+            port: ep.port(),
+            _pad: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use core::net::{IpAddr, SocketAddr};
+
+    use super::*;
+
+    #[test]
+    fn addresses_convert_both_ways() {
+        let v4: IpAddr = "198.18.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:198.18.0.1".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(Addr::from(v4), Addr::from_v4([198, 18, 0, 1]));
+        assert_eq!(Addr::from(mapped), Addr::from(v4));
+        assert_eq!(IpAddr::from(Addr::from(v4)), v4);
+        assert_eq!(IpAddr::from(Addr::from(mapped)), v4);
+        assert_eq!(IpAddr::from(Addr::from(v6)), v6);
+        let ep: SocketAddr = "[2001:db8::1]:6443".parse().unwrap();
+        let key = Endpoint::from(ep);
+        assert_eq!((IpAddr::from(key.addr), key.port), (ep.ip(), ep.port()));
+    }
+}

@@ -3,7 +3,6 @@
 
 use std::{
     fs::File,
-    net::SocketAddr,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
@@ -456,7 +455,7 @@ impl Addresses {
             .apiservers
             .iter()
             .chain(&settings.apiserver_vips)
-            .map(endpoint)
+            .map(|ep| Endpoint::from(*ep))
             .collect();
         for ep in &endpoints {
             self.endpoints
@@ -495,15 +494,6 @@ fn set_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<(), DatapathError> {
         Array::try_from(map_mut(ebpf, "POLICY_SLOT")?).map_err(map_err("POLICY_SLOT"))?;
     slot.set(0, next | any_enforced, 0)
         .map_err(map_err("POLICY_SLOT"))
-}
-
-/// The kernel key of an endpoint.
-pub fn endpoint(ep: &SocketAddr) -> Endpoint {
-    Endpoint {
-        addr: roles::addr(ep.ip()),
-        port: ep.port(),
-        _pad: 0,
-    }
 }
 
 impl std::fmt::Debug for Counters {

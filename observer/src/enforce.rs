@@ -64,8 +64,8 @@ pub fn reset_counted(client: SocketAddr, server: SocketAddr, counters: &AgentCou
 pub fn ends(key: &FlowKey, flow: &Flow) -> (SocketAddr, SocketAddr) {
     let (c, cport, s, sport) = key.ends(flow);
     (
-        SocketAddr::new(crate::events::ip(&c), cport),
-        SocketAddr::new(crate::events::ip(&s), sport),
+        SocketAddr::new(c.into(), cport),
+        SocketAddr::new(s.into(), sport),
     )
 }
 

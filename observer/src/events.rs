@@ -4,7 +4,7 @@
 
 use std::{
     io::Write as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::mpsc,
     time::Duration,
 };
@@ -12,7 +12,6 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use bytes::{BufMut as _, BytesMut};
 use observer_common::{
-    config::Addr,
     event::{DRY_RUN, Event, HAS_PROCESS},
     path::Path,
     policy::{Action, Verdict},
@@ -64,14 +63,6 @@ pub struct Process {
     pub comm: String,
 }
 
-/// The address as Rust sees it: IPv4-mapped back to IPv4.
-pub fn ip(addr: &Addr) -> IpAddr {
-    match addr.as_v4() {
-        Some(v4) => IpAddr::V4(Ipv4Addr::from(v4)),
-        None => IpAddr::V6(Ipv6Addr::from(addr.0)),
-    }
-}
-
 impl Violation {
     /// Decodes a kernel event; `None` for values this build does not know.
     pub fn from_event(e: &Event, now: std::time::SystemTime) -> Option<Self> {
@@ -84,8 +75,8 @@ impl Violation {
             protocol: Protocol::from_u8(e.protocol)?.name(),
             action: action.name(),
             verdict: Verdict::from_u8(e.verdict)?.name(),
-            src: SocketAddr::new(ip(&e.client), e.client_port).to_string(),
-            dst: SocketAddr::new(ip(&e.server), e.server_port).to_string(),
+            src: SocketAddr::new(IpAddr::from(e.client), e.client_port).to_string(),
+            dst: SocketAddr::new(IpAddr::from(e.server), e.server_port).to_string(),
             dry_run: e.flags & DRY_RUN != 0,
             src_pod: None,
             dst_pod: None,
@@ -102,16 +93,16 @@ impl Violation {
     /// Names the pods at either end from `pods`.
     pub fn attribute(mut self, e: &Event, pods: &PodIndex) -> Self {
         let pods = pods.read().expect("lock");
-        self.src_pod = pods.get(&ip(&e.client)).cloned();
-        self.dst_pod = pods.get(&ip(&e.server)).cloned();
+        self.src_pod = pods.get(&IpAddr::from(e.client)).cloned();
+        self.dst_pod = pods.get(&IpAddr::from(e.server)).cloned();
         self
     }
 
     /// The client and server of a blocked connection, for the enforcer.
     pub fn endpoints(e: &Event) -> (SocketAddr, SocketAddr) {
         (
-            SocketAddr::new(ip(&e.client), e.client_port),
-            SocketAddr::new(ip(&e.server), e.server_port),
+            SocketAddr::new(IpAddr::from(e.client), e.client_port),
+            SocketAddr::new(IpAddr::from(e.server), e.server_port),
         )
     }
 }
@@ -189,7 +180,7 @@ fn write_out(batch: &mut BytesMut) {
 
 #[cfg(test)]
 mod tests {
-    use observer_common::flow::Caller;
+    use observer_common::{config::Addr, flow::Caller};
 
     use super::*;
 

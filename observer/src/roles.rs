@@ -23,21 +23,16 @@ pub struct RoleEntry {
     pub roles: Roles,
 }
 
-/// The 16-byte kernel form of an address (IPv4 as IPv4-mapped IPv6).
-pub fn addr(ip: IpAddr) -> Addr {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => Addr::from_v4(v4.octets()),
-        IpAddr::V6(v6) => Addr(v6.octets()),
-    }
-}
-
 fn entry_key(net: IpNet) -> (u32, Addr) {
     match net {
         IpNet::V4(n) => (
             u32::from(n.prefix_len()) + V4_MAPPED_PREFIX,
-            addr(n.network().into()),
+            Addr::from(IpAddr::from(n.network())),
         ),
-        IpNet::V6(n) => (u32::from(n.prefix_len()), addr(n.network().into())),
+        IpNet::V6(n) => (
+            u32::from(n.prefix_len()),
+            Addr::from(IpAddr::from(n.network())),
+        ),
     }
 }
 
@@ -123,13 +118,13 @@ mod tests {
     #[test]
     fn mapped_addresses() {
         assert_eq!(
-            addr("::ffff:1.2.3.4".parse().unwrap()),
+            Addr::from("::ffff:1.2.3.4".parse::<IpAddr>().unwrap()),
             Addr::from_v4([1, 2, 3, 4])
         );
         assert_eq!(
-            addr("1.2.3.4".parse().unwrap()),
+            Addr::from("1.2.3.4".parse::<IpAddr>().unwrap()),
             Addr::from_v4([1, 2, 3, 4])
         );
-        assert_eq!(addr("fd00::1".parse().unwrap()).as_v4(), None);
+        assert_eq!(Addr::from("fd00::1".parse::<IpAddr>().unwrap()).as_v4(), None);
     }
 }

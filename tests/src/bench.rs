@@ -231,7 +231,7 @@ fn handshake(c: SocketAddr, s: SocketAddr) -> [Tcp; 3] {
 
 /// The `FLOW_FILTER` slot of a connection.
 fn slot(a: SocketAddr, b: SocketAddr) -> u32 {
-    let addr = |s: SocketAddr| observer::roles::addr(s.ip());
+    let addr = |s: SocketAddr| observer_common::config::Addr::from(s.ip());
     observer_common::flow::filter_slot(&addr(a), a.port(), &addr(b), b.port())
 }
 

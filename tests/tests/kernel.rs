@@ -342,7 +342,7 @@ fn untracked_traffic_in_a_tracked_slot_stays_untracked() {
     let k = kernel();
     let (c, s) = (sa(CP, 40100), sa(POD, 8080)); // apiserver-proxy-to-pod
     let slot = |c: SocketAddr, s: SocketAddr| {
-        let addr = |a: SocketAddr| observer::roles::addr(a.ip());
+        let addr = |a: SocketAddr| observer_common::config::Addr::from(a.ip());
         filter_slot(&addr(c), c.port(), &addr(s), s.port())
     };
     let twin = (1024..u16::MAX)
@@ -794,8 +794,8 @@ fn block_drops_payload_and_reports_one_event() {
         (Action::Block as u8, Verdict::Blocked as u8, 0)
     );
     assert_eq!((e.client_port, e.server_port), (49000, 8080));
-    assert_eq!(observer::events::ip(&e.client), c.ip());
-    assert_eq!(observer::events::ip(&e.server), s.ip());
+    assert_eq!(std::net::IpAddr::from(e.client), c.ip());
+    assert_eq!(std::net::IpAddr::from(e.server), s.ip());
 }
 
 /// A burst of violations larger than the ring buffer while nobody reads it:
