@@ -8,9 +8,9 @@ use std::{
 };
 
 use lab::{
-    agent::{self, Agent},
-    scenario::Lab,
-    topology::Topology,
+    cluster::agent::{self, Agent},
+    cluster::scenario::Lab,
+    cluster::topology::Topology,
     traffic,
 };
 
@@ -231,7 +231,7 @@ fn idle_connections_are_forgotten_after_the_timeout() {
     let mut args = Topology::agent_args();
     args.extend(["--flow-idle-timeout".to_owned(), "1".to_owned()]);
     let agent = Agent::start(&args);
-    let pod = SocketAddr::new(lab::topology::addrs::POD4.into(), 8080);
+    let pod = SocketAddr::new(lab::cluster::topology::addrs::POD4.into(), 8080);
     let held = lab
         .topo
         .cp

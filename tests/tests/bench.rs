@@ -5,16 +5,16 @@
 
 use std::time::Duration;
 
-use lab::{ab, load};
+use lab::bench::{ab, load};
 
 #[test]
 fn the_kernel_benchmark_harness_measures_every_row() {
-    let rows = lab::bench::kernel(1000, 3, 50);
+    let rows = lab::bench::kernel::kernel(1000, 3, 50);
     assert_eq!(rows.len(), 11);
     for r in &rows {
         assert!(r.ns > 0.0, "{r:?}");
     }
-    let table = lab::bench::markdown(&rows);
+    let table = lab::bench::kernel::markdown(&rows);
     assert!(
         table.contains("first payload packet of a new flow"),
         "{table}"

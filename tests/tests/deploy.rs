@@ -6,12 +6,12 @@
 
 use std::net::SocketAddr;
 
-use lab::manifests::{find, kustomize};
+use lab::cluster::manifests::{find, kustomize};
 use lab::{
-    agent::Agent,
-    kube::ControlPlane,
-    scenario::{Lab, Where},
-    topology::{Topology, addrs},
+    cluster::agent::Agent,
+    cluster::kube::ControlPlane,
+    cluster::scenario::{Lab, Where},
+    cluster::topology::{Topology, addrs},
     traffic::{self, is_reset},
 };
 use observer_common::{path::Path, protocol::Protocol};

@@ -8,7 +8,7 @@ use aya::{
     maps::{MapData, RingBuf},
     programs::{TestRun as _, TestRunOptions},
 };
-use lab::packets::{ETH_LEN, Tcp, ext, with_ipv4_options, with_ipv6_ext_headers};
+use lab::kernel::packets::{ETH_LEN, Tcp, ext, with_ipv4_options, with_ipv6_ext_headers};
 use observer::{
     cli::RunArgs,
     config::Settings,
@@ -1203,7 +1203,7 @@ fn a_local_socket_posing_as_a_remote_client_changes_nothing() {
 /// loopback; the sequence numbers read with `TCP_REPAIR`.
 #[test]
 fn the_socket_counters_the_programs_read_mean_what_they_assume() {
-    use lab::attack::{sequence_numbers, tcp_byte_counters};
+    use lab::traffic::attack::{sequence_numbers, tcp_byte_counters};
     use std::{
         io::{Read as _, Write as _},
         os::fd::AsFd as _,

@@ -9,11 +9,11 @@ use std::{
 };
 
 use lab::{
-    agent::Agent,
-    metrics::Metrics,
-    scenario::Lab,
-    tls::Tls,
-    topology::{Topology, addrs},
+    cluster::agent::Agent,
+    cluster::metrics::Metrics,
+    cluster::scenario::Lab,
+    cluster::topology::{Topology, addrs},
+    traffic::tls::Tls,
     traffic::{Kind, Server},
 };
 

@@ -6,11 +6,11 @@
 use std::time::{Duration, Instant};
 
 use lab::{
-    agent::Agent,
-    kube::{ControlPlane, NODE},
-    metrics::Metrics,
-    scenario::Lab,
-    topology::Topology,
+    cluster::agent::Agent,
+    cluster::kube::{ControlPlane, NODE},
+    cluster::metrics::Metrics,
+    cluster::scenario::Lab,
+    cluster::topology::Topology,
 };
 
 const C: &str = "cp_observer_connections_total";
@@ -175,7 +175,7 @@ fn discovery_learns_the_cluster_from_the_real_apiserver() {
     // The node dialling the apiserver endpoint, and a pod dialling the VIP
     // (a bare listener answers there: only connections whose handshake
     // completes are counted).
-    use lab::{topology::addrs, traffic};
+    use lab::{cluster::topology::addrs, traffic};
     let endpoint = std::net::SocketAddr::new(addrs::CP4.into(), 6443);
     let vip = std::net::SocketAddr::new(addrs::VIP4.into(), 443);
     let _vip = lab
@@ -276,7 +276,7 @@ fn a_silent_apiserver_leaves_the_last_configuration_in_force() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let before = agent.scrape();
-    use lab::{topology::addrs, traffic};
+    use lab::{cluster::topology::addrs, traffic};
     let kubelet = std::net::SocketAddr::new(addrs::NODE4.into(), 10250);
     traffic::connect_close_from(&lab.topo.pod, agent_ip, kubelet)
         .expect("the konnectivity agent reaches the kubelet");

@@ -19,10 +19,10 @@ use std::{
 };
 
 use lab::{
-    agent::{Agent, free_port},
-    manifests::{kustomize, repo},
-    scenario::{Lab, Where},
-    topology::{Topology, addrs},
+    cluster::agent::{Agent, free_port},
+    cluster::manifests::{kustomize, repo},
+    cluster::scenario::{Lab, Where},
+    cluster::topology::{Topology, addrs},
     traffic,
 };
 use serde_json::Value as Json;

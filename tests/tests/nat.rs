@@ -6,9 +6,9 @@
 use std::{net::SocketAddr, process::Command};
 
 use lab::{
-    agent::Agent,
-    scenario::{Lab, Where},
-    topology::addrs,
+    cluster::agent::Agent,
+    cluster::scenario::{Lab, Where},
+    cluster::topology::addrs,
     traffic,
 };
 

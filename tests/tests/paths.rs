@@ -5,10 +5,10 @@
 //! `cargo xtask test`.
 
 use lab::{
-    agent::Agent,
-    metrics::Metrics,
-    scenario::{self, Lab, Where},
-    topology::{Topology, addrs},
+    cluster::agent::Agent,
+    cluster::metrics::Metrics,
+    cluster::scenario::{self, Lab, Where},
+    cluster::topology::{Topology, addrs},
     traffic,
 };
 use observer_common::{

@@ -11,11 +11,11 @@ use std::{
 };
 
 use lab::{
-    agent::Agent,
-    attack,
-    metrics::Metrics,
-    scenario::{Lab, Where},
-    topology::{Topology, addrs},
+    cluster::agent::Agent,
+    cluster::metrics::Metrics,
+    cluster::scenario::{Lab, Where},
+    cluster::topology::{Topology, addrs},
+    traffic::attack,
     traffic::{self, Kind, Server, is_reset},
 };
 

@@ -12,9 +12,9 @@ use std::{
 };
 
 use lab::{
-    agent::{self, Agent},
-    scenario::{Lab, Where},
-    topology::{Topology, addrs},
+    cluster::agent::{self, Agent},
+    cluster::scenario::{Lab, Where},
+    cluster::topology::{Topology, addrs},
     traffic::{self, is_reset},
 };
 
@@ -78,7 +78,7 @@ fn pins_outlive_the_agent_and_a_restart_adopts_them() {
     let waiting = {
         let cp = lab.topo.cp.name().to_owned();
         std::thread::spawn(move || {
-            let ns = lab::netns::NetNs::existing(&cp);
+            let ns = lab::cluster::netns::NetNs::existing(&cp);
             let start = Instant::now();
             // Long enough for the next agent to start, also under the
             // kernel matrix's software emulation.
@@ -213,10 +213,10 @@ fn a_connection_busy_while_no_agent_ran_is_not_expired() {
     };
     let _ = cleanup();
     let lab = Lab::new("t-busy");
-    let server = lab::workload::Server::start(
+    let server = lab::bench::workload::Server::start(
         lab.ns(Where::Pod),
         pod(9090),
-        lab::workload::Service::Echo,
+        lab::bench::workload::Service::Echo,
         1,
     );
     let agent_args = || {
@@ -232,7 +232,7 @@ fn a_connection_busy_while_no_agent_ran_is_not_expired() {
         let cp = lab.topo.cp.name().to_owned();
         let (busy, done) = (busy.clone(), done.clone());
         std::thread::spawn(move || {
-            lab::netns::NetNs::existing(&cp).run(|| {
+            lab::cluster::netns::NetNs::existing(&cp).run(|| {
                 let mut s = std::net::TcpStream::connect(pod(9090))?;
                 s.set_read_timeout(Some(Duration::from_secs(5)))?;
                 let mut n = 0u64;

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{netns::NetNs, topology::addrs};
+use crate::cluster::{netns::NetNs, topology::addrs};
 
 const TOKEN: &str = "cp-observer-lab-token";
 /// The Service range: its first address is the `kubernetes` VIP.

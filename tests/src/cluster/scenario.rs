@@ -16,10 +16,14 @@ use observer_common::{
 };
 
 use crate::{
-    netns::NetNs,
-    tls::Tls,
-    topology::{Topology, addrs},
-    traffic::{self, Exchange, Kind, Server},
+    cluster::{
+        netns::NetNs,
+        topology::{Topology, addrs},
+    },
+    traffic::{
+        client::{self as traffic, Exchange, Kind, Server},
+        tls::Tls,
+    },
 };
 
 /// The topology, a certificate for every lab address, and every server.

@@ -1,4 +1,4 @@
-//! A/B benchmarks: each [`crate::workload`] measured with no cp-observer
+//! A/B benchmarks: each [`crate::bench::workload`] measured with no cp-observer
 //! program attached (`none`), with the kernel object's no-op `cgroup_skb`
 //! program on the cgroup v2 root at both hooks (`noop`, the floor of any
 //! program there), and with the real agent (`agent`), on a tracked path and
@@ -15,11 +15,15 @@ use observer::{
 };
 
 use crate::{
-    agent::Agent,
-    bench::median,
-    metrics::Metrics,
-    topology::{Topology, addrs},
-    workload::{self, Server, Service},
+    bench::{
+        kernel::median,
+        workload::{self, Server, Service},
+    },
+    cluster::{
+        agent::Agent,
+        metrics::Metrics,
+        topology::{Topology, addrs},
+    },
 };
 
 /// What is attached while a workload runs.

@@ -15,7 +15,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::netns::NetNs;
+use crate::cluster::netns::NetNs;
 
 /// Addresses of the lab, IPv4 and IPv6.
 pub mod addrs {

@@ -13,7 +13,7 @@ use observer::{
     ebpf::{Datapath, Loaded},
 };
 
-use crate::packets::Tcp;
+use crate::kernel::packets::Tcp;
 
 /// One measured packet kind.
 #[derive(Clone, Debug)]

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::metrics::Metrics;
+use crate::cluster::metrics::Metrics;
 
 /// How long the agent may take to load, verify and attach.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -199,7 +199,7 @@ impl Agent {
         let addr = self.metrics_addr;
         let connect = move || TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok();
         let mut s = match &self.ns {
-            Some(ns) => crate::netns::NetNs::existing(ns).run(connect),
+            Some(ns) => crate::cluster::netns::NetNs::existing(ns).run(connect),
             None => connect(),
         }?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;

@@ -10,10 +10,14 @@ use std::{
 };
 
 use crate::{
-    ab::TRACKED_PATH,
-    agent::Agent,
-    topology::{Topology, addrs},
-    workload::{self, Connections, Server, Service},
+    bench::{
+        ab::TRACKED_PATH,
+        workload::{self, Connections, Server, Service},
+    },
+    cluster::{
+        agent::Agent,
+        topology::{Topology, addrs},
+    },
 };
 
 /// Makes every tracked connection of the load a violation event.

@@ -23,7 +23,7 @@ use std::{
 
 use socket2::{Domain, SockRef, Socket, Type};
 
-use crate::netns::NetNs;
+use crate::cluster::netns::NetNs;
 
 /// Read, write and connect timeout of every socket here.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -232,7 +232,7 @@ impl Slices {
         if v.is_empty() {
             return None;
         }
-        Some(crate::bench::median(&v) / SLICE.as_secs_f64())
+        Some(crate::bench::kernel::median(&v) / SLICE.as_secs_f64())
     }
 }
 

@@ -14,7 +14,7 @@ use std::{
 
 use rustls::{ClientConnection, ServerConnection, StreamOwned, pki_types::ServerName};
 
-use crate::{netns::NetNs, tls::Tls};
+use crate::{cluster::netns::NetNs, traffic::tls::Tls};
 
 /// Socket timeouts: every exchange in the lab is local and small.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);

@@ -25,8 +25,8 @@ use libc::c_int;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use crate::{
-    netns::NetNs,
-    traffic::{self, Counting, IO_TIMEOUT},
+    cluster::netns::NetNs,
+    traffic::client::{self as traffic, Counting, IO_TIMEOUT},
 };
 
 /// Longest flood [`syn_flood`] accepts: a test that needs more is wrong.
