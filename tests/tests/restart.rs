@@ -213,12 +213,8 @@ fn a_connection_busy_while_no_agent_ran_is_not_expired() {
     };
     let _ = cleanup();
     let lab = Lab::new("t-busy");
-    let server = lab::bench::workload::Server::start(
-        lab.ns(Where::Pod),
-        pod(9090),
-        lab::bench::workload::Service::Echo,
-        1,
-    );
+    let server =
+        traffic::Server::start(lab.ns(Where::Pod), pod(9090), traffic::Kind::Echo, &lab.tls);
     let agent_args = || {
         let mut args = Topology::agent_args();
         args.extend(["--pin-dir", PIN_DIR, "--flow-idle-timeout", "2"].map(str::to_owned));

@@ -15,15 +15,13 @@ use observer::{
 };
 
 use crate::{
-    bench::{
-        kernel::median,
-        workload::{self, Server, Service},
-    },
+    bench::{kernel::median, workload},
     cluster::{
         agent::Agent,
         metrics::Metrics,
         topology::{Topology, addrs},
     },
+    traffic::{Kind, Server},
 };
 
 /// What is attached while a workload runs.
@@ -149,10 +147,10 @@ impl Workload {
         }
     }
 
-    fn service(self) -> Service {
+    fn service(self) -> Kind {
         match self {
-            Self::Throughput => Service::Sink,
-            Self::RequestResponse | Self::ConnectionRate => Service::Echo,
+            Self::Throughput => Kind::Sink,
+            Self::RequestResponse | Self::ConnectionRate => Kind::Echo,
         }
     }
 }
@@ -334,7 +332,7 @@ pub fn run(plan: &Plan) -> Vec<Row> {
 fn measure(topo: &Topology, plan: &Plan, workload: Workload, traffic: Traffic, what: &str) -> f64 {
     let to = traffic.server();
     let threads = plan.connection_threads;
-    let server = Server::start(&topo.cp, to, workload.service(), threads);
+    let server = Server::pinned(&topo.cp, to, workload.service(), threads);
     let value = match workload {
         Workload::Throughput => {
             workload::bulk(&topo.node, to, plan.duration).unwrap_or_else(|e| panic!("{what}: {e}"))

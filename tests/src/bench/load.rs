@@ -12,12 +12,13 @@ use std::{
 use crate::{
     bench::{
         ab::TRACKED_PATH,
-        workload::{self, Connections, Server, Service},
+        workload::{self, Connections},
     },
     cluster::{
         agent::Agent,
         topology::{Topology, addrs},
     },
+    traffic::{Kind, Server},
 };
 
 /// Makes every tracked connection of the load a violation event.
@@ -107,7 +108,7 @@ pub fn run(plan: &Plan) -> Report {
     let topo = Topology::new(plan.tag);
     workload::prepare_client_namespace(&topo.node);
     let to: SocketAddr = (addrs::CP4, addrs::APISERVER_PORT).into();
-    let server = Server::start(&topo.cp, to, Service::Echo, plan.threads);
+    let server = Server::pinned(&topo.cp, to, Kind::Echo, plan.threads);
     let mut args = Topology::agent_args();
     args.extend(["--policy".to_owned(), LOAD_POLICY.to_owned()]);
     let agent = Agent::start(&args);

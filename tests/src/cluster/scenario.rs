@@ -20,10 +20,7 @@ use crate::{
         netns::NetNs,
         topology::{Topology, addrs},
     },
-    traffic::{
-        client::{self as traffic, Exchange, Kind, Server},
-        tls::Tls,
-    },
+    traffic::{self, Exchange, Kind, Server, tls::Tls},
 };
 
 /// The topology, a certificate for every lab address, and every server.
@@ -138,7 +135,7 @@ impl Lab {
     pub fn server(&self, port: u16) -> &Server {
         self.servers
             .iter()
-            .find(|s| s.addr.port() == port)
+            .find(|s| s.addr().port() == port)
             .unwrap_or_else(|| panic!("no lab server on port {port}"))
     }
 
