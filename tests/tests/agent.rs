@@ -10,7 +10,7 @@ use std::{
 use lab::{
     cluster::agent::{self, Agent},
     cluster::scenario::Lab,
-    cluster::topology::Topology,
+    cluster::topology::{Topology, addrs},
     traffic,
 };
 
@@ -210,7 +210,7 @@ fn bad_input_fails_naming_the_culprit_and_attaches_nothing() {
 #[test]
 fn sigterm_detaches_and_exits_cleanly() {
     let before = agent::loaded_observer_programs();
-    let agent = Agent::start(&["--control-plane".into(), "198.18.0.1".into()]);
+    let agent = Agent::start(&["--control-plane".into(), addrs::CP4.to_string()]);
     assert_eq!(
         agent::loaded_observer_programs(),
         before + agent::PROGRAMS_PER_AGENT,
@@ -231,7 +231,7 @@ fn idle_connections_are_forgotten_after_the_timeout() {
     let mut args = Topology::agent_args();
     args.extend(["--flow-idle-timeout".to_owned(), "1".to_owned()]);
     let agent = Agent::start(&args);
-    let pod = SocketAddr::new(lab::cluster::topology::addrs::POD4.into(), 8080);
+    let pod = SocketAddr::new(addrs::POD4.into(), 8080);
     let held = lab
         .topo
         .cp

@@ -2,35 +2,34 @@
 //! classification, detection and counting the kernel does, without any
 //! network. Needs root (loading BPF).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use aya::{
     maps::{MapData, RingBuf},
     programs::{TestRun as _, TestRunOptions},
 };
-use lab::kernel::packets::{ETH_LEN, Tcp, ext, with_ipv4_options, with_ipv6_ext_headers};
+use lab::{
+    cluster::topology::addrs::{
+        APISERVER_PORT, CP4 as CP, CP6, NODE4 as NODE, NODE6, POD4 as POD, POD6, VIP_PORT,
+        VIP4 as VIP, VIP6,
+    },
+    kernel::{
+        self, filter_slot,
+        packets::{ETH_LEN, Tcp, ext, handshake, with_ipv4_options, with_ipv6_ext_headers},
+    },
+};
 use observer::{
     cli::RunArgs,
-    config::Settings,
     ebpf::{Counters, Datapath, Loaded},
     flows::{FlowTable, monotonic_ns},
 };
 use observer_common::{
     counters::{Direction, DropReason, Stat, byte_index, connection_index},
-    flow::{FILTER_SLOTS, filter_slot},
+    flow::FILTER_SLOTS,
     path::Path,
     policy::{Action, Verdict},
     protocol::Protocol,
 };
-
-const CP: &str = "198.18.0.1";
-const NODE: &str = "198.18.0.2";
-const POD: &str = "198.18.16.2";
-const VIP: &str = "198.18.96.1";
-const CP6: &str = "2001:db8:cafe::1";
-const NODE6: &str = "2001:db8:cafe::2";
-const POD6: &str = "2001:db8:16::2";
-const VIP6: &str = "2001:db8:96::1";
 
 struct Kernel {
     datapath: Datapath,
@@ -61,27 +60,13 @@ const NO_PLAINTEXT: &str = "apiserver-proxy-to-pod:plaintext=block";
 
 /// The programs, with the lab's addresses and what `adjust` changes.
 fn kernel_with(adjust: impl FnOnce(&mut RunArgs)) -> Kernel {
-    let mut args = RunArgs {
-        control_plane: vec![CP.parse().unwrap(), CP6.parse().unwrap()],
-        node_ip: vec![NODE.parse().unwrap(), NODE6.parse().unwrap()],
-        pod_cidr: vec![
-            "198.18.16.0/24".parse().unwrap(),
-            "2001:db8:16::/64".parse().unwrap(),
-        ],
-        apiserver: vec![sa(CP, 6443), sa(CP6, 6443)],
-        apiserver_vip: vec![sa(VIP, 443), sa(VIP6, 443)],
-        no_pin: true, // a fresh kernel state per test
-        ..RunArgs::default()
-    };
-    adjust(&mut args);
-    let settings = Settings::from_args(&args).expect("valid settings");
     let Loaded {
         datapath,
         counters,
         flows,
         events,
         ..
-    } = Datapath::load(&settings).expect("the programs load (root needed)");
+    } = kernel::load(adjust);
     Kernel {
         datapath,
         counters,
@@ -90,18 +75,13 @@ fn kernel_with(adjust: impl FnOnce(&mut RunArgs)) -> Kernel {
     }
 }
 
-fn sa(ip: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.parse().unwrap(), port)
+fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
 }
 
 impl Kernel {
     fn run(&self, prog: &'static str, packet: &[u8]) -> u32 {
-        let prog = self.datapath.program(prog).expect("program exists");
-        let opts = TestRunOptions {
-            data_in: Some(packet),
-            ..TestRunOptions::default()
-        };
-        prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
+        kernel::run(&self.datapath, prog, packet)
     }
 
     /// A packet as the sender's egress hook sees it, then (both ends local)
@@ -152,9 +132,9 @@ impl Kernel {
 
     /// [`Self::handshake`] with client ISN `isn` (the server's is 5000).
     fn handshake_isn(&self, c: SocketAddr, s: SocketAddr, isn: u32) {
-        self.both(&Tcp::new(c, s).syn(isn));
-        self.both(&Tcp::new(s, c).syn_ack(5000).ack_seq(isn + 1));
-        self.both(&Tcp::new(c, s).seq(isn + 1).ack_seq(5001));
+        for p in handshake(c, s, isn) {
+            self.both(&p);
+        }
     }
 
     /// What the egress and ingress programs return for `p`, in that order.
@@ -323,7 +303,7 @@ fn untracked_traffic_leaves_no_trace() {
     for (c, s) in [
         (sa(NODE, 40007), sa(POD, 8080)), // node → pod: no path
         (sa(POD, 40008), sa(NODE, 9100)), // pod → node: no path
-        (sa("192.0.2.1", 40009), sa(POD, 8080)),
+        (sa(Ipv4Addr::new(192, 0, 2, 1), 40009), sa(POD, 8080)),
     ] {
         k.handshake(c, s);
         k.both(&Tcp::new(c, s).seq(1001).payload(GET));
@@ -341,10 +321,7 @@ fn untracked_traffic_leaves_no_trace() {
 fn untracked_traffic_in_a_tracked_slot_stays_untracked() {
     let k = kernel();
     let (c, s) = (sa(CP, 40100), sa(POD, 8080)); // apiserver-proxy-to-pod
-    let slot = |c: SocketAddr, s: SocketAddr| {
-        let addr = |a: SocketAddr| observer::roles::addr(a.ip());
-        filter_slot(&addr(c), c.port(), &addr(s), s.port())
-    };
+    let slot = filter_slot;
     let twin = (1024..u16::MAX)
         .map(|port| (sa(NODE, port), sa(POD, 8080))) // node → pod: no path
         .find(|(uc, us)| slot(*uc, *us) == slot(c, s))
@@ -413,8 +390,8 @@ fn truncated_and_malformed_packets_pass_untouched() {
 /// One row of SPEC §1: a representative (client, server) per family.
 struct Row {
     path: Path,
-    v4: (&'static str, &'static str, u16),
-    v6: (&'static str, &'static str, u16),
+    v4: (Ipv4Addr, Ipv4Addr, u16),
+    v6: (Ipv6Addr, Ipv6Addr, u16),
 }
 
 /// Every row of the table, some twice (both kinds of client or server).
@@ -461,23 +438,23 @@ const ROWS: &[Row] = &[
     },
     Row {
         path: Path::NodeToApiserver,
-        v4: (NODE, CP, 6443),
-        v6: (NODE6, CP6, 6443),
+        v4: (NODE, CP, APISERVER_PORT),
+        v6: (NODE6, CP6, APISERVER_PORT),
     },
     Row {
         path: Path::NodeToApiserver,
-        v4: (NODE, VIP, 443),
-        v6: (NODE6, VIP6, 443),
+        v4: (NODE, VIP, VIP_PORT),
+        v6: (NODE6, VIP6, VIP_PORT),
     },
     Row {
         path: Path::PodToApiserver,
-        v4: (POD, VIP, 443),
-        v6: (POD6, VIP6, 443),
+        v4: (POD, VIP, VIP_PORT),
+        v6: (POD6, VIP6, VIP_PORT),
     },
     Row {
         path: Path::PodToApiserver,
-        v4: (POD, CP, 6443),
-        v6: (POD6, CP6, 6443),
+        v4: (POD, CP, APISERVER_PORT),
+        v6: (POD6, CP6, APISERVER_PORT),
     },
 ];
 
@@ -501,7 +478,12 @@ fn every_path_every_protocol_both_families() {
     let mut port = 41000;
     for row in ROWS {
         for protocol in Protocol::ALL {
-            for (family, (c, s, sport)) in [("IPv4", row.v4), ("IPv6", row.v6)] {
+            let (c4, s4, port4) = row.v4;
+            let (c6, s6, port6) = row.v6;
+            for (family, (c, s, sport)) in [
+                ("IPv4", (IpAddr::from(c4), IpAddr::from(s4), port4)),
+                ("IPv6", (c6.into(), s6.into(), port6)),
+            ] {
                 port += 1;
                 let (c, s) = (sa(c, port), sa(s, sport));
                 let verdict = Verdict::of(Action::default_for(row.path, protocol));
@@ -806,10 +788,7 @@ fn event_loss_under_a_burst_is_counted() {
     // 56 bytes a record (48 + 8 of header): 256 KiB hold 4681 of them.
     const BURST: u32 = 6000;
     for i in 0..BURST {
-        let (c, s) = (
-            SocketAddr::new(CP.parse().unwrap(), 1024 + (i % 60000) as u16),
-            sa(POD, 8080),
-        );
+        let (c, s) = (sa(CP, 1024 + (i % 60000) as u16), sa(POD, 8080));
         assert_eq!(k.run("egress", &Tcp::new(c, s).syn(1000).build()), 1);
         assert_eq!(
             k.run("egress", &Tcp::new(c, s).seq(1001).payload(GET).build()),
@@ -896,7 +875,7 @@ fn a_full_table_fails_closed_on_enforced_paths_only() {
     assert_eq!(k.verdicts(&Tcp::new(c, s).syn(1000)), (0, 0), "refused");
     assert_eq!(k.dropped(DropReason::TableFull), 2);
     // node-to-apiserver has no block rule: it must never break.
-    let (c, s) = (sa(NODE, 50200), sa(CP, 6443));
+    let (c, s) = (sa(NODE, 50200), sa(CP, APISERVER_PORT));
     k.handshake(c, s);
     assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(GET)), (1, 1));
     assert!(k.counters.stat(Stat::FlowTableFull).unwrap() > 0);

@@ -176,8 +176,8 @@ fn discovery_learns_the_cluster_from_the_real_apiserver() {
     // (a bare listener answers there: only connections whose handshake
     // completes are counted).
     use lab::{cluster::topology::addrs, traffic};
-    let endpoint = std::net::SocketAddr::new(addrs::CP4.into(), 6443);
-    let vip = std::net::SocketAddr::new(addrs::VIP4.into(), 443);
+    let endpoint = std::net::SocketAddr::new(addrs::CP4.into(), addrs::APISERVER_PORT);
+    let vip = std::net::SocketAddr::new(addrs::VIP4.into(), addrs::VIP_PORT);
     let _vip = lab
         .topo
         .cp

@@ -325,7 +325,7 @@ fn a_spoofed_syn_flood_from_a_pod_does_not_switch_enforcement_off() {
     let pod_ns = lab.ns(Where::Pod);
     let flood = attack::syn_flood(
         pod_ns,
-        std::net::Ipv4Addr::new(198, 18, 16, 100),
+        addrs::UNUSED_POD4,
         100,
         SocketAddrV4::new(addrs::CP4, 8132),
         RATE,

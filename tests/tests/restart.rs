@@ -167,7 +167,7 @@ fn the_flow_table_and_its_filter_are_one_piece_of_state() {
     let _ = std::fs::remove_dir_all(dir);
     let load = |capacity: u32| {
         let args = RunArgs {
-            control_plane: vec!["198.18.0.1".parse().expect("cidr")],
+            control_plane: vec![addrs::CP4.to_string().parse().expect("cidr")],
             flow_table_capacity: Some(capacity),
             pin_dir: Some(dir.to_owned()),
             ..RunArgs::default()

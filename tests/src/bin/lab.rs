@@ -185,8 +185,8 @@ fn run_kube(enforce: bool) -> bool {
             Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
         }
     };
-    let node_ep = SocketAddr::new(addrs::CP4.into(), 6443);
-    let vip = SocketAddr::new(addrs::VIP4.into(), 443);
+    let node_ep = SocketAddr::new(addrs::CP4.into(), addrs::APISERVER_PORT);
+    let vip = SocketAddr::new(addrs::VIP4.into(), addrs::VIP_PORT);
     let kubelet = SocketAddr::new(addrs::NODE4.into(), 10250);
     let ro = SocketAddr::new(addrs::NODE4.into(), 10255);
     let io = |r: std::io::Result<traffic::Exchange>| r.map(|x| x.status).map_err(|e| e.to_string());

@@ -13,8 +13,6 @@ use std::{
 use crate::cluster::{netns::NetNs, topology::addrs};
 
 const TOKEN: &str = "cp-observer-lab-token";
-/// The Service range: its first address is the `kubernetes` VIP.
-pub const SERVICE_RANGE: &str = "198.18.96.0/24";
 /// The lab node's name.
 pub const NODE: &str = "lab-node";
 
@@ -55,7 +53,7 @@ impl ControlPlane {
             format!("{TOKEN},admin,admin,system:masters\n"),
         )
         .expect("tokens");
-        let server = format!("https://{}:6443", addrs::CP4);
+        let server = format!("https://{}:{}", addrs::CP4, addrs::APISERVER_PORT);
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(
             &kubeconfig,
@@ -91,7 +89,7 @@ impl ControlPlane {
                 "--etcd-servers=http://127.0.0.1:2379",
                 &format!("--bind-address={}", addrs::CP4),
                 &format!("--advertise-address={}", addrs::CP4),
-                "--secure-port=6443",
+                &format!("--secure-port={}", addrs::APISERVER_PORT),
                 "--insecure-port=0",
                 &format!("--cert-dir={}", d("certs")),
                 &format!("--token-auth-file={}", d("tokens.csv")),
@@ -99,7 +97,7 @@ impl ControlPlane {
                 &format!("--service-account-key-file={}", d("sa.pub")),
                 &format!("--service-account-signing-key-file={}", d("sa.key")),
                 "--service-account-issuer=https://kubernetes.default.svc",
-                &format!("--service-cluster-ip-range={SERVICE_RANGE}"),
+                &format!("--service-cluster-ip-range={}", addrs::SERVICE_RANGE4),
                 "--disable-admission-plugins=ServiceAccount",
                 "--kubelet-preferred-address-types=InternalIP",
                 "--enable-priority-and-fairness=false",

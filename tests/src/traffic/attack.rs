@@ -541,8 +541,10 @@ mod tests {
 
     use super::*;
 
-    const FROM: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 16, 2), 40000);
-    const TO: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 8080);
+    use crate::cluster::topology::addrs::{CP4, POD4};
+
+    const FROM: SocketAddrV4 = SocketAddrV4::new(POD4, 40000);
+    const TO: SocketAddrV4 = SocketAddrV4::new(CP4, 8080);
 
     /// The Internet checksum's folded one's-complement sum (RFC 1071),
     /// written independently of etherparse: a correct header sums to 0xffff.
