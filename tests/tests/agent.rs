@@ -4,29 +4,23 @@
 use std::{
     net::{IpAddr, SocketAddr},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use lab::{
     cluster::agent::{self, Agent},
     cluster::scenario::Lab,
-    cluster::topology::{Topology, addrs},
-    traffic,
+    cluster::topology::{Host, Topology, addrs},
+    eventually, traffic,
 };
 
 const CONNECTIONS: &str = "cp_observer_connections_total";
 const BYTES: &str = "cp_observer_bytes_total";
 const PROXY: (&str, &str) = ("path", "apiserver-proxy-to-pod");
 
-/// Polls `f` until it holds or a generous deadline passes (kernel state
-/// settles asynchronously, e.g. the last FIN of a connection).
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}: still false after 5 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+/// How long kernel state may take to settle (e.g. after the last FIN of a
+/// connection).
+const SETTLE: Duration = Duration::from_secs(5);
 
 #[test]
 fn proxy_requests_are_classified_and_counted_once_per_family() {
@@ -40,7 +34,7 @@ fn proxy_requests_are_classified_and_counted_once_per_family() {
 
     let (mut sent, mut received) = (0, 0);
     for (round, v6) in [false, true].into_iter().enumerate() {
-        let ip: IpAddr = Topology::pod_ip(v6);
+        let ip: IpAddr = Host::Pod.ip(v6);
         let http = traffic::http_get(&lab.topo.cp, SocketAddr::new(ip, 8080))
             .expect("plaintext proxy request");
         let tls = traffic::https_get(&lab.topo.cp, SocketAddr::new(ip, 8443), &lab.tls)
@@ -105,7 +99,7 @@ fn proxy_requests_are_classified_and_counted_once_per_family() {
             "{family}: bytes the pod sent"
         );
     }
-    eventually("closed connections leave the flow table", || {
+    eventually(SETTLE, "closed connections leave the flow table", || {
         agent.scrape().sum("cp_observer_flow_table_entries", &[]) == 0.0
     });
     let m = agent.scrape();
@@ -240,7 +234,7 @@ fn idle_connections_are_forgotten_after_the_timeout() {
         agent.scrape().sum("cp_observer_flow_table_entries", &[]),
         1.0
     );
-    eventually("the idle connection leaves the table", || {
+    eventually(SETTLE, "the idle connection leaves the table", || {
         agent.scrape().sum("cp_observer_flow_table_entries", &[]) == 0.0
     });
     assert_eq!(

@@ -2,16 +2,16 @@
 //! classification, detection and counting the kernel does, without any
 //! network. Needs root (loading BPF).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use aya::{
     maps::{MapData, RingBuf},
     programs::{TestRun as _, TestRunOptions},
 };
 use lab::{
-    cluster::topology::addrs::{
-        APISERVER_PORT, CP4 as CP, CP6, NODE4 as NODE, NODE6, POD4 as POD, POD6, VIP_PORT,
-        VIP4 as VIP, VIP6,
+    cluster::topology::{
+        Host,
+        addrs::{APISERVER_PORT, CP4 as CP, CP6, NODE4 as NODE, POD4 as POD, POD6, VIP_PORT},
     },
     kernel::{
         self, filter_slot,
@@ -137,6 +137,20 @@ impl Kernel {
         }
     }
 
+    /// A connection of `c` to `s` whose first client bytes are `payload`,
+    /// passed at both hooks.
+    fn request(&self, c: SocketAddr, s: SocketAddr, payload: &[u8]) {
+        self.handshake(c, s);
+        self.both(&Tcp::new(c, s).seq(1001).payload(payload));
+    }
+
+    /// The handshake of `c` to `s`, then what the egress and ingress
+    /// programs return for the client's first bytes, `payload`.
+    fn open(&self, c: SocketAddr, s: SocketAddr, payload: &[u8]) -> (u32, u32) {
+        self.handshake(c, s);
+        self.verdicts(&Tcp::new(c, s).seq(1001).payload(payload))
+    }
+
     /// What the egress and ingress programs return for `p`, in that order.
     fn verdicts(&self, p: &Tcp) -> (u32, u32) {
         let bytes = p.build();
@@ -210,8 +224,7 @@ fn plaintext_proxy_request_is_http_and_counted_once() {
 fn tls_and_other_payloads() {
     let k = kernel();
     let (c, s) = (sa(CP, 40001), sa(POD, 8443));
-    k.handshake(c, s);
-    k.both(&Tcp::new(c, s).seq(1001).payload(CLIENT_HELLO));
+    k.request(c, s, CLIENT_HELLO);
     assert_eq!(
         k.connections(Path::ApiserverProxyToPod, Protocol::Tls, Verdict::Allowed),
         1
@@ -255,8 +268,7 @@ fn request_line_split_into_one_byte_segments_is_still_http() {
 fn ipv6_proxy_request() {
     let k = kernel();
     let (c, s) = (sa(CP6, 40004), sa(POD6, 8080));
-    k.handshake(c, s);
-    k.both(&Tcp::new(c, s).seq(1001).payload(GET));
+    k.request(c, s, GET);
     assert_eq!(
         k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Alerted),
         1
@@ -305,8 +317,7 @@ fn untracked_traffic_leaves_no_trace() {
         (sa(POD, 40008), sa(NODE, 9100)), // pod → node: no path
         (sa(Ipv4Addr::new(192, 0, 2, 1), 40009), sa(POD, 8080)),
     ] {
-        k.handshake(c, s);
-        k.both(&Tcp::new(c, s).seq(1001).payload(GET));
+        k.request(c, s, GET);
     }
     assert_eq!(k.flows(), 0);
     assert_eq!(k.total(), 0);
@@ -327,8 +338,7 @@ fn untracked_traffic_in_a_tracked_slot_stays_untracked() {
         .find(|(uc, us)| slot(*uc, *us) == slot(c, s))
         .expect("some node port shares the slot");
     k.handshake(c, s);
-    k.handshake(twin.0, twin.1);
-    k.both(&Tcp::new(twin.0, twin.1).seq(1001).payload(GET));
+    k.request(twin.0, twin.1, GET);
     k.both(&Tcp::new(c, s).seq(1001).payload(GET));
     assert_eq!(k.flows(), 1);
     assert_eq!(k.total(), 1);
@@ -387,75 +397,46 @@ fn truncated_and_malformed_packets_pass_untouched() {
     );
 }
 
-/// One row of SPEC §1: a representative (client, server) per family.
-struct Row {
-    path: Path,
-    v4: (Ipv4Addr, Ipv4Addr, u16),
-    v6: (Ipv6Addr, Ipv6Addr, u16),
-}
-
-/// Every row of the table, some twice (both kinds of client or server).
-const ROWS: &[Row] = &[
-    Row {
-        path: Path::KubeletReadOnly,
-        v4: (POD, NODE, 10255),
-        v6: (POD6, NODE6, 10255),
-    },
-    Row {
-        path: Path::KubeletReadOnly,
-        v4: (CP, NODE, 10255),
-        v6: (CP6, NODE6, 10255),
-    },
-    Row {
-        path: Path::ApiserverToKubelet,
-        v4: (CP, NODE, 10250),
-        v6: (CP6, NODE6, 10250),
-    },
-    Row {
-        path: Path::SshTunnel,
-        v4: (CP, NODE, 22),
-        v6: (CP6, NODE6, 22),
-    },
-    Row {
-        path: Path::ApiserverProxyToPod,
-        v4: (CP, POD, 8080),
-        v6: (CP6, POD6, 8080),
-    },
-    Row {
-        path: Path::ApiserverProxyToNode,
-        v4: (CP, NODE, 9100),
-        v6: (CP6, NODE6, 9100),
-    },
-    Row {
-        path: Path::Konnectivity,
-        v4: (POD, CP, 8132),
-        v6: (POD6, CP6, 8132),
-    },
-    Row {
-        path: Path::Konnectivity,
-        v4: (NODE, CP, 8132),
-        v6: (NODE6, CP6, 8132),
-    },
-    Row {
-        path: Path::NodeToApiserver,
-        v4: (NODE, CP, APISERVER_PORT),
-        v6: (NODE6, CP6, APISERVER_PORT),
-    },
-    Row {
-        path: Path::NodeToApiserver,
-        v4: (NODE, VIP, VIP_PORT),
-        v6: (NODE6, VIP6, VIP_PORT),
-    },
-    Row {
-        path: Path::PodToApiserver,
-        v4: (POD, VIP, VIP_PORT),
-        v6: (POD6, VIP6, VIP_PORT),
-    },
-    Row {
-        path: Path::PodToApiserver,
-        v4: (POD, CP, APISERVER_PORT),
-        v6: (POD6, CP6, APISERVER_PORT),
-    },
+/// Every path of the table, some twice (both kinds of client or server):
+/// a representative client and server, in either family, and the port.
+const ROWS: &[(Path, Host, Host, u16)] = &[
+    (Path::KubeletReadOnly, Host::Pod, Host::Node, 10255),
+    (Path::KubeletReadOnly, Host::ControlPlane, Host::Node, 10255),
+    (
+        Path::ApiserverToKubelet,
+        Host::ControlPlane,
+        Host::Node,
+        10250,
+    ),
+    (Path::SshTunnel, Host::ControlPlane, Host::Node, 22),
+    (
+        Path::ApiserverProxyToPod,
+        Host::ControlPlane,
+        Host::Pod,
+        8080,
+    ),
+    (
+        Path::ApiserverProxyToNode,
+        Host::ControlPlane,
+        Host::Node,
+        9100,
+    ),
+    (Path::Konnectivity, Host::Pod, Host::ControlPlane, 8132),
+    (Path::Konnectivity, Host::Node, Host::ControlPlane, 8132),
+    (
+        Path::NodeToApiserver,
+        Host::Node,
+        Host::ControlPlane,
+        APISERVER_PORT,
+    ),
+    (Path::NodeToApiserver, Host::Node, Host::Vip, VIP_PORT),
+    (Path::PodToApiserver, Host::Pod, Host::Vip, VIP_PORT),
+    (
+        Path::PodToApiserver,
+        Host::Pod,
+        Host::ControlPlane,
+        APISERVER_PORT,
+    ),
 ];
 
 /// The first bytes of each protocol, and who speaks first.
@@ -476,18 +457,13 @@ fn opening(protocol: Protocol) -> Option<(&'static [u8], bool)> {
 fn every_path_every_protocol_both_families() {
     let k = kernel();
     let mut port = 41000;
-    for row in ROWS {
+    for &(path, client, server, sport) in ROWS {
         for protocol in Protocol::ALL {
-            let (c4, s4, port4) = row.v4;
-            let (c6, s6, port6) = row.v6;
-            for (family, (c, s, sport)) in [
-                ("IPv4", (IpAddr::from(c4), IpAddr::from(s4), port4)),
-                ("IPv6", (c6.into(), s6.into(), port6)),
-            ] {
+            for (family, v6) in [("IPv4", false), ("IPv6", true)] {
                 port += 1;
-                let (c, s) = (sa(c, port), sa(s, sport));
-                let verdict = Verdict::of(Action::default_for(row.path, protocol));
-                let before = k.connections(row.path, protocol, verdict);
+                let (c, s) = (sa(client.ip(v6), port), sa(server.ip(v6), sport));
+                let verdict = Verdict::of(Action::default_for(path, protocol));
+                let before = k.connections(path, protocol, verdict);
                 let total = k.total();
                 k.handshake(c, s);
                 let sent = match opening(protocol) {
@@ -503,12 +479,8 @@ fn every_path_every_protocol_both_families() {
                         1 // the FIN's sequence number
                     }
                 };
-                let case = format!("{:?} {protocol:?} {family} {c} -> {s}", row.path);
-                assert_eq!(
-                    k.connections(row.path, protocol, verdict),
-                    before + 1,
-                    "{case}"
-                );
+                let case = format!("{:?} {protocol:?} {family} {c} -> {s}", path);
+                assert_eq!(k.connections(path, protocol, verdict), before + 1, "{case}");
                 assert_eq!(k.total(), total + 1, "{case}: counted once, nowhere else");
                 // Close so the table does not fill up across cases.
                 k.both(&Tcp::new(c, s).seq(1001 + sent).rst());
@@ -757,8 +729,7 @@ fn block_drops_payload_and_reports_one_event() {
     assert_eq!(k.counters.stat(Stat::SegmentsDropped).unwrap(), 3);
 
     let (c2, s2) = (sa(CP, 49001), sa(POD, 8443));
-    k.handshake(c2, s2);
-    k.both(&Tcp::new(c2, s2).seq(1001).payload(CLIENT_HELLO));
+    k.request(c2, s2, CLIENT_HELLO);
     assert_eq!(
         k.connections(Path::ApiserverProxyToPod, Protocol::Tls, Verdict::Allowed),
         1
@@ -850,11 +821,7 @@ fn a_spoofed_syn_flood_never_fills_the_flow_table() {
         "plaintext is blocked during the flood"
     );
     let (c, s) = to_pod(61001, 8443);
-    k.handshake(c, s);
-    assert_eq!(
-        k.verdicts(&Tcp::new(c, s).seq(1001).payload(CLIENT_HELLO)),
-        (1, 1)
-    );
+    assert_eq!(k.open(c, s, CLIENT_HELLO), (1, 1));
     assert_eq!(k.flows(), 2);
     k.assert_filter_matches();
 }
@@ -867,8 +834,7 @@ fn a_full_table_fails_closed_on_enforced_paths_only() {
     let k = enforcing_with_capacity(8);
     for i in 0..8 {
         let (c, s) = to_pod(50000 + i, 8443);
-        k.handshake(c, s);
-        k.both(&Tcp::new(c, s).seq(1001).payload(CLIENT_HELLO));
+        k.request(c, s, CLIENT_HELLO);
     }
     assert_eq!(k.flows(), 8);
     let (c, s) = to_pod(50100, 8443);
@@ -876,8 +842,7 @@ fn a_full_table_fails_closed_on_enforced_paths_only() {
     assert_eq!(k.dropped(DropReason::TableFull), 2);
     // node-to-apiserver has no block rule: it must never break.
     let (c, s) = (sa(NODE, 50200), sa(CP, APISERVER_PORT));
-    k.handshake(c, s);
-    assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(GET)), (1, 1));
+    assert_eq!(k.open(c, s, GET), (1, 1));
     assert!(k.counters.stat(Stat::FlowTableFull).unwrap() > 0);
     assert_eq!(k.flows(), 8);
 }
@@ -994,8 +959,7 @@ fn resets_and_fins_out_of_sequence_change_nothing() {
     k.both(&Tcp::new(c, s).seq(1001).rst());
     assert_eq!(k.flows(), 1);
     let tls = to_pod(56001, 8443);
-    k.handshake(tls.0, tls.1);
-    k.both(&Tcp::new(tls.0, tls.1).seq(1001).payload(CLIENT_HELLO));
+    k.request(tls.0, tls.1, CLIENT_HELLO);
     let end = 1001 + CLIENT_HELLO.len() as u32;
     k.both(&Tcp::new(tls.0, tls.1).seq(end).rst());
     assert_eq!(
@@ -1022,8 +986,7 @@ fn resets_and_fins_out_of_sequence_change_nothing() {
 fn a_new_connection_on_a_known_key_is_judged_afresh() {
     let k = enforcing();
     let (c, s) = to_pod(57000, 8080);
-    k.handshake(c, s);
-    k.both(&Tcp::new(c, s).seq(1001).payload(CLIENT_HELLO));
+    k.request(c, s, CLIENT_HELLO);
     k.both(&Tcp::new(c, s).syn(1000));
     assert_eq!(k.flows(), 1);
     k.handshake_isn(c, s, 90_000);
@@ -1082,8 +1045,7 @@ fn half_open_marks_expire() {
 fn bytes_that_differ_from_what_was_judged_are_dropped() {
     let k = enforcing();
     let (c, s) = to_pod(60000, 8080);
-    k.handshake(c, s);
-    k.both(&Tcp::new(c, s).seq(1001).payload(CLIENT_HELLO));
+    k.request(c, s, CLIENT_HELLO);
     assert_eq!(
         k.connections(Path::ApiserverProxyToPod, Protocol::Tls, Verdict::Allowed),
         1
@@ -1164,8 +1126,7 @@ fn a_connection_whose_half_open_entry_was_pushed_out_is_picked_up() {
 fn a_local_socket_posing_as_a_remote_client_changes_nothing() {
     let k = enforcing();
     let (c, s) = to_pod(60500, 8080);
-    k.handshake(c, s);
-    assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(GET)), (0, 0));
+    assert_eq!(k.open(c, s, GET), (0, 0));
     assert_eq!(k.run("egress", &Tcp::new(c, s).syn(77_000).build()), 1);
     assert_eq!(k.flows(), 1);
     assert_eq!(

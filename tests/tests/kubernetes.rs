@@ -11,6 +11,7 @@ use lab::{
     cluster::metrics::Metrics,
     cluster::scenario::Lab,
     cluster::topology::Topology,
+    eventually, later,
 };
 
 const C: &str = "cp_observer_connections_total";
@@ -200,20 +201,16 @@ fn discovery_learns_the_cluster_from_the_real_apiserver() {
         1.0,
         "konnectivity agent traffic counts as the control plane's"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !agent
-        .stdout_lines()
-        .iter()
-        .any(|l| l.contains("apiserver-proxy-to-pod"))
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let event = agent
-        .stdout_lines()
-        .into_iter()
-        .find(|l| l.contains("apiserver-proxy-to-pod"))
-        .expect("the plaintext proxy request is alerted");
+    let event = eventually(
+        Duration::from_secs(5),
+        "the plaintext proxy request is alerted",
+        || {
+            agent
+                .stdout_lines()
+                .into_iter()
+                .find(|l| l.contains("apiserver-proxy-to-pod"))
+        },
+    );
     let event: serde_json::Value = serde_json::from_str(&event).expect("JSON");
     assert_eq!(
         event["dst_pod"],
@@ -262,19 +259,18 @@ fn a_silent_apiserver_leaves_the_last_configuration_in_force() {
     agent.wait_for_complete_discovery();
 
     cp.stop_apiserver();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while agent
-        .scrape()
-        .sum("cp_observer_discovery_errors_total", &[])
-        < 1.0
-    {
-        assert!(
-            Instant::now() < deadline,
+    let what = later(|| {
+        format!(
             "the failing watches are reported; stderr:\n{}",
             agent.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        )
+    });
+    eventually(Duration::from_secs(30), what, || {
+        agent
+            .scrape()
+            .sum("cp_observer_discovery_errors_total", &[])
+            >= 1.0
+    });
     let before = agent.scrape();
     use lab::{cluster::topology::addrs, traffic};
     let kubelet = std::net::SocketAddr::new(addrs::NODE4.into(), 10250);

@@ -15,6 +15,7 @@ use lab::{
     cluster::metrics::Metrics,
     cluster::scenario::{Lab, Where},
     cluster::topology::{Topology, addrs},
+    eventually, later,
     traffic::attack,
     traffic::{self, Kind, Server, is_reset},
 };
@@ -42,16 +43,14 @@ fn events(agent: &Agent) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Waits until the agent has printed `n` events (they are read asynchronously).
+/// Waits until the agent has printed `n` events (they are read
+/// asynchronously), and returns them all.
 fn wait_events(agent: &Agent, n: usize) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    let what = later(|| format!("{n} events: {:?}", events(agent)));
+    eventually(Duration::from_secs(5), what, || {
         let e = events(agent);
-        if e.len() >= n || Instant::now() > deadline {
-            return e;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        (e.len() >= n).then_some(e)
+    })
 }
 
 fn assert_event(e: &serde_json::Value, action: &str, verdict: &str, dry_run: bool) {

@@ -15,6 +15,7 @@ use lab::{
     cluster::agent::{self, Agent},
     cluster::scenario::{Lab, Where},
     cluster::topology::{Topology, addrs},
+    eventually, later,
     traffic::{self, is_reset},
 };
 
@@ -43,15 +44,15 @@ fn cleanup() -> std::process::Output {
 
 /// Waits for the kernel to free replaced programs (released asynchronously).
 fn programs_settle_at(n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while agent::loaded_observer_programs() != n {
-        assert!(
-            Instant::now() < deadline,
+    let what = later(|| {
+        format!(
             "{} cp-observer programs loaded, want {n}",
             agent::loaded_observer_programs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        )
+    });
+    eventually(Duration::from_secs(5), what, || {
+        agent::loaded_observer_programs() == n
+    });
 }
 
 #[test]
@@ -114,11 +115,14 @@ fn pins_outlive_the_agent_and_a_restart_adopts_them() {
         m.sum(C, &[("protocol", "tls"), ("verdict", "allowed")]),
         2.0
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while second.stdout_lines().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let events = second.stdout_lines();
+    let events = eventually(
+        Duration::from_secs(5),
+        "the next agent prints events",
+        || {
+            let lines = second.stdout_lines();
+            (!lines.is_empty()).then_some(lines)
+        },
+    );
     assert!(
         events.iter().any(|e| e.contains("\"verdict\":\"blocked\"")),
         "the block raised while no agent ran is reported by the next one: {events:?}"

@@ -7,7 +7,7 @@
 use std::{
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use crate::cluster::{netns::NetNs, topology::addrs};
@@ -106,6 +106,7 @@ impl ControlPlane {
             .stderr(log("apiserver.log"))
             .spawn()
             .expect("kube-apiserver starts");
+        let dir_log = dir.clone();
         let mut cp_plane = Self {
             etcd,
             apiserver,
@@ -113,23 +114,31 @@ impl ControlPlane {
             ns: cp.name().to_owned(),
             kubeconfig,
         };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let out = cp_plane.kubectl(&["get", "--raw", "/readyz"]);
-            if out.status.success() {
-                break;
+        let what = crate::later(|| {
+            format!(
+                "kube-apiserver is ready; its log:\n{}",
+                std::fs::read_to_string(dir_log.join("apiserver.log")).unwrap_or_default()
+            )
+        });
+        crate::eventually(Duration::from_secs(90), what, || {
+            if cp_plane
+                .kubectl(&["get", "--raw", "/readyz"])
+                .status
+                .success()
+            {
+                return true;
             }
             let exited = cp_plane
                 .apiserver
                 .try_wait()
                 .expect("wait on kube-apiserver");
             assert!(
-                Instant::now() < deadline && exited.is_none(),
-                "kube-apiserver not ready (exited: {exited:?}); its log:\n{}",
-                std::fs::read_to_string(cp_plane.dir.join("apiserver.log")).unwrap_or_default()
+                exited.is_none(),
+                "kube-apiserver exited with {exited:?}; its log:\n{}",
+                cp_plane.log()
             );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+            false
+        });
         cp_plane
     }
 

@@ -18,7 +18,7 @@ use observer_common::{
 use crate::{
     cluster::{
         netns::NetNs,
-        topology::{Topology, addrs},
+        topology::{Host, Topology, addrs},
     },
     traffic::{self, Exchange, Kind, Server, tls::Tls},
 };
@@ -178,21 +178,8 @@ pub fn plan() -> Vec<Step> {
     use Where::{ControlPlane as Cp, Node, Pod};
     let mut steps = Vec::new();
     for v6 in [false, true] {
-        let (cp, node, pod, vip): (IpAddr, IpAddr, IpAddr, IpAddr) = if v6 {
-            (
-                addrs::CP6.into(),
-                addrs::NODE6.into(),
-                addrs::POD6.into(),
-                addrs::VIP6.into(),
-            )
-        } else {
-            (
-                addrs::CP4.into(),
-                addrs::NODE4.into(),
-                addrs::POD4.into(),
-                addrs::VIP4.into(),
-            )
-        };
+        let [cp, node, pod, vip] =
+            [Host::ControlPlane, Host::Node, Host::Pod, Host::Vip].map(|h| h.ip(v6));
         let at = |ip: IpAddr, port: u16| SocketAddr::new(ip, port);
         let mut add = |what, from, to, client, expect| {
             steps.push(Step {

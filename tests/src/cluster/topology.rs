@@ -64,6 +64,36 @@ pub mod addrs {
     pub const UNUSED_POD4: Ipv4Addr = Ipv4Addr::new(198, 18, 16, 100);
 }
 
+/// The lab's hosts by role, each with an address of either family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Host {
+    /// [`addrs::CP4`], [`addrs::CP6`].
+    ControlPlane,
+    /// [`addrs::NODE4`], [`addrs::NODE6`] (facing the control plane).
+    Node,
+    /// [`addrs::POD4`], [`addrs::POD6`].
+    Pod,
+    /// [`addrs::VIP4`], [`addrs::VIP6`] (on the control plane).
+    Vip,
+}
+
+impl Host {
+    /// The address of the given family.
+    pub fn ip(self, v6: bool) -> IpAddr {
+        use addrs::*;
+        match (self, v6) {
+            (Self::ControlPlane, false) => CP4.into(),
+            (Self::ControlPlane, true) => CP6.into(),
+            (Self::Node, false) => NODE4.into(),
+            (Self::Node, true) => NODE6.into(),
+            (Self::Pod, false) => POD4.into(),
+            (Self::Pod, true) => POD6.into(),
+            (Self::Vip, false) => VIP4.into(),
+            (Self::Vip, true) => VIP6.into(),
+        }
+    }
+}
+
 /// The three namespaces, wired and addressed. Dropping it removes them
 /// (and with them their veths).
 #[derive(Debug)]
@@ -182,15 +212,6 @@ impl Topology {
         match cli.command {
             Command::Run(args) => args,
             other => panic!("`run` parsed as {other:?}"),
-        }
-    }
-
-    /// The pod's address of the given family.
-    pub fn pod_ip(v6: bool) -> IpAddr {
-        if v6 {
-            addrs::POD6.into()
-        } else {
-            addrs::POD4.into()
         }
     }
 }
