@@ -89,15 +89,6 @@ impl Report {
     pub fn peak_rss_mib(&self) -> f64 {
         self.peak_rss_kib as f64 / 1024.0
     }
-
-    /// Whether every connection made is one event and one counted
-    /// connection, and nothing was lost.
-    pub fn events_match(&self) -> bool {
-        self.events == self.connections.requests
-            && self.counted == self.connections.requests as f64
-            && self.other_lines == 0
-            && self.lost == 0.0
-    }
 }
 
 /// Runs the load: the lab's namespaces, an echo server on the apiserver
