@@ -97,6 +97,12 @@ impl Kernel {
             [connection_index(path as u8, protocol as u8, verdict as u8) as usize]
     }
 
+    /// [`Self::connections`] on apiserver-proxy-to-pod, the path most
+    /// tests use.
+    fn proxied(&self, protocol: Protocol, verdict: Verdict) -> u64 {
+        self.connections(Path::ApiserverProxyToPod, protocol, verdict)
+    }
+
     fn total(&self) -> u64 {
         self.counters.connections().unwrap().iter().sum()
     }
@@ -192,10 +198,7 @@ fn plaintext_proxy_request_is_http_and_counted_once() {
         "nothing is counted before the protocol is known"
     );
     k.both(&Tcp::new(c, s).seq(1001).payload(GET));
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Alerted),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::Http, Verdict::Alerted), 1);
     assert_eq!(k.total(), 1);
     assert_eq!(
         k.bytes(Path::ApiserverProxyToPod, Direction::Rx),
@@ -225,10 +228,7 @@ fn tls_and_other_payloads() {
     let k = kernel();
     let (c, s) = (sa(CP, 40001), sa(POD, 8443));
     k.request(c, s, CLIENT_HELLO);
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Tls, Verdict::Allowed),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::Tls, Verdict::Allowed), 1);
 
     let (c, s) = (sa(CP, 40002), sa(POD, 9000));
     k.handshake(c, s);
@@ -237,10 +237,7 @@ fn tls_and_other_payloads() {
             .seq(1001)
             .payload(b"\x00\x00\x00\x10binary-protocol!"),
     );
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Other, Verdict::Alerted),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::Other, Verdict::Alerted), 1);
     assert_eq!(k.total(), 2);
 }
 
@@ -257,10 +254,7 @@ fn request_line_split_into_one_byte_segments_is_still_http() {
     k.both(&Tcp::new(c, s).seq(1005).payload(b"X"));
     assert_eq!(k.total(), 0);
     k.both(&Tcp::new(c, s).seq(1004).payload(b" "));
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Alerted),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::Http, Verdict::Alerted), 1);
     assert_eq!(k.total(), 1);
 }
 
@@ -269,10 +263,7 @@ fn ipv6_proxy_request() {
     let k = kernel();
     let (c, s) = (sa(CP6, 40004), sa(POD6, 8080));
     k.request(c, s, GET);
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Alerted),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::Http, Verdict::Alerted), 1);
     assert_eq!(k.total(), 1);
 }
 
@@ -302,10 +293,7 @@ fn closed_without_payload_is_none() {
     let (c, s) = (sa(CP, 40006), sa(POD, 8080));
     k.handshake(c, s);
     k.both(&Tcp::new(c, s).seq(1001).rst());
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::None, Verdict::Allowed),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::None, Verdict::Allowed), 1);
     assert_eq!(k.flows(), 0, "a reset removes the flow");
 }
 
@@ -507,10 +495,7 @@ fn ipv4_options_do_not_hide_the_tcp_header() {
             assert_eq!(k.run("ingress", &bytes), 1);
         }
     }
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Alerted),
-        3
-    );
+    assert_eq!(k.proxied(Protocol::Http, Verdict::Alerted), 3);
     assert_eq!(
         k.bytes(Path::ApiserverProxyToPod, Direction::Rx),
         3 * GET.len() as u64,
@@ -546,7 +531,7 @@ fn ipv6_extension_headers_are_walked() {
         }
     }
     assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Alerted),
+        k.proxied(Protocol::Http, Verdict::Alerted),
         chains.len() as u64
     );
     assert_eq!(
@@ -621,10 +606,7 @@ fn full_flow_table_loses_visibly() {
                 .payload(GET),
         );
     }
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Alerted),
-        8
-    );
+    assert_eq!(k.proxied(Protocol::Http, Verdict::Alerted), 8);
     // Closing makes room again.
     for i in 0..8 {
         k.both(
@@ -722,18 +704,12 @@ fn block_drops_payload_and_reports_one_event() {
         1,
         "so does the FIN"
     );
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Blocked),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::Http, Verdict::Blocked), 1);
     assert_eq!(k.counters.stat(Stat::SegmentsDropped).unwrap(), 3);
 
     let (c2, s2) = (sa(CP, 49001), sa(POD, 8443));
     k.request(c2, s2, CLIENT_HELLO);
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Tls, Verdict::Allowed),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::Tls, Verdict::Allowed), 1);
 
     let got = k.events();
     assert_eq!(got.len(), 1, "one event, for the blocked connection only");
@@ -771,7 +747,7 @@ fn event_loss_under_a_burst_is_counted() {
     let read = k.events().len() as u64;
     let lost = k.counters.stat(Stat::EventsLost).unwrap();
     assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Alerted),
+        k.proxied(Protocol::Http, Verdict::Alerted),
         u64::from(BURST)
     );
     assert!(lost > 0, "the burst overflowed the ring buffer");
@@ -865,10 +841,7 @@ fn segments_beyond_a_hole_wait_until_it_is_filled() {
     assert_eq!(k.total(), 0, "one byte decides nothing");
     // The retransmission is in order now: `http`, blocked.
     assert_eq!(k.verdicts(&after_hole), (0, 0));
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Blocked),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::Http, Verdict::Blocked), 1);
     // Not enforced: visibility only.
     let (c, s) = (sa(CP, 51001), sa(NODE, 10250));
     k.handshake(c, s);
@@ -890,10 +863,7 @@ fn urgent_data_decides_other() {
         .payload(&CLIENT_HELLO[..3])
         .urgent();
     assert_eq!(k.verdicts(&urgent), (0, 0));
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Other, Verdict::Blocked),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::Other, Verdict::Blocked), 1);
     assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1004).payload(GET)), (0, 0));
 }
 
@@ -908,10 +878,7 @@ fn a_tls_looking_prefix_then_plaintext_is_other() {
         k.verdicts(&Tcp::new(c, s).seq(1001).payload(&bytes)),
         (0, 0)
     );
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Other, Verdict::Blocked),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::Other, Verdict::Blocked), 1);
 }
 
 /// TCP Fast Open: a server hands data in a SYN to its application at once.
@@ -995,10 +962,7 @@ fn a_new_connection_on_a_known_key_is_judged_afresh() {
         (0, 0),
         "not the old connection's `tls`"
     );
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Blocked),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::Http, Verdict::Blocked), 1);
 }
 
 /// Only the client's bytes decide: a server that writes first (here, bytes
@@ -1046,10 +1010,7 @@ fn bytes_that_differ_from_what_was_judged_are_dropped() {
     let k = enforcing();
     let (c, s) = to_pod(60000, 8080);
     k.request(c, s, CLIENT_HELLO);
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Tls, Verdict::Allowed),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::Tls, Verdict::Allowed), 1);
     assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(GET)), (0, 0));
     assert_eq!(
         k.verdicts(&Tcp::new(c, s).seq(1001).payload(CLIENT_HELLO)),
@@ -1067,10 +1028,7 @@ fn nothing_passes_after_the_clients_fin() {
     let (c, s) = to_pod(60100, 8080);
     k.handshake(c, s);
     k.both(&Tcp::new(c, s).seq(1001).fin());
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::None, Verdict::Allowed),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::None, Verdict::Allowed), 1);
     assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(GET)), (0, 0));
 }
 

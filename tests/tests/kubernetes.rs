@@ -28,26 +28,12 @@ fn the_apiserver_proxies_plaintext_to_pods_and_tls_to_the_kubelet() {
     let agent = Agent::start(&Topology::agent_args());
     let before = agent.scrape();
 
-    let body = cp.kubectl_ok(
-        &[
-            "get",
-            "--raw",
-            "/api/v1/namespaces/default/pods/web:8080/proxy/",
-        ],
-        None,
-    );
+    let body = cp.get_raw("/api/v1/namespaces/default/pods/web:8080/proxy/");
     assert!(
         body.contains("hello from the lab pod"),
         "the apiserver reached the pod: {body}"
     );
-    let body = cp.kubectl_ok(
-        &[
-            "get",
-            "--raw",
-            &format!("/api/v1/nodes/{NODE}:10250/proxy/healthz"),
-        ],
-        None,
-    );
+    let body = cp.get_raw(&format!("/api/v1/nodes/{NODE}:10250/proxy/healthz"));
     assert!(
         body.contains("hello from the lab pod"),
         "the apiserver reached the kubelet: {body}"
@@ -113,14 +99,7 @@ fn a_blocked_proxy_request_fails_promptly_and_never_reaches_the_pod() {
     );
 
     // The apiserver's TLS proxy to the pod (`https:` scheme prefix) passes.
-    let body = cp.kubectl_ok(
-        &[
-            "get",
-            "--raw",
-            "/api/v1/namespaces/default/pods/https:web:8443/proxy/",
-        ],
-        None,
-    );
+    let body = cp.get_raw("/api/v1/namespaces/default/pods/https:web:8443/proxy/");
     assert!(body.contains("hello from the lab pod"), "{body}");
 
     let m = agent.scrape();
@@ -164,14 +143,7 @@ fn discovery_learns_the_cluster_from_the_real_apiserver() {
 
     // The apiserver's proxy (control plane from the endpoints, pod from the
     // node's pod CIDR).
-    let body = cp.kubectl_ok(
-        &[
-            "get",
-            "--raw",
-            "/api/v1/namespaces/default/pods/web:8080/proxy/",
-        ],
-        None,
-    );
+    let body = cp.get_raw("/api/v1/namespaces/default/pods/web:8080/proxy/");
     assert!(body.contains("hello from the lab pod"));
     // The node dialling the apiserver endpoint, and a pod dialling the VIP
     // (a bare listener answers there: only connections whose handshake

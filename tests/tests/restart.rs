@@ -42,6 +42,13 @@ fn cleanup() -> std::process::Output {
         .expect("cleanup runs")
 }
 
+/// Plaintext HTTP connections `agent` counted as alerted.
+fn alerted_http(agent: &Agent) -> f64 {
+    agent
+        .scrape()
+        .sum(C, &[("protocol", "http"), ("verdict", "alerted")])
+}
+
 /// Waits for the kernel to free replaced programs (released asynchronously).
 fn programs_settle_at(n: usize) {
     let what = later(|| {
@@ -139,12 +146,7 @@ fn pins_outlive_the_agent_and_a_restart_adopts_them() {
     programs_settle_at(baseline + agent::PROGRAMS_PER_AGENT);
     let ok = traffic::http_get(cp, pod(8080)).expect("no longer blocked");
     assert!(ok.status.contains("200"));
-    assert_eq!(
-        third
-            .scrape()
-            .sum(C, &[("protocol", "http"), ("verdict", "alerted")]),
-        1.0
-    );
+    assert_eq!(alerted_http(&third), 1.0);
     assert!(third.stop().success());
 
     let out = cleanup();
@@ -312,12 +314,7 @@ fn a_new_policy_judges_adopted_connections_again() {
         .run(|| std::net::TcpStream::connect(pod(9091)).expect("connect"));
     client.write_all(b"GET / HTTP/1.1\r\n").expect("first line");
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(
-        first
-            .scrape()
-            .sum(C, &[("protocol", "http"), ("verdict", "alerted")]),
-        1.0
-    );
+    assert_eq!(alerted_http(&first), 1.0);
     assert!(first.stop().success());
 
     let second = start(Some("apiserver-proxy-to-pod:plaintext=block"));

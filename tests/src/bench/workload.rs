@@ -67,6 +67,27 @@ impl Slices {
     }
 }
 
+/// Runs `step` again and again for `duration`, adding what each did (its
+/// result) to the [`SLICE`] it started in. Returns the slices, the total
+/// and when the run started.
+fn repeat_for(
+    duration: Duration,
+    mut step: impl FnMut() -> io::Result<u64>,
+) -> io::Result<(Slices, u64, Instant)> {
+    let mut slices = Slices::default();
+    let start = Instant::now();
+    let mut total = 0;
+    loop {
+        let now = Instant::now();
+        if now >= start + duration {
+            return Ok((slices, total, start));
+        }
+        let n = step()?;
+        slices.add(start, now, n);
+        total += n;
+    }
+}
+
 /// Bulk throughput: from `ns`, one connection to a [`Kind::Sink`](crate::traffic::Kind::Sink) at
 /// `to`, [`BULK_WRITE`]-byte writes for `duration`, then the end of stream
 /// and the server's answer. Returns Gbit/s: the median [`SLICE`]'s, or for
@@ -77,18 +98,10 @@ pub fn bulk(ns: &NetNs, to: SocketAddr, duration: Duration) -> io::Result<f64> {
         pin_to_one_cpu();
         let mut s = connect(to)?;
         let buf = vec![MESSAGE; BULK_WRITE];
-        let mut slices = Slices::default();
-        let start = Instant::now();
-        let mut sent = 0u64;
-        loop {
-            let now = Instant::now();
-            if now >= start + duration {
-                break;
-            }
+        let (slices, sent, start) = repeat_for(duration, || {
             s.write_all(&buf)?;
-            slices.add(start, now, BULK_WRITE as u64);
-            sent += BULK_WRITE as u64;
-        }
+            Ok(BULK_WRITE as u64)
+        })?;
         s.shutdown(Shutdown::Write)?;
         s.read_exact(&mut [0u8; 1])?;
         let bytes_per_s = slices
@@ -108,19 +121,11 @@ pub fn request_response(ns: &NetNs, to: SocketAddr, duration: Duration) -> io::R
         let mut s = connect(to)?;
         s.set_nodelay(true)?;
         let mut answer = [0u8; 1];
-        let mut slices = Slices::default();
-        let start = Instant::now();
-        let mut done = 0u64;
-        loop {
-            let now = Instant::now();
-            if now >= start + duration {
-                break;
-            }
+        let (slices, done, start) = repeat_for(duration, || {
             s.write_all(&[MESSAGE])?;
             s.read_exact(&mut answer)?;
-            slices.add(start, now, 1);
-            done += 1;
-        }
+            Ok(1)
+        })?;
         let rate = slices
             .median_rate(duration)
             .unwrap_or_else(|| done as f64 / start.elapsed().as_secs_f64());

@@ -199,6 +199,11 @@ impl ControlPlane {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `kubectl get --raw PATH`, which must succeed: the body.
+    pub fn get_raw(&self, path: &str) -> String {
+        self.kubectl_ok(&["get", "--raw", path], None)
+    }
+
     /// Registers the lab node and a pod `web` on it whose IP is the lab pod's.
     pub fn register_lab_objects(&self) {
         let node = format!(

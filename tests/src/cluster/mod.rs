@@ -12,3 +12,17 @@ pub mod netns;
 pub mod scenario;
 pub mod signals;
 pub mod topology;
+
+/// Runs `cmd` and returns its stdout; panics with the command line and
+/// its stderr if it cannot run or fails.
+pub fn checked(cmd: &mut std::process::Command) -> Vec<u8> {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?} cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    out.stdout
+}
