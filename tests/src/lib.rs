@@ -12,7 +12,7 @@
 //!   uses, TLS material, and the attacks;
 //! - [`kernel`]: the kernel programs loaded for the lab's address plan and
 //!   run on crafted packets with `BPF_PROG_TEST_RUN`;
-//! - [`bench`]: the benchmarks behind `cargo xtask bench`.
+//! - [`bench`](mod@bench): the benchmarks behind `cargo xtask bench`.
 //!
 //! [`eventually`] is the one way to wait for state that settles
 //! asynchronously. Everything made here is removed by `Drop` guards, and

@@ -7,7 +7,7 @@
 //! the client first), as fast as they go or paced.
 //!
 //! Both ends of a workload run on one CPU
-//! ([`pin_to_one_cpu`](crate::traffic::pin_to_one_cpu)), so that runs do
+//! ([`pin_to_one_cpu`]), so that runs do
 //! not differ in where their threads landed; the agent and the rest of the
 //! machine get the others. Every client loop ends at a deadline and every
 //! socket has a timeout, so no workload can hang a run.
