@@ -367,10 +367,19 @@ mod tests {
         );
     }
 
+    /// Across the timeouts where neither interval is clamped, an idle
+    /// entry goes within half a timeout of expiring (at most 1.5 timeouts
+    /// after its last segment), and its stamp lags its last segment by at
+    /// most an eighth of the timeout.
     #[test]
-    fn monotonic_advances() {
-        let a = monotonic_ns();
-        std::thread::sleep(Duration::from_millis(2));
-        assert!(monotonic_ns() > a);
+    fn expiry_is_accurate_to_a_fraction_of_the_timeout() {
+        for ms in [1_000, 2_500, 7_000, 10_000, 60_000, 120_000] {
+            let idle = Duration::from_millis(ms);
+            assert!(sweep_interval(idle) <= idle / 2, "sweep for {idle:?}");
+        }
+        for ms in [80, 125, 1_000, 5_000, 8_000] {
+            let idle = Duration::from_millis(ms);
+            assert!(tick_interval(idle) <= idle / 8, "tick for {idle:?}");
+        }
     }
 }

@@ -4,29 +4,23 @@
 use std::{
     net::{IpAddr, SocketAddr},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use lab::{
-    agent::{self, Agent},
-    scenario::Lab,
-    topology::Topology,
-    traffic,
+    cluster::agent::{self, Agent},
+    cluster::scenario::Lab,
+    cluster::topology::{Host, Topology, addrs},
+    eventually, traffic,
 };
 
 const CONNECTIONS: &str = "cp_observer_connections_total";
 const BYTES: &str = "cp_observer_bytes_total";
 const PROXY: (&str, &str) = ("path", "apiserver-proxy-to-pod");
 
-/// Polls `f` until it holds or a generous deadline passes (kernel state
-/// settles asynchronously, e.g. the last FIN of a connection).
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}: still false after 5 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+/// How long kernel state may take to settle (e.g. after the last FIN of a
+/// connection).
+const SETTLE: Duration = Duration::from_secs(5);
 
 #[test]
 fn proxy_requests_are_classified_and_counted_once_per_family() {
@@ -40,7 +34,7 @@ fn proxy_requests_are_classified_and_counted_once_per_family() {
 
     let (mut sent, mut received) = (0, 0);
     for (round, v6) in [false, true].into_iter().enumerate() {
-        let ip: IpAddr = Topology::pod_ip(v6);
+        let ip: IpAddr = Host::Pod.ip(v6);
         let http = traffic::http_get(&lab.topo.cp, SocketAddr::new(ip, 8080))
             .expect("plaintext proxy request");
         let tls = traffic::https_get(&lab.topo.cp, SocketAddr::new(ip, 8443), &lab.tls)
@@ -105,7 +99,7 @@ fn proxy_requests_are_classified_and_counted_once_per_family() {
             "{family}: bytes the pod sent"
         );
     }
-    eventually("closed connections leave the flow table", || {
+    eventually(SETTLE, "closed connections leave the flow table", || {
         agent.scrape().sum("cp_observer_flow_table_entries", &[]) == 0.0
     });
     let m = agent.scrape();
@@ -210,7 +204,7 @@ fn bad_input_fails_naming_the_culprit_and_attaches_nothing() {
 #[test]
 fn sigterm_detaches_and_exits_cleanly() {
     let before = agent::loaded_observer_programs();
-    let agent = Agent::start(&["--control-plane".into(), "198.18.0.1".into()]);
+    let agent = Agent::start(&["--control-plane".into(), addrs::CP4.to_string()]);
     assert_eq!(
         agent::loaded_observer_programs(),
         before + agent::PROGRAMS_PER_AGENT,
@@ -231,7 +225,7 @@ fn idle_connections_are_forgotten_after_the_timeout() {
     let mut args = Topology::agent_args();
     args.extend(["--flow-idle-timeout".to_owned(), "1".to_owned()]);
     let agent = Agent::start(&args);
-    let pod = SocketAddr::new(lab::topology::addrs::POD4.into(), 8080);
+    let pod = SocketAddr::new(addrs::POD4.into(), 8080);
     let held = lab
         .topo
         .cp
@@ -240,7 +234,7 @@ fn idle_connections_are_forgotten_after_the_timeout() {
         agent.scrape().sum("cp_observer_flow_table_entries", &[]),
         1.0
     );
-    eventually("the idle connection leaves the table", || {
+    eventually(SETTLE, "the idle connection leaves the table", || {
         agent.scrape().sum("cp_observer_flow_table_entries", &[]) == 0.0
     });
     assert_eq!(

@@ -2,35 +2,34 @@
 //! classification, detection and counting the kernel does, without any
 //! network. Needs root (loading BPF).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use aya::{
     maps::{MapData, RingBuf},
     programs::{TestRun as _, TestRunOptions},
 };
-use lab::packets::{ETH_LEN, Tcp, ext, with_ipv4_options, with_ipv6_ext_headers};
+use lab::{
+    cluster::topology::{
+        Host,
+        addrs::{APISERVER_PORT, CP4 as CP, CP6, NODE4 as NODE, POD4 as POD, POD6, VIP_PORT},
+    },
+    kernel::{
+        self, filter_slot,
+        packets::{ETH_LEN, Tcp, ext, handshake, with_ipv4_options, with_ipv6_ext_headers},
+    },
+};
 use observer::{
     cli::RunArgs,
-    config::Settings,
     ebpf::{Counters, Datapath, Loaded},
     flows::{FlowTable, monotonic_ns},
 };
 use observer_common::{
     counters::{Direction, DropReason, Stat, byte_index, connection_index},
-    flow::{FILTER_SLOTS, filter_slot},
+    flow::FILTER_SLOTS,
     path::Path,
     policy::{Action, Verdict},
     protocol::Protocol,
 };
-
-const CP: &str = "198.18.0.1";
-const NODE: &str = "198.18.0.2";
-const POD: &str = "198.18.16.2";
-const VIP: &str = "198.18.96.1";
-const CP6: &str = "2001:db8:cafe::1";
-const NODE6: &str = "2001:db8:cafe::2";
-const POD6: &str = "2001:db8:16::2";
-const VIP6: &str = "2001:db8:96::1";
 
 struct Kernel {
     datapath: Datapath,
@@ -61,27 +60,13 @@ const NO_PLAINTEXT: &str = "apiserver-proxy-to-pod:plaintext=block";
 
 /// The programs, with the lab's addresses and what `adjust` changes.
 fn kernel_with(adjust: impl FnOnce(&mut RunArgs)) -> Kernel {
-    let mut args = RunArgs {
-        control_plane: vec![CP.parse().unwrap(), CP6.parse().unwrap()],
-        node_ip: vec![NODE.parse().unwrap(), NODE6.parse().unwrap()],
-        pod_cidr: vec![
-            "198.18.16.0/24".parse().unwrap(),
-            "2001:db8:16::/64".parse().unwrap(),
-        ],
-        apiserver: vec![sa(CP, 6443), sa(CP6, 6443)],
-        apiserver_vip: vec![sa(VIP, 443), sa(VIP6, 443)],
-        no_pin: true, // a fresh kernel state per test
-        ..RunArgs::default()
-    };
-    adjust(&mut args);
-    let settings = Settings::from_args(&args).expect("valid settings");
     let Loaded {
         datapath,
         counters,
         flows,
         events,
         ..
-    } = Datapath::load(&settings).expect("the programs load (root needed)");
+    } = kernel::load(adjust);
     Kernel {
         datapath,
         counters,
@@ -90,18 +75,13 @@ fn kernel_with(adjust: impl FnOnce(&mut RunArgs)) -> Kernel {
     }
 }
 
-fn sa(ip: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.parse().unwrap(), port)
+fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
 }
 
 impl Kernel {
     fn run(&self, prog: &'static str, packet: &[u8]) -> u32 {
-        let prog = self.datapath.program(prog).expect("program exists");
-        let opts = TestRunOptions {
-            data_in: Some(packet),
-            ..TestRunOptions::default()
-        };
-        prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
+        kernel::run(&self.datapath, prog, packet)
     }
 
     /// A packet as the sender's egress hook sees it, then (both ends local)
@@ -115,6 +95,12 @@ impl Kernel {
     fn connections(&self, path: Path, protocol: Protocol, verdict: Verdict) -> u64 {
         self.counters.connections().unwrap()
             [connection_index(path as u8, protocol as u8, verdict as u8) as usize]
+    }
+
+    /// [`Self::connections`] on apiserver-proxy-to-pod, the path most
+    /// tests use.
+    fn proxied(&self, protocol: Protocol, verdict: Verdict) -> u64 {
+        self.connections(Path::ApiserverProxyToPod, protocol, verdict)
     }
 
     fn total(&self) -> u64 {
@@ -152,9 +138,23 @@ impl Kernel {
 
     /// [`Self::handshake`] with client ISN `isn` (the server's is 5000).
     fn handshake_isn(&self, c: SocketAddr, s: SocketAddr, isn: u32) {
-        self.both(&Tcp::new(c, s).syn(isn));
-        self.both(&Tcp::new(s, c).syn_ack(5000).ack_seq(isn + 1));
-        self.both(&Tcp::new(c, s).seq(isn + 1).ack_seq(5001));
+        for p in handshake(c, s, isn) {
+            self.both(&p);
+        }
+    }
+
+    /// A connection of `c` to `s` whose first client bytes are `payload`,
+    /// passed at both hooks.
+    fn request(&self, c: SocketAddr, s: SocketAddr, payload: &[u8]) {
+        self.handshake(c, s);
+        self.both(&Tcp::new(c, s).seq(1001).payload(payload));
+    }
+
+    /// The handshake of `c` to `s`, then what the egress and ingress
+    /// programs return for the client's first bytes, `payload`.
+    fn open(&self, c: SocketAddr, s: SocketAddr, payload: &[u8]) -> (u32, u32) {
+        self.handshake(c, s);
+        self.verdicts(&Tcp::new(c, s).seq(1001).payload(payload))
     }
 
     /// What the egress and ingress programs return for `p`, in that order.
@@ -198,10 +198,7 @@ fn plaintext_proxy_request_is_http_and_counted_once() {
         "nothing is counted before the protocol is known"
     );
     k.both(&Tcp::new(c, s).seq(1001).payload(GET));
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Alerted),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::Http, Verdict::Alerted), 1);
     assert_eq!(k.total(), 1);
     assert_eq!(
         k.bytes(Path::ApiserverProxyToPod, Direction::Rx),
@@ -230,12 +227,8 @@ fn plaintext_proxy_request_is_http_and_counted_once() {
 fn tls_and_other_payloads() {
     let k = kernel();
     let (c, s) = (sa(CP, 40001), sa(POD, 8443));
-    k.handshake(c, s);
-    k.both(&Tcp::new(c, s).seq(1001).payload(CLIENT_HELLO));
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Tls, Verdict::Allowed),
-        1
-    );
+    k.request(c, s, CLIENT_HELLO);
+    assert_eq!(k.proxied(Protocol::Tls, Verdict::Allowed), 1);
 
     let (c, s) = (sa(CP, 40002), sa(POD, 9000));
     k.handshake(c, s);
@@ -244,10 +237,7 @@ fn tls_and_other_payloads() {
             .seq(1001)
             .payload(b"\x00\x00\x00\x10binary-protocol!"),
     );
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Other, Verdict::Alerted),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::Other, Verdict::Alerted), 1);
     assert_eq!(k.total(), 2);
 }
 
@@ -264,10 +254,7 @@ fn request_line_split_into_one_byte_segments_is_still_http() {
     k.both(&Tcp::new(c, s).seq(1005).payload(b"X"));
     assert_eq!(k.total(), 0);
     k.both(&Tcp::new(c, s).seq(1004).payload(b" "));
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Alerted),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::Http, Verdict::Alerted), 1);
     assert_eq!(k.total(), 1);
 }
 
@@ -275,12 +262,8 @@ fn request_line_split_into_one_byte_segments_is_still_http() {
 fn ipv6_proxy_request() {
     let k = kernel();
     let (c, s) = (sa(CP6, 40004), sa(POD6, 8080));
-    k.handshake(c, s);
-    k.both(&Tcp::new(c, s).seq(1001).payload(GET));
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Alerted),
-        1
-    );
+    k.request(c, s, GET);
+    assert_eq!(k.proxied(Protocol::Http, Verdict::Alerted), 1);
     assert_eq!(k.total(), 1);
 }
 
@@ -310,10 +293,7 @@ fn closed_without_payload_is_none() {
     let (c, s) = (sa(CP, 40006), sa(POD, 8080));
     k.handshake(c, s);
     k.both(&Tcp::new(c, s).seq(1001).rst());
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::None, Verdict::Allowed),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::None, Verdict::Allowed), 1);
     assert_eq!(k.flows(), 0, "a reset removes the flow");
 }
 
@@ -323,10 +303,9 @@ fn untracked_traffic_leaves_no_trace() {
     for (c, s) in [
         (sa(NODE, 40007), sa(POD, 8080)), // node → pod: no path
         (sa(POD, 40008), sa(NODE, 9100)), // pod → node: no path
-        (sa("192.0.2.1", 40009), sa(POD, 8080)),
+        (sa(Ipv4Addr::new(192, 0, 2, 1), 40009), sa(POD, 8080)),
     ] {
-        k.handshake(c, s);
-        k.both(&Tcp::new(c, s).seq(1001).payload(GET));
+        k.request(c, s, GET);
     }
     assert_eq!(k.flows(), 0);
     assert_eq!(k.total(), 0);
@@ -341,17 +320,13 @@ fn untracked_traffic_leaves_no_trace() {
 fn untracked_traffic_in_a_tracked_slot_stays_untracked() {
     let k = kernel();
     let (c, s) = (sa(CP, 40100), sa(POD, 8080)); // apiserver-proxy-to-pod
-    let slot = |c: SocketAddr, s: SocketAddr| {
-        let addr = |a: SocketAddr| observer_common::config::Addr::from(a.ip());
-        filter_slot(&addr(c), c.port(), &addr(s), s.port())
-    };
+    let slot = filter_slot;
     let twin = (1024..u16::MAX)
         .map(|port| (sa(NODE, port), sa(POD, 8080))) // node → pod: no path
         .find(|(uc, us)| slot(*uc, *us) == slot(c, s))
         .expect("some node port shares the slot");
     k.handshake(c, s);
-    k.handshake(twin.0, twin.1);
-    k.both(&Tcp::new(twin.0, twin.1).seq(1001).payload(GET));
+    k.request(twin.0, twin.1, GET);
     k.both(&Tcp::new(c, s).seq(1001).payload(GET));
     assert_eq!(k.flows(), 1);
     assert_eq!(k.total(), 1);
@@ -410,75 +385,46 @@ fn truncated_and_malformed_packets_pass_untouched() {
     );
 }
 
-/// One row of SPEC §1: a representative (client, server) per family.
-struct Row {
-    path: Path,
-    v4: (&'static str, &'static str, u16),
-    v6: (&'static str, &'static str, u16),
-}
-
-/// Every row of the table, some twice (both kinds of client or server).
-const ROWS: &[Row] = &[
-    Row {
-        path: Path::KubeletReadOnly,
-        v4: (POD, NODE, 10255),
-        v6: (POD6, NODE6, 10255),
-    },
-    Row {
-        path: Path::KubeletReadOnly,
-        v4: (CP, NODE, 10255),
-        v6: (CP6, NODE6, 10255),
-    },
-    Row {
-        path: Path::ApiserverToKubelet,
-        v4: (CP, NODE, 10250),
-        v6: (CP6, NODE6, 10250),
-    },
-    Row {
-        path: Path::SshTunnel,
-        v4: (CP, NODE, 22),
-        v6: (CP6, NODE6, 22),
-    },
-    Row {
-        path: Path::ApiserverProxyToPod,
-        v4: (CP, POD, 8080),
-        v6: (CP6, POD6, 8080),
-    },
-    Row {
-        path: Path::ApiserverProxyToNode,
-        v4: (CP, NODE, 9100),
-        v6: (CP6, NODE6, 9100),
-    },
-    Row {
-        path: Path::Konnectivity,
-        v4: (POD, CP, 8132),
-        v6: (POD6, CP6, 8132),
-    },
-    Row {
-        path: Path::Konnectivity,
-        v4: (NODE, CP, 8132),
-        v6: (NODE6, CP6, 8132),
-    },
-    Row {
-        path: Path::NodeToApiserver,
-        v4: (NODE, CP, 6443),
-        v6: (NODE6, CP6, 6443),
-    },
-    Row {
-        path: Path::NodeToApiserver,
-        v4: (NODE, VIP, 443),
-        v6: (NODE6, VIP6, 443),
-    },
-    Row {
-        path: Path::PodToApiserver,
-        v4: (POD, VIP, 443),
-        v6: (POD6, VIP6, 443),
-    },
-    Row {
-        path: Path::PodToApiserver,
-        v4: (POD, CP, 6443),
-        v6: (POD6, CP6, 6443),
-    },
+/// Every path of the table, some twice (both kinds of client or server):
+/// a representative client and server, in either family, and the port.
+const ROWS: &[(Path, Host, Host, u16)] = &[
+    (Path::KubeletReadOnly, Host::Pod, Host::Node, 10255),
+    (Path::KubeletReadOnly, Host::ControlPlane, Host::Node, 10255),
+    (
+        Path::ApiserverToKubelet,
+        Host::ControlPlane,
+        Host::Node,
+        10250,
+    ),
+    (Path::SshTunnel, Host::ControlPlane, Host::Node, 22),
+    (
+        Path::ApiserverProxyToPod,
+        Host::ControlPlane,
+        Host::Pod,
+        8080,
+    ),
+    (
+        Path::ApiserverProxyToNode,
+        Host::ControlPlane,
+        Host::Node,
+        9100,
+    ),
+    (Path::Konnectivity, Host::Pod, Host::ControlPlane, 8132),
+    (Path::Konnectivity, Host::Node, Host::ControlPlane, 8132),
+    (
+        Path::NodeToApiserver,
+        Host::Node,
+        Host::ControlPlane,
+        APISERVER_PORT,
+    ),
+    (Path::NodeToApiserver, Host::Node, Host::Vip, VIP_PORT),
+    (Path::PodToApiserver, Host::Pod, Host::Vip, VIP_PORT),
+    (
+        Path::PodToApiserver,
+        Host::Pod,
+        Host::ControlPlane,
+        APISERVER_PORT,
+    ),
 ];
 
 /// The first bytes of each protocol, and who speaks first.
@@ -499,13 +445,13 @@ fn opening(protocol: Protocol) -> Option<(&'static [u8], bool)> {
 fn every_path_every_protocol_both_families() {
     let k = kernel();
     let mut port = 41000;
-    for row in ROWS {
+    for &(path, client, server, sport) in ROWS {
         for protocol in Protocol::ALL {
-            for (family, (c, s, sport)) in [("IPv4", row.v4), ("IPv6", row.v6)] {
+            for (family, v6) in [("IPv4", false), ("IPv6", true)] {
                 port += 1;
-                let (c, s) = (sa(c, port), sa(s, sport));
-                let verdict = Verdict::of(Action::default_for(row.path, protocol));
-                let before = k.connections(row.path, protocol, verdict);
+                let (c, s) = (sa(client.ip(v6), port), sa(server.ip(v6), sport));
+                let verdict = Verdict::of(Action::default_for(path, protocol));
+                let before = k.connections(path, protocol, verdict);
                 let total = k.total();
                 k.handshake(c, s);
                 let sent = match opening(protocol) {
@@ -521,12 +467,8 @@ fn every_path_every_protocol_both_families() {
                         1 // the FIN's sequence number
                     }
                 };
-                let case = format!("{:?} {protocol:?} {family} {c} -> {s}", row.path);
-                assert_eq!(
-                    k.connections(row.path, protocol, verdict),
-                    before + 1,
-                    "{case}"
-                );
+                let case = format!("{:?} {protocol:?} {family} {c} -> {s}", path);
+                assert_eq!(k.connections(path, protocol, verdict), before + 1, "{case}");
                 assert_eq!(k.total(), total + 1, "{case}: counted once, nowhere else");
                 // Close so the table does not fill up across cases.
                 k.both(&Tcp::new(c, s).seq(1001 + sent).rst());
@@ -553,10 +495,7 @@ fn ipv4_options_do_not_hide_the_tcp_header() {
             assert_eq!(k.run("ingress", &bytes), 1);
         }
     }
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Alerted),
-        3
-    );
+    assert_eq!(k.proxied(Protocol::Http, Verdict::Alerted), 3);
     assert_eq!(
         k.bytes(Path::ApiserverProxyToPod, Direction::Rx),
         3 * GET.len() as u64,
@@ -592,7 +531,7 @@ fn ipv6_extension_headers_are_walked() {
         }
     }
     assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Alerted),
+        k.proxied(Protocol::Http, Verdict::Alerted),
         chains.len() as u64
     );
     assert_eq!(
@@ -667,10 +606,7 @@ fn full_flow_table_loses_visibly() {
                 .payload(GET),
         );
     }
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Alerted),
-        8
-    );
+    assert_eq!(k.proxied(Protocol::Http, Verdict::Alerted), 8);
     // Closing makes room again.
     for i in 0..8 {
         k.both(
@@ -768,19 +704,12 @@ fn block_drops_payload_and_reports_one_event() {
         1,
         "so does the FIN"
     );
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Blocked),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::Http, Verdict::Blocked), 1);
     assert_eq!(k.counters.stat(Stat::SegmentsDropped).unwrap(), 3);
 
     let (c2, s2) = (sa(CP, 49001), sa(POD, 8443));
-    k.handshake(c2, s2);
-    k.both(&Tcp::new(c2, s2).seq(1001).payload(CLIENT_HELLO));
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Tls, Verdict::Allowed),
-        1
-    );
+    k.request(c2, s2, CLIENT_HELLO);
+    assert_eq!(k.proxied(Protocol::Tls, Verdict::Allowed), 1);
 
     let got = k.events();
     assert_eq!(got.len(), 1, "one event, for the blocked connection only");
@@ -806,10 +735,7 @@ fn event_loss_under_a_burst_is_counted() {
     // 56 bytes a record (48 + 8 of header): 256 KiB hold 4681 of them.
     const BURST: u32 = 6000;
     for i in 0..BURST {
-        let (c, s) = (
-            SocketAddr::new(CP.parse().unwrap(), 1024 + (i % 60000) as u16),
-            sa(POD, 8080),
-        );
+        let (c, s) = (sa(CP, 1024 + (i % 60000) as u16), sa(POD, 8080));
         assert_eq!(k.run("egress", &Tcp::new(c, s).syn(1000).build()), 1);
         assert_eq!(
             k.run("egress", &Tcp::new(c, s).seq(1001).payload(GET).build()),
@@ -821,7 +747,7 @@ fn event_loss_under_a_burst_is_counted() {
     let read = k.events().len() as u64;
     let lost = k.counters.stat(Stat::EventsLost).unwrap();
     assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Alerted),
+        k.proxied(Protocol::Http, Verdict::Alerted),
         u64::from(BURST)
     );
     assert!(lost > 0, "the burst overflowed the ring buffer");
@@ -871,11 +797,7 @@ fn a_spoofed_syn_flood_never_fills_the_flow_table() {
         "plaintext is blocked during the flood"
     );
     let (c, s) = to_pod(61001, 8443);
-    k.handshake(c, s);
-    assert_eq!(
-        k.verdicts(&Tcp::new(c, s).seq(1001).payload(CLIENT_HELLO)),
-        (1, 1)
-    );
+    assert_eq!(k.open(c, s, CLIENT_HELLO), (1, 1));
     assert_eq!(k.flows(), 2);
     k.assert_filter_matches();
 }
@@ -888,17 +810,15 @@ fn a_full_table_fails_closed_on_enforced_paths_only() {
     let k = enforcing_with_capacity(8);
     for i in 0..8 {
         let (c, s) = to_pod(50000 + i, 8443);
-        k.handshake(c, s);
-        k.both(&Tcp::new(c, s).seq(1001).payload(CLIENT_HELLO));
+        k.request(c, s, CLIENT_HELLO);
     }
     assert_eq!(k.flows(), 8);
     let (c, s) = to_pod(50100, 8443);
     assert_eq!(k.verdicts(&Tcp::new(c, s).syn(1000)), (0, 0), "refused");
     assert_eq!(k.dropped(DropReason::TableFull), 2);
     // node-to-apiserver has no block rule: it must never break.
-    let (c, s) = (sa(NODE, 50200), sa(CP, 6443));
-    k.handshake(c, s);
-    assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(GET)), (1, 1));
+    let (c, s) = (sa(NODE, 50200), sa(CP, APISERVER_PORT));
+    assert_eq!(k.open(c, s, GET), (1, 1));
     assert!(k.counters.stat(Stat::FlowTableFull).unwrap() > 0);
     assert_eq!(k.flows(), 8);
 }
@@ -921,10 +841,7 @@ fn segments_beyond_a_hole_wait_until_it_is_filled() {
     assert_eq!(k.total(), 0, "one byte decides nothing");
     // The retransmission is in order now: `http`, blocked.
     assert_eq!(k.verdicts(&after_hole), (0, 0));
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Blocked),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::Http, Verdict::Blocked), 1);
     // Not enforced: visibility only.
     let (c, s) = (sa(CP, 51001), sa(NODE, 10250));
     k.handshake(c, s);
@@ -946,10 +863,7 @@ fn urgent_data_decides_other() {
         .payload(&CLIENT_HELLO[..3])
         .urgent();
     assert_eq!(k.verdicts(&urgent), (0, 0));
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Other, Verdict::Blocked),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::Other, Verdict::Blocked), 1);
     assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1004).payload(GET)), (0, 0));
 }
 
@@ -964,10 +878,7 @@ fn a_tls_looking_prefix_then_plaintext_is_other() {
         k.verdicts(&Tcp::new(c, s).seq(1001).payload(&bytes)),
         (0, 0)
     );
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Other, Verdict::Blocked),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::Other, Verdict::Blocked), 1);
 }
 
 /// TCP Fast Open: a server hands data in a SYN to its application at once.
@@ -1015,8 +926,7 @@ fn resets_and_fins_out_of_sequence_change_nothing() {
     k.both(&Tcp::new(c, s).seq(1001).rst());
     assert_eq!(k.flows(), 1);
     let tls = to_pod(56001, 8443);
-    k.handshake(tls.0, tls.1);
-    k.both(&Tcp::new(tls.0, tls.1).seq(1001).payload(CLIENT_HELLO));
+    k.request(tls.0, tls.1, CLIENT_HELLO);
     let end = 1001 + CLIENT_HELLO.len() as u32;
     k.both(&Tcp::new(tls.0, tls.1).seq(end).rst());
     assert_eq!(
@@ -1043,8 +953,7 @@ fn resets_and_fins_out_of_sequence_change_nothing() {
 fn a_new_connection_on_a_known_key_is_judged_afresh() {
     let k = enforcing();
     let (c, s) = to_pod(57000, 8080);
-    k.handshake(c, s);
-    k.both(&Tcp::new(c, s).seq(1001).payload(CLIENT_HELLO));
+    k.request(c, s, CLIENT_HELLO);
     k.both(&Tcp::new(c, s).syn(1000));
     assert_eq!(k.flows(), 1);
     k.handshake_isn(c, s, 90_000);
@@ -1053,10 +962,7 @@ fn a_new_connection_on_a_known_key_is_judged_afresh() {
         (0, 0),
         "not the old connection's `tls`"
     );
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Http, Verdict::Blocked),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::Http, Verdict::Blocked), 1);
 }
 
 /// Only the client's bytes decide: a server that writes first (here, bytes
@@ -1103,12 +1009,8 @@ fn half_open_marks_expire() {
 fn bytes_that_differ_from_what_was_judged_are_dropped() {
     let k = enforcing();
     let (c, s) = to_pod(60000, 8080);
-    k.handshake(c, s);
-    k.both(&Tcp::new(c, s).seq(1001).payload(CLIENT_HELLO));
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::Tls, Verdict::Allowed),
-        1
-    );
+    k.request(c, s, CLIENT_HELLO);
+    assert_eq!(k.proxied(Protocol::Tls, Verdict::Allowed), 1);
     assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(GET)), (0, 0));
     assert_eq!(
         k.verdicts(&Tcp::new(c, s).seq(1001).payload(CLIENT_HELLO)),
@@ -1126,10 +1028,7 @@ fn nothing_passes_after_the_clients_fin() {
     let (c, s) = to_pod(60100, 8080);
     k.handshake(c, s);
     k.both(&Tcp::new(c, s).seq(1001).fin());
-    assert_eq!(
-        k.connections(Path::ApiserverProxyToPod, Protocol::None, Verdict::Allowed),
-        1
-    );
+    assert_eq!(k.proxied(Protocol::None, Verdict::Allowed), 1);
     assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(GET)), (0, 0));
 }
 
@@ -1185,8 +1084,7 @@ fn a_connection_whose_half_open_entry_was_pushed_out_is_picked_up() {
 fn a_local_socket_posing_as_a_remote_client_changes_nothing() {
     let k = enforcing();
     let (c, s) = to_pod(60500, 8080);
-    k.handshake(c, s);
-    assert_eq!(k.verdicts(&Tcp::new(c, s).seq(1001).payload(GET)), (0, 0));
+    assert_eq!(k.open(c, s, GET), (0, 0));
     assert_eq!(k.run("egress", &Tcp::new(c, s).syn(77_000).build()), 1);
     assert_eq!(k.flows(), 1);
     assert_eq!(
@@ -1203,7 +1101,7 @@ fn a_local_socket_posing_as_a_remote_client_changes_nothing() {
 /// loopback; the sequence numbers read with `TCP_REPAIR`.
 #[test]
 fn the_socket_counters_the_programs_read_mean_what_they_assume() {
-    use lab::attack::{sequence_numbers, tcp_byte_counters};
+    use lab::traffic::attack::{sequence_numbers, tcp_byte_counters};
     use std::{
         io::{Read as _, Write as _},
         os::fd::AsFd as _,

@@ -3,17 +3,15 @@
 //! for itself by default) does not verify against the cluster CA, one the
 //! cluster CA signed for the node's address does. Needs root.
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, time::Duration};
 
 use lab::{
-    agent::Agent,
-    metrics::Metrics,
-    scenario::Lab,
-    tls::Tls,
-    topology::{Topology, addrs},
+    cluster::agent::Agent,
+    cluster::metrics::Metrics,
+    cluster::scenario::Lab,
+    cluster::topology::{Topology, addrs},
+    eventually, later,
+    traffic::tls::Tls,
     traffic::{Kind, Server},
 };
 
@@ -26,19 +24,16 @@ fn check(lab: &Lab, extra: &[String]) -> Metrics {
     let mut args = Topology::agent_args();
     args.extend(extra.iter().cloned());
     let agent = Agent::start_in(Some(lab.topo.node.name()), &args);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let m = agent.scrape();
-        if m.sum(VERIFIED, &[]) != -1.0 {
-            return m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no kubelet certificate check; stderr:\n{}",
+    let what = later(|| {
+        format!(
+            "the kubelet certificate is checked; stderr:\n{}",
             agent.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        )
+    });
+    eventually(Duration::from_secs(20), what, || {
+        let m = agent.scrape();
+        (m.sum(VERIFIED, &[]) != -1.0).then_some(m)
+    })
 }
 
 fn write_ca(name: &str, pem: &str) -> String {

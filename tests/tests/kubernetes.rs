@@ -6,11 +6,12 @@
 use std::time::{Duration, Instant};
 
 use lab::{
-    agent::Agent,
-    kube::{ControlPlane, NODE},
-    metrics::Metrics,
-    scenario::Lab,
-    topology::Topology,
+    cluster::agent::Agent,
+    cluster::kube::{ControlPlane, NODE},
+    cluster::metrics::Metrics,
+    cluster::scenario::Lab,
+    cluster::topology::Topology,
+    eventually, later,
 };
 
 const C: &str = "cp_observer_connections_total";
@@ -27,26 +28,12 @@ fn the_apiserver_proxies_plaintext_to_pods_and_tls_to_the_kubelet() {
     let agent = Agent::start(&Topology::agent_args());
     let before = agent.scrape();
 
-    let body = cp.kubectl_ok(
-        &[
-            "get",
-            "--raw",
-            "/api/v1/namespaces/default/pods/web:8080/proxy/",
-        ],
-        None,
-    );
+    let body = cp.get_raw("/api/v1/namespaces/default/pods/web:8080/proxy/");
     assert!(
         body.contains("hello from the lab pod"),
         "the apiserver reached the pod: {body}"
     );
-    let body = cp.kubectl_ok(
-        &[
-            "get",
-            "--raw",
-            &format!("/api/v1/nodes/{NODE}:10250/proxy/healthz"),
-        ],
-        None,
-    );
+    let body = cp.get_raw(&format!("/api/v1/nodes/{NODE}:10250/proxy/healthz"));
     assert!(
         body.contains("hello from the lab pod"),
         "the apiserver reached the kubelet: {body}"
@@ -112,14 +99,7 @@ fn a_blocked_proxy_request_fails_promptly_and_never_reaches_the_pod() {
     );
 
     // The apiserver's TLS proxy to the pod (`https:` scheme prefix) passes.
-    let body = cp.kubectl_ok(
-        &[
-            "get",
-            "--raw",
-            "/api/v1/namespaces/default/pods/https:web:8443/proxy/",
-        ],
-        None,
-    );
+    let body = cp.get_raw("/api/v1/namespaces/default/pods/https:web:8443/proxy/");
     assert!(body.contains("hello from the lab pod"), "{body}");
 
     let m = agent.scrape();
@@ -163,21 +143,14 @@ fn discovery_learns_the_cluster_from_the_real_apiserver() {
 
     // The apiserver's proxy (control plane from the endpoints, pod from the
     // node's pod CIDR).
-    let body = cp.kubectl_ok(
-        &[
-            "get",
-            "--raw",
-            "/api/v1/namespaces/default/pods/web:8080/proxy/",
-        ],
-        None,
-    );
+    let body = cp.get_raw("/api/v1/namespaces/default/pods/web:8080/proxy/");
     assert!(body.contains("hello from the lab pod"));
     // The node dialling the apiserver endpoint, and a pod dialling the VIP
     // (a bare listener answers there: only connections whose handshake
     // completes are counted).
-    use lab::{topology::addrs, traffic};
-    let endpoint = std::net::SocketAddr::new(addrs::CP4.into(), 6443);
-    let vip = std::net::SocketAddr::new(addrs::VIP4.into(), 443);
+    use lab::{cluster::topology::addrs, traffic};
+    let endpoint = std::net::SocketAddr::new(addrs::CP4.into(), addrs::APISERVER_PORT);
+    let vip = std::net::SocketAddr::new(addrs::VIP4.into(), addrs::VIP_PORT);
     let _vip = lab
         .topo
         .cp
@@ -200,20 +173,16 @@ fn discovery_learns_the_cluster_from_the_real_apiserver() {
         1.0,
         "konnectivity agent traffic counts as the control plane's"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !agent
-        .stdout_lines()
-        .iter()
-        .any(|l| l.contains("apiserver-proxy-to-pod"))
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let event = agent
-        .stdout_lines()
-        .into_iter()
-        .find(|l| l.contains("apiserver-proxy-to-pod"))
-        .expect("the plaintext proxy request is alerted");
+    let event = eventually(
+        Duration::from_secs(5),
+        "the plaintext proxy request is alerted",
+        || {
+            agent
+                .stdout_lines()
+                .into_iter()
+                .find(|l| l.contains("apiserver-proxy-to-pod"))
+        },
+    );
     let event: serde_json::Value = serde_json::from_str(&event).expect("JSON");
     assert_eq!(
         event["dst_pod"],
@@ -262,21 +231,20 @@ fn a_silent_apiserver_leaves_the_last_configuration_in_force() {
     agent.wait_for_complete_discovery();
 
     cp.stop_apiserver();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while agent
-        .scrape()
-        .sum("cp_observer_discovery_errors_total", &[])
-        < 1.0
-    {
-        assert!(
-            Instant::now() < deadline,
+    let what = later(|| {
+        format!(
             "the failing watches are reported; stderr:\n{}",
             agent.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        )
+    });
+    eventually(Duration::from_secs(30), what, || {
+        agent
+            .scrape()
+            .sum("cp_observer_discovery_errors_total", &[])
+            >= 1.0
+    });
     let before = agent.scrape();
-    use lab::{topology::addrs, traffic};
+    use lab::{cluster::topology::addrs, traffic};
     let kubelet = std::net::SocketAddr::new(addrs::NODE4.into(), 10250);
     traffic::connect_close_from(&lab.topo.pod, agent_ip, kubelet)
         .expect("the konnectivity agent reaches the kubelet");

@@ -15,15 +15,15 @@ use std::{
     net::{SocketAddr, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use lab::{
-    agent::{Agent, free_port},
-    manifests::{kustomize, repo},
-    scenario::{Lab, Where},
-    topology::{Topology, addrs},
-    traffic,
+    cluster::agent::{Agent, free_port},
+    cluster::manifests::{kustomize, repo},
+    cluster::scenario::{Lab, Where},
+    cluster::topology::{Topology, addrs},
+    eventually, later, traffic,
 };
 use serde_json::Value as Json;
 
@@ -159,15 +159,15 @@ impl Prometheus {
             .spawn()
             .expect("prometheus starts");
         let p = Self { child, addr, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while p.get("/-/ready").is_none_or(|(code, _)| code != 200) {
-            assert!(
-                Instant::now() < deadline,
-                "prometheus not ready: {}",
+        let what = later(|| {
+            format!(
+                "prometheus is ready: {}",
                 std::fs::read_to_string(p.dir.join("log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            )
+        });
+        eventually(Duration::from_secs(30), what, || {
+            p.get("/-/ready").is_some_and(|(code, _)| code == 200)
+        });
         p
     }
 
@@ -230,14 +230,11 @@ fn prometheus_evaluates_every_dashboard_query_and_alert_on_the_real_agent() {
             .as_array()
             .is_some_and(|r| !r.is_empty())
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !scraped(&prom) {
-        assert!(
-            Instant::now() < deadline,
-            "prometheus never scraped the agent"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually(
+        Duration::from_secs(30),
+        "prometheus scrapes the agent",
+        || scraped(&prom),
+    );
     std::thread::sleep(Duration::from_secs(2)); // a few samples of zeros first
     let pod = SocketAddr::new(addrs::POD4.into(), 8080);
     for _ in 0..3 {
@@ -275,17 +272,10 @@ fn prometheus_evaluates_every_dashboard_query_and_alert_on_the_real_agent() {
             assert_eq!(r["health"], "ok", "{r}");
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (_, body) = prom.get("/api/v1/alerts").expect("alerts");
-        if body.contains("CpObserverPlaintextApiserverProxy") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the plaintext alert did not fire: {body}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let alerts = || prom.get("/api/v1/alerts").expect("alerts").1;
+    let what = later(|| format!("the plaintext alert fires: {}", alerts()));
+    eventually(Duration::from_secs(15), what, || {
+        alerts().contains("CpObserverPlaintextApiserverProxy")
+    });
     let _ = std::fs::remove_file(rules);
 }

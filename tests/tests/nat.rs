@@ -6,9 +6,9 @@
 use std::{net::SocketAddr, process::Command};
 
 use lab::{
-    agent::Agent,
-    scenario::{Lab, Where},
-    topology::addrs,
+    cluster::agent::Agent,
+    cluster::scenario::{Lab, Where},
+    cluster::topology::addrs,
     traffic,
 };
 
@@ -20,32 +20,27 @@ fn a_vip_translated_by_nat_is_still_the_apiserver() {
     let vip = SocketAddr::new(addrs::VIP4.into(), addrs::VIP_PORT);
     let endpoint = SocketAddr::new(addrs::CP4.into(), addrs::APISERVER_PORT);
     // kube-proxy's rule, in the pod's namespace: VIP → endpoint.
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            lab.topo.pod.name(),
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "-p",
-            "tcp",
-        ])
-        .args([
-            "-d",
-            &addrs::VIP4.to_string(),
-            "--dport",
-            &addrs::VIP_PORT.to_string(),
-        ])
-        .args(["-j", "DNAT", "--to-destination", &endpoint.to_string()])
-        .output()
-        .expect("iptables runs");
-    assert!(
-        out.status.success(),
-        "iptables: {}",
-        String::from_utf8_lossy(&out.stderr)
+    lab::cluster::checked(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                lab.topo.pod.name(),
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "OUTPUT",
+                "-p",
+                "tcp",
+            ])
+            .args([
+                "-d",
+                &addrs::VIP4.to_string(),
+                "--dport",
+                &addrs::VIP_PORT.to_string(),
+            ])
+            .args(["-j", "DNAT", "--to-destination", &endpoint.to_string()]),
     );
 
     // Only the VIP is configured: the endpoint itself is not an apiserver

@@ -5,10 +5,10 @@
 //! `cargo xtask test`.
 
 use lab::{
-    agent::Agent,
-    metrics::Metrics,
-    scenario::{self, Lab, Where},
-    topology::{Topology, addrs},
+    cluster::agent::Agent,
+    cluster::metrics::Metrics,
+    cluster::scenario::{self, Lab, Where},
+    cluster::topology::{Topology, addrs},
     traffic,
 };
 use observer_common::{
@@ -117,14 +117,11 @@ fn a_full_flow_table_loses_visibly_and_recovers() {
     for _ in 0..(4 * CAPACITY) {
         traffic::connect_close(lab.ns(Where::Node), pod).expect("node to pod");
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while agent.scrape().sum("cp_observer_flow_table_entries", &[]) != 0.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "closed connections leave the table"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    lab::eventually(
+        std::time::Duration::from_secs(5),
+        "closed connections leave the table",
+        || agent.scrape().sum("cp_observer_flow_table_entries", &[]) == 0.0,
+    );
     let before = agent.scrape();
     for _ in 0..3 {
         let x = traffic::http_get(lab.ns(Where::ControlPlane), pod).expect("proxy request");

@@ -11,11 +11,12 @@ use std::{
 };
 
 use lab::{
-    agent::Agent,
-    attack,
-    metrics::Metrics,
-    scenario::{Lab, Where},
-    topology::{Topology, addrs},
+    cluster::agent::Agent,
+    cluster::metrics::Metrics,
+    cluster::scenario::{Lab, Where},
+    cluster::topology::{Topology, addrs},
+    eventually, later,
+    traffic::attack,
     traffic::{self, Kind, Server, is_reset},
 };
 
@@ -42,16 +43,14 @@ fn events(agent: &Agent) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Waits until the agent has printed `n` events (they are read asynchronously).
+/// Waits until the agent has printed `n` events (they are read
+/// asynchronously), and returns them all.
 fn wait_events(agent: &Agent, n: usize) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    let what = later(|| format!("{n} events: {:?}", events(agent)));
+    eventually(Duration::from_secs(5), what, || {
         let e = events(agent);
-        if e.len() >= n || Instant::now() > deadline {
-            return e;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        (e.len() >= n).then_some(e)
+    })
 }
 
 fn assert_event(e: &serde_json::Value, action: &str, verdict: &str, dry_run: bool) {
@@ -325,7 +324,7 @@ fn a_spoofed_syn_flood_from_a_pod_does_not_switch_enforcement_off() {
     let pod_ns = lab.ns(Where::Pod);
     let flood = attack::syn_flood(
         pod_ns,
-        std::net::Ipv4Addr::new(198, 18, 16, 100),
+        addrs::UNUSED_POD4,
         100,
         SocketAddrV4::new(addrs::CP4, 8132),
         RATE,

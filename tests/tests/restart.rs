@@ -12,9 +12,10 @@ use std::{
 };
 
 use lab::{
-    agent::{self, Agent},
-    scenario::{Lab, Where},
-    topology::{Topology, addrs},
+    cluster::agent::{self, Agent},
+    cluster::scenario::{Lab, Where},
+    cluster::topology::{Topology, addrs},
+    eventually, later,
     traffic::{self, is_reset},
 };
 
@@ -41,17 +42,24 @@ fn cleanup() -> std::process::Output {
         .expect("cleanup runs")
 }
 
+/// Plaintext HTTP connections `agent` counted as alerted.
+fn alerted_http(agent: &Agent) -> f64 {
+    agent
+        .scrape()
+        .sum(C, &[("protocol", "http"), ("verdict", "alerted")])
+}
+
 /// Waits for the kernel to free replaced programs (released asynchronously).
 fn programs_settle_at(n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while agent::loaded_observer_programs() != n {
-        assert!(
-            Instant::now() < deadline,
+    let what = later(|| {
+        format!(
             "{} cp-observer programs loaded, want {n}",
             agent::loaded_observer_programs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        )
+    });
+    eventually(Duration::from_secs(5), what, || {
+        agent::loaded_observer_programs() == n
+    });
 }
 
 #[test]
@@ -78,7 +86,7 @@ fn pins_outlive_the_agent_and_a_restart_adopts_them() {
     let waiting = {
         let cp = lab.topo.cp.name().to_owned();
         std::thread::spawn(move || {
-            let ns = lab::netns::NetNs::existing(&cp);
+            let ns = lab::cluster::netns::NetNs::existing(&cp);
             let start = Instant::now();
             // Long enough for the next agent to start, also under the
             // kernel matrix's software emulation.
@@ -114,11 +122,14 @@ fn pins_outlive_the_agent_and_a_restart_adopts_them() {
         m.sum(C, &[("protocol", "tls"), ("verdict", "allowed")]),
         2.0
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while second.stdout_lines().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let events = second.stdout_lines();
+    let events = eventually(
+        Duration::from_secs(5),
+        "the next agent prints events",
+        || {
+            let lines = second.stdout_lines();
+            (!lines.is_empty()).then_some(lines)
+        },
+    );
     assert!(
         events.iter().any(|e| e.contains("\"verdict\":\"blocked\"")),
         "the block raised while no agent ran is reported by the next one: {events:?}"
@@ -135,12 +146,7 @@ fn pins_outlive_the_agent_and_a_restart_adopts_them() {
     programs_settle_at(baseline + agent::PROGRAMS_PER_AGENT);
     let ok = traffic::http_get(cp, pod(8080)).expect("no longer blocked");
     assert!(ok.status.contains("200"));
-    assert_eq!(
-        third
-            .scrape()
-            .sum(C, &[("protocol", "http"), ("verdict", "alerted")]),
-        1.0
-    );
+    assert_eq!(alerted_http(&third), 1.0);
     assert!(third.stop().success());
 
     let out = cleanup();
@@ -167,7 +173,7 @@ fn the_flow_table_and_its_filter_are_one_piece_of_state() {
     let _ = std::fs::remove_dir_all(dir);
     let load = |capacity: u32| {
         let args = RunArgs {
-            control_plane: vec!["198.18.0.1".parse().expect("cidr")],
+            control_plane: vec![addrs::CP4.to_string().parse().expect("cidr")],
             flow_table_capacity: Some(capacity),
             pin_dir: Some(dir.to_owned()),
             ..RunArgs::default()
@@ -213,12 +219,8 @@ fn a_connection_busy_while_no_agent_ran_is_not_expired() {
     };
     let _ = cleanup();
     let lab = Lab::new("t-busy");
-    let server = lab::workload::Server::start(
-        lab.ns(Where::Pod),
-        pod(9090),
-        lab::workload::Service::Echo,
-        1,
-    );
+    let server =
+        traffic::Server::start(lab.ns(Where::Pod), pod(9090), traffic::Kind::Echo, &lab.tls);
     let agent_args = || {
         let mut args = Topology::agent_args();
         args.extend(["--pin-dir", PIN_DIR, "--flow-idle-timeout", "2"].map(str::to_owned));
@@ -232,7 +234,7 @@ fn a_connection_busy_while_no_agent_ran_is_not_expired() {
         let cp = lab.topo.cp.name().to_owned();
         let (busy, done) = (busy.clone(), done.clone());
         std::thread::spawn(move || {
-            lab::netns::NetNs::existing(&cp).run(|| {
+            lab::cluster::netns::NetNs::existing(&cp).run(|| {
                 let mut s = std::net::TcpStream::connect(pod(9090))?;
                 s.set_read_timeout(Some(Duration::from_secs(5)))?;
                 let mut n = 0u64;
@@ -312,12 +314,7 @@ fn a_new_policy_judges_adopted_connections_again() {
         .run(|| std::net::TcpStream::connect(pod(9091)).expect("connect"));
     client.write_all(b"GET / HTTP/1.1\r\n").expect("first line");
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(
-        first
-            .scrape()
-            .sum(C, &[("protocol", "http"), ("verdict", "alerted")]),
-        1.0
-    );
+    assert_eq!(alerted_http(&first), 1.0);
     assert!(first.stop().success());
 
     let second = start(Some("apiserver-proxy-to-pod:plaintext=block"));

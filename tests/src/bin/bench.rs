@@ -6,10 +6,10 @@
 
 use std::time::Instant;
 
-use lab::{ab, load, workload};
+use lab::bench::{ab, load, workload};
 
 fn main() {
-    lab::signals::cleanup_on_signals("bench");
+    lab::cluster::signals::cleanup_on_signals("bench");
     let args: Vec<String> = std::env::args().skip(1).collect();
     // `--kernel`: the per-packet rows only, printed, nothing written (a
     // minute; for comparing two builds of the kernel programs).
@@ -21,8 +21,8 @@ fn main() {
         .unwrap_or_else(|| "BENCHMARKS.md".to_owned());
     let started = Instant::now();
 
-    let rows = lab::bench::kernel(200_000, 7, 2000);
-    let kernel_table = lab::bench::markdown(&rows);
+    let rows = lab::bench::kernel::kernel(200_000, 7, 2000);
+    let kernel_table = lab::bench::kernel::markdown(&rows);
     println!("{kernel_table}");
     if kernel_only {
         return;

@@ -9,10 +9,10 @@ use observer::policy::Policy;
 use observer_common::policy::Verdict;
 
 use lab::{
-    agent::{self, Agent},
-    metrics::Metrics,
-    scenario::{self, Lab},
-    topology::Topology,
+    cluster::agent::{self, Agent},
+    cluster::metrics::Metrics,
+    cluster::scenario::{self, Lab},
+    cluster::topology::Topology,
 };
 
 fn main() -> ExitCode {
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     }
     let enforce = args.iter().any(|a| a == "--enforce");
     let kube = args.iter().any(|a| a == "--kube");
-    lab::signals::cleanup_on_signals("lab");
+    lab::cluster::signals::cleanup_on_signals("lab");
     match std::panic::catch_unwind(|| {
         if kube {
             run_kube(enforce)
@@ -155,7 +155,7 @@ fn run(enforce: bool) -> bool {
 /// plane, endpoint, VIP, node addresses, pod CIDRs and konnectivity agents
 /// from the apiserver, then sees the apiserver's own connections.
 fn run_kube(enforce: bool) -> bool {
-    use lab::{kube::ControlPlane, topology::addrs, traffic};
+    use lab::{cluster::kube::ControlPlane, cluster::topology::addrs, traffic};
     use std::net::SocketAddr;
 
     say("building the lab and starting etcd and kube-apiserver on the control plane");
@@ -185,8 +185,8 @@ fn run_kube(enforce: bool) -> bool {
             Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
         }
     };
-    let node_ep = SocketAddr::new(addrs::CP4.into(), 6443);
-    let vip = SocketAddr::new(addrs::VIP4.into(), 443);
+    let node_ep = SocketAddr::new(addrs::CP4.into(), addrs::APISERVER_PORT);
+    let vip = SocketAddr::new(addrs::VIP4.into(), addrs::VIP_PORT);
     let kubelet = SocketAddr::new(addrs::NODE4.into(), 10250);
     let ro = SocketAddr::new(addrs::NODE4.into(), 10255);
     let io = |r: std::io::Result<traffic::Exchange>| r.map(|x| x.status).map_err(|e| e.to_string());

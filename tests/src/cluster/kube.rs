@@ -7,14 +7,12 @@
 use std::{
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use crate::{netns::NetNs, topology::addrs};
+use crate::cluster::{netns::NetNs, topology::addrs};
 
 const TOKEN: &str = "cp-observer-lab-token";
-/// The Service range: its first address is the `kubernetes` VIP.
-pub const SERVICE_RANGE: &str = "198.18.96.0/24";
 /// The lab node's name.
 pub const NODE: &str = "lab-node";
 
@@ -55,7 +53,7 @@ impl ControlPlane {
             format!("{TOKEN},admin,admin,system:masters\n"),
         )
         .expect("tokens");
-        let server = format!("https://{}:6443", addrs::CP4);
+        let server = format!("https://{}:{}", addrs::CP4, addrs::APISERVER_PORT);
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(
             &kubeconfig,
@@ -91,7 +89,7 @@ impl ControlPlane {
                 "--etcd-servers=http://127.0.0.1:2379",
                 &format!("--bind-address={}", addrs::CP4),
                 &format!("--advertise-address={}", addrs::CP4),
-                "--secure-port=6443",
+                &format!("--secure-port={}", addrs::APISERVER_PORT),
                 "--insecure-port=0",
                 &format!("--cert-dir={}", d("certs")),
                 &format!("--token-auth-file={}", d("tokens.csv")),
@@ -99,7 +97,7 @@ impl ControlPlane {
                 &format!("--service-account-key-file={}", d("sa.pub")),
                 &format!("--service-account-signing-key-file={}", d("sa.key")),
                 "--service-account-issuer=https://kubernetes.default.svc",
-                &format!("--service-cluster-ip-range={SERVICE_RANGE}"),
+                &format!("--service-cluster-ip-range={}", addrs::SERVICE_RANGE4),
                 "--disable-admission-plugins=ServiceAccount",
                 "--kubelet-preferred-address-types=InternalIP",
                 "--enable-priority-and-fairness=false",
@@ -108,6 +106,7 @@ impl ControlPlane {
             .stderr(log("apiserver.log"))
             .spawn()
             .expect("kube-apiserver starts");
+        let dir_log = dir.clone();
         let mut cp_plane = Self {
             etcd,
             apiserver,
@@ -115,23 +114,31 @@ impl ControlPlane {
             ns: cp.name().to_owned(),
             kubeconfig,
         };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let out = cp_plane.kubectl(&["get", "--raw", "/readyz"]);
-            if out.status.success() {
-                break;
+        let what = crate::later(|| {
+            format!(
+                "kube-apiserver is ready; its log:\n{}",
+                std::fs::read_to_string(dir_log.join("apiserver.log")).unwrap_or_default()
+            )
+        });
+        crate::eventually(Duration::from_secs(90), what, || {
+            if cp_plane
+                .kubectl(&["get", "--raw", "/readyz"])
+                .status
+                .success()
+            {
+                return true;
             }
             let exited = cp_plane
                 .apiserver
                 .try_wait()
                 .expect("wait on kube-apiserver");
             assert!(
-                Instant::now() < deadline && exited.is_none(),
-                "kube-apiserver not ready (exited: {exited:?}); its log:\n{}",
-                std::fs::read_to_string(cp_plane.dir.join("apiserver.log")).unwrap_or_default()
+                exited.is_none(),
+                "kube-apiserver exited with {exited:?}; its log:\n{}",
+                cp_plane.log()
             );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+            false
+        });
         cp_plane
     }
 
@@ -190,6 +197,11 @@ impl ControlPlane {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `kubectl get --raw PATH`, which must succeed: the body.
+    pub fn get_raw(&self, path: &str) -> String {
+        self.kubectl_ok(&["get", "--raw", path], None)
     }
 
     /// Registers the lab node and a pod `web` on it whose IP is the lab pod's.

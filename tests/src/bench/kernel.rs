@@ -4,16 +4,17 @@
 //! BENCHMARKS.md; the test suite runs a tiny version to keep the harness
 //! honest.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use aya::programs::{TestRun as _, TestRunOptions};
-use observer::{
-    cli::RunArgs,
-    config::Settings,
-    ebpf::{Datapath, Loaded},
+use observer::ebpf::Loaded;
+
+use crate::{
+    cluster::topology::addrs::{self, CP4, NODE4, POD4},
+    kernel::{
+        self, filter_slot,
+        packets::{Tcp, handshake},
+    },
 };
-
-use crate::packets::Tcp;
 
 /// One measured packet kind.
 #[derive(Clone, Debug)]
@@ -33,21 +34,8 @@ const TLS_CLIENT_HELLO: &[u8] = &[
     0x16, 0x03, 0x01, 0x00, 0xf1, 0x01, 0x00, 0x00, 0xed, 0x03, 0x03, 0xaa, 0xbb, 0xcc, 0xdd, 0xee,
 ];
 
-fn sa(s: &str) -> SocketAddr {
-    s.parse().expect("an address")
-}
-
-fn run(d: &Datapath, prog: &'static str, packet: &[u8], repeat: u32) -> f64 {
-    let p = d.program(prog).expect("program");
-    let r = p
-        .test_run(TestRunOptions {
-            data_in: Some(packet),
-            repeat,
-            ..TestRunOptions::default()
-        })
-        .expect("BPF_PROG_TEST_RUN");
-    // The kernel reports the mean duration of one run.
-    r.duration.as_nanos() as f64
+fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
 }
 
 /// The median of `values` (the mean of the middle two for an even count;
@@ -65,42 +53,25 @@ pub fn median(values: &[f64]) -> f64 {
 /// Measures every kind: `repeat` runs per batch, `batches` batches,
 /// `new_flows` distinct flows for the first-payload case.
 pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
-    let args = RunArgs {
-        control_plane: vec!["198.18.0.1".parse().expect("cidr")],
-        apiserver: vec![sa("198.18.0.1:6443")],
-        node_ip: vec!["198.18.0.2".parse().expect("ip")],
-        pod_cidr: vec!["198.18.16.0/24".parse().expect("cidr")],
-        no_pin: true,
-        ..RunArgs::default()
-    };
     let Loaded {
         datapath: mut d, ..
-    } = Datapath::load(&Settings::from_args(&args).expect("settings")).expect("load (root)");
+    } = kernel::load(|_| {});
     d.load_extra("noop").expect("the no-op program loads");
     let get = b"GET / HTTP/1.1\r\nHost: pod\r\n\r\n";
-    let untracked_from = sa("198.18.0.2:40000");
-    let untracked = Tcp::new(untracked_from, sa("198.18.16.2:8080"))
-        .seq(1001)
-        .payload(get)
-        .build();
-    let (c, s) = (sa("198.18.0.1:40001"), sa("198.18.16.2:8080"));
-    for p in handshake(c, s) {
-        run(&d, "egress", &p.build(), 1);
+    let pod = sa(POD4, 8080);
+    let untracked_from = sa(NODE4, 40000);
+    let untracked = Tcp::new(untracked_from, pod).seq(1001).payload(get).build();
+    let (c, s) = (sa(CP4, 40001), pod);
+    for p in handshake(c, s, 1000) {
+        kernel::run(&d, "egress", &p.build());
     }
-    run(
-        &d,
-        "egress",
-        &Tcp::new(c, s).seq(1001).payload(get).build(),
-        1,
-    );
+    kernel::run(&d, "egress", &Tcp::new(c, s).seq(1001).payload(get).build());
     let known = Tcp::new(c, s).seq(1001).payload(get).build();
-    let untracked_syn = Tcp::new(sa("198.18.0.2:40002"), sa("198.18.16.2:8080"))
-        .syn(1000)
-        .build();
+    let untracked_syn = Tcp::new(sa(NODE4, 40002), pod).syn(1000).build();
     let batch = |prog, pkt: &[u8]| {
         median(
             &(0..batches)
-                .map(|_| run(&d, prog, pkt, repeat))
+                .map(|_| kernel::time(&d, prog, pkt, repeat))
                 .collect::<Vec<_>>(),
         )
     };
@@ -108,44 +79,40 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
     // The same untracked packet once a half-open SYN hashed to its slot, as
     // for some slots during a SYN flood: it also looks in `HALF_OPEN`.
     let twin = (1024..u16::MAX)
-        .map(|port| sa(&format!("198.18.0.1:{port}")))
-        .find(|c| slot(*c, sa("198.18.16.2:8080")) == slot(untracked_from, sa("198.18.16.2:8080")))
+        .map(|port| sa(CP4, port))
+        .find(|c| filter_slot(*c, pod) == filter_slot(untracked_from, pod))
         .expect("some port shares the slot");
-    run(
-        &d,
-        "egress",
-        &Tcp::new(twin, sa("198.18.16.2:8080")).syn(7).build(),
-        1,
-    );
+    kernel::run(&d, "egress", &Tcp::new(twin, pod).syn(7).build());
     let untracked_marked = batch("egress", &untracked);
 
     // One run per fresh connection, for what happens once per connection:
     // its SYN (a half-open entry), the ACK that completes its handshake
     // (into the flow table), and its first payload (detection, decision).
-    let fresh = |client: &str, server: SocketAddr, payload: &[u8]| {
+    let fresh = |client: IpAddr, server: SocketAddr, payload: &[u8]| {
         let mut times = [Vec::new(), Vec::new(), Vec::new()];
         for i in 0..new_flows {
-            let c = SocketAddr::new(client.parse().expect("ip"), 20000 + i);
-            let [syn, syn_ack, ack] = handshake(c, server);
-            times[0].push(run(&d, "egress", &syn.build(), 1));
-            run(&d, "ingress", &syn_ack.build(), 1);
-            times[1].push(run(&d, "egress", &ack.build(), 1));
+            let c = SocketAddr::new(client, 20000 + i);
+            let [syn, syn_ack, ack] = handshake(c, server, 1000);
+            times[0].push(kernel::time(&d, "egress", &syn.build(), 1));
+            kernel::run(&d, "ingress", &syn_ack.build());
+            times[1].push(kernel::time(&d, "egress", &ack.build(), 1));
             let pkt = Tcp::new(c, server).seq(1001).payload(payload).build();
-            times[2].push(run(&d, "egress", &pkt, 1));
+            times[2].push(kernel::time(&d, "egress", &pkt, 1));
             let end = 1001 + payload.len() as u32;
-            run(&d, "egress", &Tcp::new(c, server).seq(end).rst().build(), 1);
+            kernel::run(&d, "egress", &Tcp::new(c, server).seq(end).rst().build());
         }
         times.map(|t| median(&t))
     };
     // node-to-apiserver/tls: allowed, no event.
-    let [syn, promote, first_tls] = fresh("198.18.0.2", sa("198.18.0.1:6443"), TLS_CLIENT_HELLO);
+    let apiserver = sa(CP4, addrs::APISERVER_PORT);
+    let [syn, promote, first_tls] = fresh(NODE4.into(), apiserver, TLS_CLIENT_HELLO);
     // apiserver-proxy-to-pod/http: alerted by default, one event each.
-    let [_, _, first_http] = fresh("198.18.0.1", sa("198.18.16.2:8080"), get);
+    let [_, _, first_http] = fresh(CP4.into(), pod, get);
     // The floor of the rows above: one run costs more than one of many
     // (the kernel reads the clock around each batch).
     let noop_once = median(
         &(0..new_flows)
-            .map(|_| run(&d, "noop", &untracked, 1))
+            .map(|_| kernel::time(&d, "noop", &untracked, 1))
             .collect::<Vec<_>>(),
     );
     let noop = batch("noop", &untracked);
@@ -218,21 +185,6 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
             target_ns: Some(150.0),
         },
     ]
-}
-
-/// SYN, SYN-ACK and the handshake's last ACK of `c` → `s` (ISNs 1000, 5000).
-fn handshake(c: SocketAddr, s: SocketAddr) -> [Tcp; 3] {
-    [
-        Tcp::new(c, s).syn(1000),
-        Tcp::new(s, c).syn_ack(5000).ack_seq(1001),
-        Tcp::new(c, s).seq(1001).ack_seq(5001),
-    ]
-}
-
-/// The `FLOW_FILTER` slot of a connection.
-fn slot(a: SocketAddr, b: SocketAddr) -> u32 {
-    let addr = |s: SocketAddr| observer_common::config::Addr::from(s.ip());
-    observer_common::flow::filter_slot(&addr(a), a.port(), &addr(b), b.port())
 }
 
 /// The table as Markdown.

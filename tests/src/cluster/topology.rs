@@ -15,7 +15,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::netns::NetNs;
+use clap::Parser as _;
+use observer::cli::{Cli, Command, RunArgs};
+
+use crate::cluster::netns::NetNs;
 
 /// Addresses of the lab, IPv4 and IPv6.
 pub mod addrs {
@@ -54,6 +57,41 @@ pub mod addrs {
     pub const APISERVER_PORT: u16 = 6443;
     /// The VIP's port.
     pub const VIP_PORT: u16 = 443;
+    /// The Service range: its first address is [`VIP4`].
+    pub const SERVICE_RANGE4: &str = "198.18.96.0/24";
+    /// The first of pod-CIDR addresses no namespace has, for spoofed
+    /// sources.
+    pub const UNUSED_POD4: Ipv4Addr = Ipv4Addr::new(198, 18, 16, 100);
+}
+
+/// The lab's hosts by role, each with an address of either family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Host {
+    /// [`addrs::CP4`], [`addrs::CP6`].
+    ControlPlane,
+    /// [`addrs::NODE4`], [`addrs::NODE6`] (facing the control plane).
+    Node,
+    /// [`addrs::POD4`], [`addrs::POD6`].
+    Pod,
+    /// [`addrs::VIP4`], [`addrs::VIP6`] (on the control plane).
+    Vip,
+}
+
+impl Host {
+    /// The address of the given family.
+    pub fn ip(self, v6: bool) -> IpAddr {
+        use addrs::*;
+        match (self, v6) {
+            (Self::ControlPlane, false) => CP4.into(),
+            (Self::ControlPlane, true) => CP6.into(),
+            (Self::Node, false) => NODE4.into(),
+            (Self::Node, true) => NODE6.into(),
+            (Self::Pod, false) => POD4.into(),
+            (Self::Pod, true) => POD6.into(),
+            (Self::Vip, false) => VIP4.into(),
+            (Self::Vip, true) => VIP6.into(),
+        }
+    }
 }
 
 /// The three namespaces, wired and addressed. Dropping it removes them
@@ -76,30 +114,8 @@ impl Topology {
         let node = NetNs::new(&format!("cpo-{tag}-node"));
         let pod = NetNs::new(&format!("cpo-{tag}-pod"));
 
-        node.ip(&[
-            "link",
-            "add",
-            "to-cp",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            cp.name(),
-        ]);
-        node.ip(&[
-            "link",
-            "add",
-            "to-pod",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            pod.name(),
-        ]);
+        veth(&node, "to-cp", &cp);
+        veth(&node, "to-pod", &pod);
         for (ns, dev, v4, v6) in [
             (&cp, "eth0", CP4, CP6),
             (&node, "to-cp", NODE4, NODE6),
@@ -181,12 +197,37 @@ impl Topology {
         args
     }
 
-    /// The pod's address of the given family.
-    pub fn pod_ip(v6: bool) -> IpAddr {
-        if v6 {
-            addrs::POD6.into()
-        } else {
-            addrs::POD4.into()
+    /// [`Self::agent_args`] and `extra`, parsed as the agent parses its
+    /// command line, and with nothing pinned: for code that loads the
+    /// kernel programs itself.
+    pub fn run_args(extra: &[&str]) -> RunArgs {
+        let args = Self::agent_args();
+        let cli = Cli::try_parse_from(
+            ["cp-observer", "run", "--no-pin"]
+                .into_iter()
+                .chain(args.iter().map(String::as_str))
+                .chain(extra.iter().copied()),
+        )
+        .unwrap_or_else(|e| panic!("the lab's agent flags parse: {e}"));
+        match cli.command {
+            Command::Run(args) => args,
+            other => panic!("`run` parsed as {other:?}"),
         }
     }
+}
+
+/// A veth pair: `dev` in `ns`, its peer `eth0` in `peer`.
+fn veth(ns: &NetNs, dev: &str, peer: &NetNs) {
+    ns.ip(&[
+        "link",
+        "add",
+        dev,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        peer.name(),
+    ]);
 }

@@ -25,8 +25,11 @@ use libc::c_int;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use crate::{
-    netns::NetNs,
-    traffic::{self, Counting, IO_TIMEOUT},
+    cluster::netns::NetNs,
+    traffic::{
+        IO_TIMEOUT,
+        client::{self, Counting},
+    },
 };
 
 /// Longest flood [`syn_flood`] accepts: a test that needs more is wrong.
@@ -233,14 +236,14 @@ impl Rng {
 /// The pause between them lets a server blocked in `read` skip each in turn.
 pub fn urgent_then_request(ns: &NetNs, to: SocketAddr, urgent: &[u8]) -> io::Result<String> {
     ns.run(move || {
-        let mut s = traffic::connect(to)?;
+        let mut s = Counting::connect(to)?;
         let sock = SockRef::from(&s.inner);
         for byte in urgent {
             sock.send_out_of_band(std::slice::from_ref(byte))?;
             std::thread::sleep(SEGMENT_GAP);
         }
-        s.write_all(traffic::request(to).as_bytes())?;
-        Ok(traffic::finish(s)?.status)
+        s.write_all(client::request(to).as_bytes())?;
+        Ok(client::finish(s)?.status)
     })
 }
 
@@ -270,7 +273,7 @@ pub fn enable_fast_open(ns: &NetNs) {
 
 /// A listener on `addr` inside `ns` that takes data in SYNs (the
 /// `TCP_FASTOPEN` option, set before `listen`), for
-/// [`Server::with_listener`](crate::traffic::Server::with_listener). The
+/// [`Server::with_listener`](super::Server::with_listener). The
 /// IPv6 unspecified address listens on both families. Panics on failure.
 pub fn fast_open_listener(ns: &NetNs, addr: SocketAddr) -> TcpListener {
     ns.run(move || {
@@ -298,7 +301,7 @@ pub fn fast_open_request(ns: &NetNs, to: SocketAddr) -> io::Result<FastOpen> {
         sock.set_write_timeout(Some(IO_TIMEOUT))?;
         sock.set_read_timeout(Some(IO_TIMEOUT))?;
         sock.set_tcp_nodelay(true)?;
-        let request = traffic::request(to);
+        let request = client::request(to);
         let in_syn = sock.send_to_with_flags(request.as_bytes(), &to.into(), libc::MSG_FASTOPEN)?;
         let inner = TcpStream::from(sock);
         let syn_data_acked = tcp_info(inner.as_fd())?.tcpi_options & TCPI_OPT_SYN_DATA != 0;
@@ -309,7 +312,7 @@ pub fn fast_open_request(ns: &NetNs, to: SocketAddr) -> io::Result<FastOpen> {
         };
         s.write_all(&request.as_bytes()[in_syn..])?;
         Ok(FastOpen {
-            status: traffic::finish(s)?.status,
+            status: client::finish(s)?.status,
             syn_data_acked,
         })
     })
@@ -344,7 +347,7 @@ pub struct OutOfOrder {
 /// in arrival order sees it start mid-line.
 pub fn out_of_order_request(ns: &NetNs, to: SocketAddrV4) -> io::Result<OutOfOrder> {
     let attack = ns.run(move || {
-        let sock = traffic::connect(to.into())?.inner;
+        let sock = super::connect(to.into())?;
         let SocketAddr::V4(local) = sock.local_addr()? else {
             unreachable!("an IPv4 connection has an IPv4 address")
         };
@@ -373,7 +376,7 @@ impl OutOfOrder {
     }
 
     fn request(&self) -> Vec<u8> {
-        traffic::request(self.peer.into()).into_bytes()
+        client::request(self.peer.into()).into_bytes()
     }
 
     /// Sends one hand-made segment. A segment the enforcer drops on the
@@ -538,8 +541,10 @@ mod tests {
 
     use super::*;
 
-    const FROM: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 16, 2), 40000);
-    const TO: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 8080);
+    use crate::cluster::topology::addrs::{CP4, POD4};
+
+    const FROM: SocketAddrV4 = SocketAddrV4::new(POD4, 40000);
+    const TO: SocketAddrV4 = SocketAddrV4::new(CP4, 8080);
 
     /// The Internet checksum's folded one's-complement sum (RFC 1071),
     /// written independently of etherparse: a correct header sums to 0xffff.

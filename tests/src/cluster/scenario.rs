@@ -16,10 +16,11 @@ use observer_common::{
 };
 
 use crate::{
-    netns::NetNs,
-    tls::Tls,
-    topology::{Topology, addrs},
-    traffic::{self, Exchange, Kind, Server},
+    cluster::{
+        netns::NetNs,
+        topology::{Host, Topology, addrs},
+    },
+    traffic::{self, Exchange, Kind, Server, tls::Tls},
 };
 
 /// The topology, a certificate for every lab address, and every server.
@@ -134,7 +135,7 @@ impl Lab {
     pub fn server(&self, port: u16) -> &Server {
         self.servers
             .iter()
-            .find(|s| s.addr.port() == port)
+            .find(|s| s.addr().port() == port)
             .unwrap_or_else(|| panic!("no lab server on port {port}"))
     }
 
@@ -177,21 +178,8 @@ pub fn plan() -> Vec<Step> {
     use Where::{ControlPlane as Cp, Node, Pod};
     let mut steps = Vec::new();
     for v6 in [false, true] {
-        let (cp, node, pod, vip): (IpAddr, IpAddr, IpAddr, IpAddr) = if v6 {
-            (
-                addrs::CP6.into(),
-                addrs::NODE6.into(),
-                addrs::POD6.into(),
-                addrs::VIP6.into(),
-            )
-        } else {
-            (
-                addrs::CP4.into(),
-                addrs::NODE4.into(),
-                addrs::POD4.into(),
-                addrs::VIP4.into(),
-            )
-        };
+        let [cp, node, pod, vip] =
+            [Host::ControlPlane, Host::Node, Host::Pod, Host::Vip].map(|h| h.ip(v6));
         let at = |ip: IpAddr, port: u16| SocketAddr::new(ip, port);
         let mut add = |what, from, to, client, expect| {
             steps.push(Step {

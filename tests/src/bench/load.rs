@@ -10,10 +10,15 @@ use std::{
 };
 
 use crate::{
-    ab::TRACKED_PATH,
-    agent::Agent,
-    topology::{Topology, addrs},
-    workload::{self, Connections, Server, Service},
+    bench::{
+        ab::TRACKED_PATH,
+        workload::{self, Connections},
+    },
+    cluster::{
+        agent::Agent,
+        topology::{Topology, addrs},
+    },
+    traffic::{Kind, Server},
 };
 
 /// Makes every tracked connection of the load a violation event.
@@ -84,15 +89,6 @@ impl Report {
     pub fn peak_rss_mib(&self) -> f64 {
         self.peak_rss_kib as f64 / 1024.0
     }
-
-    /// Whether every connection made is one event and one counted
-    /// connection, and nothing was lost.
-    pub fn events_match(&self) -> bool {
-        self.events == self.connections.requests
-            && self.counted == self.connections.requests as f64
-            && self.other_lines == 0
-            && self.lost == 0.0
-    }
 }
 
 /// Runs the load: the lab's namespaces, an echo server on the apiserver
@@ -103,7 +99,7 @@ pub fn run(plan: &Plan) -> Report {
     let topo = Topology::new(plan.tag);
     workload::prepare_client_namespace(&topo.node);
     let to: SocketAddr = (addrs::CP4, addrs::APISERVER_PORT).into();
-    let server = Server::start(&topo.cp, to, Service::Echo, plan.threads);
+    let server = Server::pinned(&topo.cp, to, Kind::Echo, plan.threads);
     let mut args = Topology::agent_args();
     args.extend(["--policy".to_owned(), LOAD_POLICY.to_owned()]);
     let agent = Agent::start(&args);

@@ -96,16 +96,7 @@ pub fn cleanup_all() {
 
 /// Runs `ip ARGS` in the current namespace, panicking with its stderr.
 pub fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("iproute2's `ip` is installed");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    super::checked(Command::new("ip").args(args));
 }
 
 /// A [`NetNs`] that is not deleted on drop (see [`NetNs::existing`]).

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::metrics::Metrics;
+use crate::cluster::metrics::Metrics;
 
 /// How long the agent may take to load, verify and attach.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -34,6 +34,25 @@ pub struct Agent {
     stderr: Arc<Mutex<String>>,
     /// The network namespace it runs in (`None`: ours).
     ns: Option<String>,
+}
+
+/// An agent that exited before serving `/healthz`.
+#[derive(Debug)]
+pub struct Exited {
+    /// How it exited.
+    pub status: ExitStatus,
+    /// What it printed on stderr.
+    pub stderr: String,
+}
+
+impl std::fmt::Display for Exited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the agent exited with {} before serving /healthz; stderr:\n{}",
+            self.status, self.stderr
+        )
+    }
 }
 
 /// Process ids of agents alive in this process, for [`terminate_all`].
@@ -67,21 +86,34 @@ impl Agent {
         Self::start_in(None, args)
     }
 
+    /// Panics with what [`Self::spawn`] says if the agent exited.
+    fn started(spawned: Result<Self, Exited>) -> Self {
+        spawned.unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Like [`Self::start`], with the agent in network namespace `ns` (as
     /// on a node: it reaches the apiserver from there). Its metrics
     /// endpoint is on that namespace's loopback.
     pub fn start_in(ns: Option<&str>, args: &[String]) -> Self {
-        Self::start_with(ns, None, args)
+        Self::started(Self::spawn(ns, None, args))
     }
 
     /// Like [`Self::start`], with only `caps` (e.g. `["BPF", "NET_ADMIN"]`)
     /// in the agent's capability bounding set: root in a container that
     /// drops ALL and adds these.
     pub fn start_with_caps(caps: &[String], args: &[String]) -> Self {
-        Self::start_with(None, Some(caps), args)
+        Self::started(Self::try_start_with_caps(caps, args))
     }
 
-    fn start_with(ns: Option<&str>, caps: Option<&[String]>, args: &[String]) -> Self {
+    /// [`Self::start_with_caps`], returning how the agent exited if it
+    /// did before serving `/healthz` (it still panics if the agent neither
+    /// exits nor serves in time).
+    pub fn try_start_with_caps(caps: &[String], args: &[String]) -> Result<Self, Exited> {
+        Self::spawn(None, Some(caps), args)
+    }
+
+    /// Starts the agent and waits for `/healthz`.
+    fn spawn(ns: Option<&str>, caps: Option<&[String]>, args: &[String]) -> Result<Self, Exited> {
         let metrics_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut cmd = match caps {
             Some(caps) => {
@@ -173,25 +205,30 @@ impl Agent {
             stderr,
             ns: ns.map(str::to_owned),
         };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = agent.child.try_wait().expect("wait on the agent") {
-                std::thread::sleep(Duration::from_millis(100)); // let stderr drain
-                panic!(
-                    "the agent exited with {status} before serving /healthz; stderr:\n{}",
-                    agent.stderr()
-                );
-            }
-            if agent.get("/healthz").is_some_and(|(code, _)| code == 200) {
-                return agent;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not serve /healthz within {START_TIMEOUT:?}; stderr:\n{}",
-                agent.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let stderr = agent.stderr.clone();
+        let serving = crate::eventually(
+            START_TIMEOUT,
+            crate::later(|| {
+                format!(
+                    "the agent serves /healthz; stderr:\n{}",
+                    stderr.lock().expect("lock")
+                )
+            }),
+            || {
+                if let Some(status) = agent.child.try_wait().expect("wait on the agent") {
+                    std::thread::sleep(Duration::from_millis(100)); // let stderr drain
+                    return Some(Err(Exited {
+                        status,
+                        stderr: agent.stderr(),
+                    }));
+                }
+                agent
+                    .get("/healthz")
+                    .is_some_and(|(code, _)| code == 200)
+                    .then_some(Ok(()))
+            },
+        );
+        serving.map(|()| agent)
     }
 
     /// `GET path` on the metrics address: status code and body.
@@ -199,7 +236,7 @@ impl Agent {
         let addr = self.metrics_addr;
         let connect = move || TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok();
         let mut s = match &self.ns {
-            Some(ns) => crate::netns::NetNs::existing(ns).run(connect),
+            Some(ns) => crate::cluster::netns::NetNs::existing(ns).run(connect),
             None => connect(),
         }?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -236,23 +273,19 @@ impl Agent {
             "pod_cidrs",
             "konnectivity_agents",
         ];
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let what = crate::later(|| {
+            format!(
+                "discovery complete: {:?}; stderr:\n{}",
+                self.scrape().nonzero("cp_observer_discovered"),
+                self.stderr()
+            )
+        });
+        crate::eventually(Duration::from_secs(30), what, || {
             let m = self.scrape();
-            if KINDS
+            KINDS
                 .iter()
                 .all(|k| m.sum("cp_observer_discovered", &[("kind", k)]) >= 1.0)
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "discovery incomplete: {:?}; stderr:\n{}",
-                m.nonzero("cp_observer_discovered"),
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        });
     }
 
     /// Lines the agent printed on stdout (events) so far.

@@ -129,6 +129,16 @@ impl Tcp {
     }
 }
 
+/// SYN, SYN-ACK and the handshake's last ACK of client `c` → server `s`,
+/// the client's ISN `isn`, the server's 5000.
+pub fn handshake(c: SocketAddr, s: SocketAddr, isn: u32) -> [Tcp; 3] {
+    [
+        Tcp::new(c, s).syn(isn),
+        Tcp::new(s, c).syn_ack(5000).ack_seq(isn + 1),
+        Tcp::new(c, s).seq(isn + 1).ack_seq(5001),
+    ]
+}
+
 /// Ethernet header length: where the IP header starts in a built packet.
 pub const ETH_LEN: usize = 14;
 

@@ -1,4 +1,4 @@
-//! A/B benchmarks: each [`crate::workload`] measured with no cp-observer
+//! A/B benchmarks: each [`crate::bench::workload`] measured with no cp-observer
 //! program attached (`none`), with the kernel object's no-op `cgroup_skb`
 //! program on the cgroup v2 root at both hooks (`noop`, the floor of any
 //! program there), and with the real agent (`agent`), on a tracked path and
@@ -15,11 +15,13 @@ use observer::{
 };
 
 use crate::{
-    agent::Agent,
-    bench::median,
-    metrics::Metrics,
-    topology::{Topology, addrs},
-    workload::{self, Server, Service},
+    bench::{kernel::median, workload},
+    cluster::{
+        agent::Agent,
+        metrics::Metrics,
+        topology::{Topology, addrs},
+    },
+    traffic::{Kind, Server},
 };
 
 /// What is attached while a workload runs.
@@ -145,10 +147,10 @@ impl Workload {
         }
     }
 
-    fn service(self) -> Service {
+    fn service(self) -> Kind {
         match self {
-            Self::Throughput => Service::Sink,
-            Self::RequestResponse | Self::ConnectionRate => Service::Echo,
+            Self::Throughput => Kind::Sink,
+            Self::RequestResponse | Self::ConnectionRate => Kind::Echo,
         }
     }
 }
@@ -330,7 +332,7 @@ pub fn run(plan: &Plan) -> Vec<Row> {
 fn measure(topo: &Topology, plan: &Plan, workload: Workload, traffic: Traffic, what: &str) -> f64 {
     let to = traffic.server();
     let threads = plan.connection_threads;
-    let server = Server::start(&topo.cp, to, workload.service(), threads);
+    let server = Server::pinned(&topo.cp, to, workload.service(), threads);
     let value = match workload {
         Workload::Throughput => {
             workload::bulk(&topo.node, to, plan.duration).unwrap_or_else(|e| panic!("{what}: {e}"))

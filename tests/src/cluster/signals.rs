@@ -1,7 +1,7 @@
 //! Ctrl-C and SIGTERM for the lab's programs: stop the agents and remove the
 //! namespaces (`Drop` will not run), then exit.
 
-use crate::{agent, netns};
+use crate::cluster::{agent, netns};
 
 /// Blocks SIGINT and SIGTERM in this thread and every thread it starts
 /// afterwards, and takes them on one waiting thread that stops every agent

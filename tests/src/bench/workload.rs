@@ -1,197 +1,28 @@
-//! The network workloads of the benchmarks: a server in one network
-//! namespace, clients in another, and three ways to load them — bulk
+//! The network workloads of the benchmarks, on the lab's servers
+//! ([`Kind::Sink`](crate::traffic::Kind::Sink) and
+//! [`Kind::Echo`](crate::traffic::Kind::Echo) of
+//! [`Server::pinned`](crate::traffic::Server::pinned)): bulk
 //! throughput on one connection, 1-byte request/response on one connection,
 //! and short connections (connect, 1-byte request, 1-byte response, close,
 //! the client first), as fast as they go or paced.
 //!
-//! Both ends of a workload run on one CPU (the highest this process may
-//! use), so that runs do not differ in where their threads landed; the
-//! agent and the rest of the machine get the others. Every client loop
-//! ends at a deadline and every socket has a timeout, so no workload can
-//! hang a run.
+//! Both ends of a workload run on one CPU
+//! ([`pin_to_one_cpu`]), so that runs do
+//! not differ in where their threads landed; the agent and the rest of the
+//! machine get the others. Every client loop ends at a deadline and every
+//! socket has a timeout, so no workload can hang a run.
 
 use std::{
     io::{self, Read as _, Write as _},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
+    net::{Shutdown, SocketAddr},
     time::{Duration, Instant},
 };
 
-use socket2::{Domain, SockRef, Socket, Type};
-
-use crate::netns::NetNs;
-
-/// Read, write and connect timeout of every socket here.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bytes per write of the bulk workload.
-pub const BULK_WRITE: usize = 128 * 1024;
-/// The byte every message is made of. It starts no protocol signature, so
-/// the agent decides `other` on the first one.
-pub const MESSAGE: u8 = b'x';
-/// Listen backlog: deep enough that a burst of connections is never refused.
-const BACKLOG: i32 = 4096;
-
-/// What a [`Server`] does with each connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Service {
-    /// Reads until the client's end of stream, then answers one byte (bulk).
-    Sink,
-    /// Sends back whatever it reads, until the client's end of stream.
-    Echo,
-}
-
-/// A server of one [`Service`] in a namespace: `workers` threads, each
-/// accepting and serving one connection at a time. Stop it with
-/// [`Server::stop`] to learn whether a connection failed; dropping it stops
-/// it too.
-#[derive(Debug)]
-pub struct Server {
-    addr: SocketAddr,
-    listener: TcpListener,
-    stop: Arc<AtomicBool>,
-    failures: Arc<Mutex<Vec<String>>>,
-    workers: Vec<JoinHandle<()>>,
-}
-
-impl Server {
-    /// Listens on `addr` inside `ns` and starts the workers. Panics, naming
-    /// the address and namespace, if it cannot listen.
-    pub fn start(ns: &NetNs, addr: SocketAddr, service: Service, workers: usize) -> Self {
-        let name = ns.name().to_owned();
-        let listener = ns
-            .run(move || listen(addr))
-            .unwrap_or_else(|e| panic!("cannot listen on {addr} in namespace {name}: {e}"));
-        let stop = Arc::new(AtomicBool::new(false));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let workers = (0..workers.max(1))
-            .map(|_| {
-                let listener = listener.try_clone().expect("a listener fd to clone");
-                let (stop, failures) = (stop.clone(), failures.clone());
-                std::thread::spawn(move || {
-                    pin();
-                    loop {
-                        let result = listener.accept().and_then(|(s, _)| serve(s, service));
-                        if stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        if let Err(e) = result {
-                            let mut failures = failures.lock().expect("lock");
-                            if failures.len() < FAILURES_KEPT {
-                                failures.push(format!("server {addr}: {e}"));
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Self {
-            addr,
-            listener,
-            stop,
-            failures,
-            workers,
-        }
-    }
-
-    /// Stops accepting, waits for the workers (each ends within
-    /// [`IO_TIMEOUT`]) and returns the first few failures, e.g. a
-    /// connection reset.
-    pub fn stop(mut self) -> Vec<String> {
-        self.shut_down();
-        std::mem::take(&mut *self.failures.lock().expect("lock"))
-    }
-
-    fn shut_down(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Shutting a listening socket down wakes every thread blocked in
-        // accept(2) on it (with EINVAL).
-        let _ = SockRef::from(&self.listener).shutdown(Shutdown::Read);
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-    }
-
-    /// Where it listens.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.shut_down();
-    }
-}
-
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    s.set_reuse_address(true)?;
-    s.bind(&addr.into())?;
-    s.listen(BACKLOG)?;
-    Ok(s.into())
-}
-
-fn serve(mut s: TcpStream, service: Service) -> io::Result<()> {
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
-    match service {
-        Service::Sink => {
-            let mut buf = vec![0u8; 2 * BULK_WRITE];
-            while s.read(&mut buf)? != 0 {}
-            s.write_all(&[MESSAGE])
-        }
-        Service::Echo => {
-            s.set_nodelay(true)?;
-            let mut buf = [0u8; 64];
-            loop {
-                let n = s.read(&mut buf)?;
-                if n == 0 {
-                    return Ok(());
-                }
-                s.write_all(&buf[..n])?;
-            }
-        }
-    }
-}
-
-/// Pins the calling thread to the highest CPU it may run on. Both ends of
-/// every workload run there: each measurement is bound by that one CPU's
-/// work (the programs under test are part of it), and runs do not differ in
-/// where their threads and softirq work landed, which was the largest noise
-/// with the ends floating. The agent and the rest of the machine get the
-/// other CPUs. Best effort: if the mask cannot be read or set, the thread
-/// floats.
-fn pin() {
-    // SAFETY: a zeroed cpu_set_t is an empty set; these calls only read and
-    // write it and the calling thread's mask.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let size = size_of::<libc::cpu_set_t>();
-        if libc::sched_getaffinity(0, size, &mut set) != 0 {
-            return;
-        }
-        let Some(cpu) = (0..libc::CPU_SETSIZE as usize)
-            .rev()
-            .find(|&c| libc::CPU_ISSET(c, &set))
-        else {
-            return;
-        };
-        libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size, &set);
-    }
-}
-
-fn connect(to: SocketAddr) -> io::Result<TcpStream> {
-    let s = TcpStream::connect_timeout(&to, IO_TIMEOUT)?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
-    Ok(s)
-}
+pub use crate::traffic::server::{BULK_WRITE, MESSAGE};
+use crate::{
+    cluster::netns::NetNs,
+    traffic::{connect, pin_to_one_cpu, server::FAILURES_KEPT},
+};
 
 /// The length of a slice of a run (see [`Slices`]).
 pub const SLICE: Duration = Duration::from_millis(100);
@@ -232,32 +63,45 @@ impl Slices {
         if v.is_empty() {
             return None;
         }
-        Some(crate::bench::median(&v) / SLICE.as_secs_f64())
+        Some(crate::bench::kernel::median(&v) / SLICE.as_secs_f64())
     }
 }
 
-/// Bulk throughput: from `ns`, one connection to a [`Service::Sink`] at
+/// Runs `step` again and again for `duration`, adding what each did (its
+/// result) to the [`SLICE`] it started in. Returns the slices, the total
+/// and when the run started.
+fn repeat_for(
+    duration: Duration,
+    mut step: impl FnMut() -> io::Result<u64>,
+) -> io::Result<(Slices, u64, Instant)> {
+    let mut slices = Slices::default();
+    let start = Instant::now();
+    let mut total = 0;
+    loop {
+        let now = Instant::now();
+        if now >= start + duration {
+            return Ok((slices, total, start));
+        }
+        let n = step()?;
+        slices.add(start, now, n);
+        total += n;
+    }
+}
+
+/// Bulk throughput: from `ns`, one connection to a [`Kind::Sink`](crate::traffic::Kind::Sink) at
 /// `to`, [`BULK_WRITE`]-byte writes for `duration`, then the end of stream
 /// and the server's answer. Returns Gbit/s: the median [`SLICE`]'s, or for
 /// a run shorter than a slice, all bytes until the answer (every byte was
 /// received by then).
 pub fn bulk(ns: &NetNs, to: SocketAddr, duration: Duration) -> io::Result<f64> {
     ns.run(move || {
-        pin();
+        pin_to_one_cpu();
         let mut s = connect(to)?;
         let buf = vec![MESSAGE; BULK_WRITE];
-        let mut slices = Slices::default();
-        let start = Instant::now();
-        let mut sent = 0u64;
-        loop {
-            let now = Instant::now();
-            if now >= start + duration {
-                break;
-            }
+        let (slices, sent, start) = repeat_for(duration, || {
             s.write_all(&buf)?;
-            slices.add(start, now, BULK_WRITE as u64);
-            sent += BULK_WRITE as u64;
-        }
+            Ok(BULK_WRITE as u64)
+        })?;
         s.shutdown(Shutdown::Write)?;
         s.read_exact(&mut [0u8; 1])?;
         let bytes_per_s = slices
@@ -267,29 +111,21 @@ pub fn bulk(ns: &NetNs, to: SocketAddr, duration: Duration) -> io::Result<f64> {
     })
 }
 
-/// Request/response: from `ns`, one connection to a [`Service::Echo`] at
+/// Request/response: from `ns`, one connection to a [`Kind::Echo`](crate::traffic::Kind::Echo) at
 /// `to` (Nagle off), one byte out and one back, again and again for
 /// `duration`. Returns transactions per second: the median [`SLICE`]'s, or
 /// for a run shorter than a slice, the whole run's.
 pub fn request_response(ns: &NetNs, to: SocketAddr, duration: Duration) -> io::Result<f64> {
     ns.run(move || {
-        pin();
+        pin_to_one_cpu();
         let mut s = connect(to)?;
         s.set_nodelay(true)?;
         let mut answer = [0u8; 1];
-        let mut slices = Slices::default();
-        let start = Instant::now();
-        let mut done = 0u64;
-        loop {
-            let now = Instant::now();
-            if now >= start + duration {
-                break;
-            }
+        let (slices, done, start) = repeat_for(duration, || {
             s.write_all(&[MESSAGE])?;
             s.read_exact(&mut answer)?;
-            slices.add(start, now, 1);
-            done += 1;
-        }
+            Ok(1)
+        })?;
         let rate = slices
             .median_rate(duration)
             .unwrap_or_else(|| done as f64 / start.elapsed().as_secs_f64());
@@ -315,9 +151,6 @@ pub struct Connections {
     /// Completed connections per [`SLICE`].
     pub slices: Slices,
 }
-
-/// How many failures [`Connections`] and [`Server`] keep the text of.
-const FAILURES_KEPT: usize = 5;
 
 impl Connections {
     /// Completed connections per second, over the whole run.
@@ -361,7 +194,7 @@ pub fn prepare_client_namespace(ns: &NetNs) {
     ns.sysctl("net.ipv4.ip_local_port_range", "1024 65535");
 }
 
-/// Short connections from `ns` to a [`Service::Echo`] at `to`, on `threads`
+/// Short connections from `ns` to a [`Kind::Echo`](crate::traffic::Kind::Echo) at `to`, on `threads`
 /// client threads for `duration`: connect, send one byte, read one byte,
 /// close (the client first, so the TIME_WAIT is the client's: see
 /// [`prepare_client_namespace`]). With `pace`, the threads together start
@@ -409,7 +242,7 @@ fn client(
     deadline: Instant,
     schedule: Option<(Duration, Duration)>,
 ) -> Connections {
-    pin();
+    pin_to_one_cpu();
     let mut tally = Connections::default();
     let mut answer = [0u8; 1];
     for k in 0u32.. {

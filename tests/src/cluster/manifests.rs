@@ -17,17 +17,8 @@ pub fn repo(path: &str) -> PathBuf {
 pub fn kustomize(dir: &str) -> (String, Vec<Value>) {
     let kubectl = std::env::var_os("CP_OBSERVER_KUBECTL")
         .expect("CP_OBSERVER_KUBECTL: run through `cargo xtask test`");
-    let out = Command::new(kubectl)
-        .arg("kustomize")
-        .arg(repo(dir))
-        .output()
-        .expect("kubectl runs");
-    assert!(
-        out.status.success(),
-        "kustomize {dir}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    let out = super::checked(Command::new(kubectl).arg("kustomize").arg(repo(dir)));
+    let text = String::from_utf8(out).expect("UTF-8");
     let docs = serde_yaml::Deserializer::from_str(&text)
         .map(|d| Value::deserialize(d).expect("YAML"))
         .collect();
