@@ -164,7 +164,7 @@ impl Collector for DatapathCollector {
         )?)?;
         let mut m = encoder.encode_descriptor(
             "cp_observer_dropped_segments",
-            "Segments dropped on paths with a block rule before any verdict, by reason: out-of-order (client bytes beyond a gap while undecided), syn-data (TCP Fast Open), unreadable-headers, crafted (not from a TCP socket), table-full (new connection while the flow table is full).",
+            "Segments dropped on paths with a block rule by the stream rules, by reason (see the README's threat model).",
             None,
             MetricType::Counter,
         )?;

@@ -266,13 +266,6 @@ impl Agent {
     /// Waits until discovery has found every kind of thing the lab cluster
     /// has (endpoint, VIP, node address, pod CIDR, konnectivity agent).
     pub fn wait_for_complete_discovery(&self) {
-        const KINDS: [&str; 5] = [
-            "apiservers",
-            "vips",
-            "node_ips",
-            "pod_cidrs",
-            "konnectivity_agents",
-        ];
         let what = crate::later(|| {
             format!(
                 "discovery complete: {:?}; stderr:\n{}",
@@ -282,7 +275,7 @@ impl Agent {
         });
         crate::eventually(Duration::from_secs(30), what, || {
             let m = self.scrape();
-            KINDS
+            observer::discovery::Cluster::KINDS
                 .iter()
                 .all(|k| m.sum("cp_observer_discovered", &[("kind", k)]) >= 1.0)
         });
