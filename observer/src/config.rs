@@ -12,7 +12,8 @@ use observer_common::config::Ports;
 use serde::Deserialize;
 
 use crate::{
-    cli::{Cidr, RunArgs},
+    cli::RunArgs,
+    net::Cidr,
     policy::{Conflict, Policy, Rule},
 };
 

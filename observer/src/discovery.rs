@@ -25,7 +25,7 @@ use kube::{
 };
 use tokio::sync::Notify;
 
-use crate::{cli::Cidr, config::Settings};
+use crate::{config::Settings, net::Cidr};
 
 /// What the cluster says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

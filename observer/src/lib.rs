@@ -5,6 +5,7 @@
 //! One module per concern:
 //! - [`cli`]: command-line flags; [`config`]: the TOML file and the merged,
 //!   validated [`config::Settings`];
+//! - [`net`]: address prefixes ([`net::Cidr`]);
 //! - [`roles`]: turning CIDRs and addresses into the kernel's role trie;
 //! - [`discovery`]: learning endpoints, VIPs, node addresses, pod CIDRs and
 //!   konnectivity agents from the cluster;
@@ -36,6 +37,7 @@ pub mod features;
 pub mod flows;
 pub mod kubelet;
 pub mod mapped;
+pub mod net;
 pub mod metrics;
 pub mod pin;
 pub mod policy;
