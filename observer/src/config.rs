@@ -210,7 +210,7 @@ pub enum ConfigError {
 
 impl RunArgs {
     /// The config file at `path`.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+    fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -236,7 +236,7 @@ impl RunArgs {
         macro_rules! flags_over_file {
             ($($field:ident),+ $(,)?) => {
                 let Self { config: _, $($field),+ } = file;
-                $( Layer::under(&mut self.$field, $field); )+
+                $( Layer::fill_from(&mut self.$field, $field); )+
             };
         }
         flags_over_file!(
@@ -270,12 +270,12 @@ impl RunArgs {
 
 /// A flag's value over the file's.
 trait Layer {
-    /// Takes `file` where the flag left `self` unset.
-    fn under(&mut self, file: Self);
+    /// Takes the file's value where the flag left `self` unset.
+    fn fill_from(&mut self, file: Self);
 }
 
 impl<T> Layer for Option<T> {
-    fn under(&mut self, file: Self) {
+    fn fill_from(&mut self, file: Self) {
         if self.is_none() {
             *self = file;
         }
@@ -283,7 +283,7 @@ impl<T> Layer for Option<T> {
 }
 
 impl<T> Layer for Vec<T> {
-    fn under(&mut self, file: Self) {
+    fn fill_from(&mut self, file: Self) {
         if self.is_empty() {
             *self = file;
         }
@@ -292,7 +292,7 @@ impl<T> Layer for Vec<T> {
 
 /// A switch cannot be turned off on the command line: either layer turns it on.
 impl Layer for bool {
-    fn under(&mut self, file: Self) {
+    fn fill_from(&mut self, file: Self) {
         *self |= file;
     }
 }
