@@ -17,8 +17,7 @@ use tracing::info;
 use crate::{
     agent_counters::AgentCounters,
     cgroup,
-    cli::RunArgs,
-    config::Settings,
+    config::{RunArgs, Settings},
     discovery,
     ebpf::{Attachment, Datapath, Loaded},
     enforce, events, features, flows, kubelet, metrics, pin, server,
@@ -44,7 +43,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .set_nonblocking(true)
         .context("cannot make the metrics socket non-blocking")?;
 
-    let discovery = discovery_target(&args)?;
+    let discovery = discovery_target(&settings)?;
     let Loaded {
         mut datapath,
         counters,
@@ -99,14 +98,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .map(|ip| SocketAddr::new(*ip, settings.ports.kubelet)),
     ));
     let (stop_check, stop_check_rx) = std::sync::mpsc::channel();
-    let checker = kubelet_ca(&args).map(|ca| {
+    let checker = kubelet_ca(&settings).map(|ca| {
         let addr = kubelet_addr.clone();
-        let every =
-            std::time::Duration::from_secs(args.kubelet_check_interval.unwrap_or(600).max(1));
         kubelet::spawn(
             move || *addr.lock().expect("lock"),
             ca,
-            every,
+            settings.kubelet_check_interval,
             kubelet_status.clone(),
             stop_check_rx,
         )
@@ -183,29 +180,31 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// The CA for the kubelet certificate check: `--kubelet-ca`, else the
 /// in-cluster service-account CA when present; `None` turns the check off.
-fn kubelet_ca(args: &RunArgs) -> Option<std::path::PathBuf> {
-    args.kubelet_ca.clone().or_else(|| {
+fn kubelet_ca(settings: &Settings) -> Option<std::path::PathBuf> {
+    settings.kubelet_ca.clone().or_else(|| {
         let p = Path::new(kubelet::IN_CLUSTER_CA);
         p.exists().then(|| p.to_owned())
     })
 }
 
-/// Default `--konnectivity-selector`.
-const KONNECTIVITY_SELECTOR: &str = "k8s-app=konnectivity-agent";
-
 /// The discovery configuration, read (and checked) before anything is
 /// loaded: `None` when discovery is off.
-fn discovery_target(args: &RunArgs) -> anyhow::Result<Option<(kube::Config, discovery::Target)>> {
+fn discovery_target(
+    settings: &Settings,
+) -> anyhow::Result<Option<(kube::Config, discovery::Target)>> {
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-    if args.no_discovery || (args.kubeconfig.is_none() && !in_cluster) {
+    let Some(d) = &settings.discovery else {
+        return Ok(None);
+    };
+    if d.kubeconfig.is_none() && !in_cluster {
         return Ok(None);
     }
-    let Some(node) = args.node_name.clone() else {
+    let Some(node) = d.node_name.clone() else {
         bail!(
             "discovery needs this node's name: pass --node-name or set NODE_NAME (or pass --no-discovery)"
         );
     };
-    let config = match &args.kubeconfig {
+    let config = match &d.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("--kubeconfig {} cannot be read", path.display()))?;
@@ -218,15 +217,11 @@ fn discovery_target(args: &RunArgs) -> anyhow::Result<Option<(kube::Config, disc
         }
         None => kube::Config::incluster().context("the in-cluster configuration is not usable")?,
     };
-    let selector = args
-        .konnectivity_selector
-        .clone()
-        .unwrap_or_else(|| KONNECTIVITY_SELECTOR.to_owned());
     Ok(Some((
         config,
         discovery::Target {
             node,
-            konnectivity_selector: selector,
+            konnectivity_selector: d.konnectivity_selector.clone(),
         },
     )))
 }

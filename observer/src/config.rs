@@ -1,18 +1,25 @@
-//! The agent's settings: the TOML config file merged under the flags, with
-//! defaults, validated before anything touches the kernel.
+//! The agent's configuration, defined once: [`RunArgs`] is both the flags of
+//! `cp-observer run` and the keys of the TOML file `--config` names (the
+//! flag's name with `_` for `-`; a value in the file is parsed like the
+//! flag's). The file is merged under the flags, then the defaults fill what
+//! neither gave, and the result is validated into [`Settings`] before
+//! anything touches the kernel.
 
 use std::{
-    fs,
+    fmt, fs,
+    marker::PhantomData,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     str::FromStr,
+    time::Duration,
 };
 
+use clap::Args;
 use observer_common::config::Ports;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, de};
 
 use crate::{
-    cli::{Cidr, RunArgs},
+    net::Cidr,
     policy::{Conflict, Policy, Rule},
 };
 
@@ -22,6 +29,103 @@ pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9090";
 pub const DEFAULT_FLOW_TABLE_CAPACITY: u32 = 65536;
 /// Default `--flow-idle-timeout`, seconds.
 pub const DEFAULT_FLOW_IDLE_TIMEOUT: u64 = 3600;
+/// Default `--konnectivity-selector`.
+pub const DEFAULT_KONNECTIVITY_SELECTOR: &str = "k8s-app=konnectivity-agent";
+/// Default `--kubelet-check-interval`, seconds.
+pub const DEFAULT_KUBELET_CHECK_INTERVAL: u64 = 600;
+
+/// The flags of `cp-observer run`, and the keys of its config file.
+///
+/// Every field is a list, an `Option` or a switch, so that "not given" is
+/// visible and a flag can win over the file; the defaults are applied in
+/// [`Settings::from_args`]. A `[default: X]` in a flag's help is checked
+/// against them by a test.
+#[derive(Clone, Debug, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunArgs {
+    /// TOML config file with the same keys as the flags (`control_plane = [...]`).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)] // flag only: the file cannot name itself
+    pub config: Option<PathBuf>,
+    /// Control-plane hosts (apiservers, and konnectivity agents carrying apiserver traffic).
+    #[arg(long = "control-plane", value_name = "CIDR")]
+    #[serde(deserialize_with = "parsed_list")]
+    pub control_plane: Vec<Cidr>,
+    /// This node's own addresses.
+    #[arg(long = "node-ip", value_name = "IP")]
+    #[serde(deserialize_with = "parsed_list")]
+    pub node_ip: Vec<IpAddr>,
+    /// Pod address ranges of this node.
+    #[arg(long = "pod-cidr", value_name = "CIDR")]
+    #[serde(deserialize_with = "parsed_list")]
+    pub pod_cidr: Vec<Cidr>,
+    /// Apiserver endpoints.
+    #[arg(long = "apiserver", value_name = "IP:PORT")]
+    #[serde(deserialize_with = "parsed_list")]
+    pub apiserver: Vec<SocketAddr>,
+    /// The `kubernetes` service VIP (repeatable: one per family on dual-stack
+    /// clusters; in the file, one string or a list).
+    #[arg(long = "apiserver-vip", value_name = "IP:PORT")]
+    #[serde(deserialize_with = "parsed_one_or_list")]
+    pub apiserver_vip: Vec<SocketAddr>,
+    /// Kubelet API port [default: 10250].
+    #[arg(long, value_name = "PORT")]
+    pub kubelet_port: Option<u16>,
+    /// Kubelet read-only port [default: 10255; 0 disables the path].
+    #[arg(long, value_name = "PORT")]
+    pub kubelet_read_only_port: Option<u16>,
+    /// SSH port of SSH tunnels [default: 22].
+    #[arg(long, value_name = "PORT")]
+    pub ssh_port: Option<u16>,
+    /// Konnectivity server port [default: 8132].
+    #[arg(long, value_name = "PORT")]
+    pub konnectivity_port: Option<u16>,
+    /// Policy rule PATH:PROTOCOL=ACTION (repeatable; `*` for any path or protocol).
+    #[arg(long = "policy", value_name = "PATH:PROTOCOL=ACTION")]
+    #[serde(deserialize_with = "parsed_list")]
+    pub policy: Vec<Rule>,
+    /// Report what `block` rules would block, without blocking.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Where to serve /metrics and /healthz [default: 0.0.0.0:9090].
+    #[arg(long, value_name = "IP:PORT")]
+    #[serde(deserialize_with = "parsed")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// cgroup v2 mount to attach to (auto-detected when not given).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Maximum number of connections tracked at once [default: 65536].
+    #[arg(long, value_name = "N")]
+    pub flow_table_capacity: Option<u32>,
+    /// Pin links and state maps here, and adopt them on restart [default: /sys/fs/bpf/cp-observer].
+    #[arg(long, value_name = "PATH", conflicts_with = "no_pin")]
+    pub pin_dir: Option<PathBuf>,
+    /// Pin nothing: programs detach when the agent exits.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// kubeconfig for discovery (when not given: the in-cluster config when run in a pod).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Do not learn the cluster from the apiserver; use the flags only.
+    #[arg(long)]
+    pub no_discovery: bool,
+    /// This node's name, for discovery.
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Label selector of the konnectivity agent pods [default: k8s-app=konnectivity-agent].
+    #[arg(long, value_name = "SELECTOR")]
+    pub konnectivity_selector: Option<String>,
+    /// Cluster CA to verify the kubelet's serving certificate with (when not
+    /// given: the service-account ca.crt, if there is one).
+    #[arg(long, value_name = "FILE")]
+    pub kubelet_ca: Option<PathBuf>,
+    /// Seconds between kubelet certificate checks [default: 600].
+    #[arg(long, value_name = "SECONDS")]
+    pub kubelet_check_interval: Option<u64>,
+    /// Forget a tracked connection after this many seconds without a segment [default: 3600].
+    #[arg(long, value_name = "SECONDS")]
+    pub flow_idle_timeout: Option<u64>,
+}
 
 /// Everything `cp-observer run` needs, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,11 +149,28 @@ pub struct Settings {
     /// `--flow-table-capacity`.
     pub flow_table_capacity: u32,
     /// `--flow-idle-timeout`.
-    pub flow_idle_timeout: std::time::Duration,
+    pub flow_idle_timeout: Duration,
     /// `--policy` and `--dry-run`, resolved.
     pub policy: Policy,
     /// `--pin-dir`, `None` with `--no-pin`.
     pub pin_dir: Option<PathBuf>,
+    /// `None` with `--no-discovery`.
+    pub discovery: Option<Discovery>,
+    /// `--kubelet-ca`, `None` for the service-account CA if there is one.
+    pub kubelet_ca: Option<PathBuf>,
+    /// `--kubelet-check-interval`.
+    pub kubelet_check_interval: Duration,
+}
+
+/// How to learn the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Discovery {
+    /// `--kubeconfig`, `None` for the in-cluster config.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--node-name`.
+    pub node_name: Option<String>,
+    /// `--konnectivity-selector`.
+    pub konnectivity_selector: String,
 }
 
 /// A setting that cannot be used, with the flag or key it came from.
@@ -63,24 +184,13 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The config file is not valid TOML or has unknown keys.
+    /// The config file is not valid TOML, has an unknown key, or a value
+    /// that does not parse.
     #[error("config file {path} is invalid: {message}")]
     Syntax {
         /// The file.
         path: PathBuf,
-        /// The TOML parser's message.
-        message: String,
-    },
-    /// A value in the config file does not parse.
-    #[error("config file {path}: {key} = \"{value}\" is invalid: {message}")]
-    Value {
-        /// The file.
-        path: PathBuf,
-        /// The key.
-        key: &'static str,
-        /// The offending value.
-        value: String,
-        /// Why.
+        /// Where (line, and key when the line does not show it) and why.
         message: String,
     },
     /// Policy rules contradict each other.
@@ -98,121 +208,150 @@ pub enum ConfigError {
     },
 }
 
-/// The config file: the flags' names with `_` for `-`, values as strings
-/// parsed like the flags' values.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    #[serde(default)]
-    control_plane: Vec<String>,
-    #[serde(default)]
-    node_ip: Vec<String>,
-    #[serde(default)]
-    pod_cidr: Vec<String>,
-    #[serde(default)]
-    apiserver: Vec<String>,
-    apiserver_vip: Option<OneOrMany>,
-    kubelet_port: Option<u16>,
-    kubelet_read_only_port: Option<u16>,
-    ssh_port: Option<u16>,
-    konnectivity_port: Option<u16>,
-    metrics_addr: Option<String>,
-    cgroup: Option<PathBuf>,
-    flow_table_capacity: Option<u32>,
-    flow_idle_timeout: Option<u64>,
-    #[serde(default)]
-    policy: Vec<String>,
-    #[serde(default)]
-    dry_run: bool,
-    pin_dir: Option<PathBuf>,
-    #[serde(default)]
-    no_pin: bool,
-}
+impl RunArgs {
+    /// The config file at `path`.
+    fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: locate(&text, &e),
+        })
+    }
 
-/// A key that takes one value or a list (`apiserver_vip`).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    fn into_vec(self) -> Vec<String> {
-        match self {
-            Self::One(v) => vec![v],
-            Self::Many(v) => v,
+    /// These flags over `file`: a flag given wins (a list replaces the
+    /// file's list), and switches add up, except that `--pin-dir` and
+    /// `--kubeconfig` overrule `no_pin` and `no_discovery` in the file.
+    fn over(mut self, mut file: Self) -> Self {
+        if self.pin_dir.is_some() {
+            file.no_pin = false;
         }
+        if self.kubeconfig.is_some() {
+            file.no_discovery = false;
+        }
+        /// Lists each field once; without `..`, a field added to `RunArgs`
+        /// and not listed here does not compile.
+        macro_rules! flags_over_file {
+            ($($field:ident),+ $(,)?) => {
+                let Self { config: _, $($field),+ } = file;
+                $( Layer::fill_from(&mut self.$field, $field); )+
+            };
+        }
+        flags_over_file!(
+            control_plane,
+            node_ip,
+            pod_cidr,
+            apiserver,
+            apiserver_vip,
+            kubelet_port,
+            kubelet_read_only_port,
+            ssh_port,
+            konnectivity_port,
+            policy,
+            dry_run,
+            metrics_addr,
+            cgroup,
+            flow_table_capacity,
+            pin_dir,
+            no_pin,
+            kubeconfig,
+            no_discovery,
+            node_name,
+            konnectivity_selector,
+            kubelet_ca,
+            kubelet_check_interval,
+            flow_idle_timeout,
+        );
+        self
+    }
+}
+
+/// A flag's value over the file's.
+trait Layer {
+    /// Takes the file's value where the flag left `self` unset.
+    fn fill_from(&mut self, file: Self);
+}
+
+impl<T> Layer for Option<T> {
+    fn fill_from(&mut self, file: Self) {
+        if self.is_none() {
+            *self = file;
+        }
+    }
+}
+
+impl<T> Layer for Vec<T> {
+    fn fill_from(&mut self, file: Self) {
+        if self.is_empty() {
+            *self = file;
+        }
+    }
+}
+
+/// A switch cannot be turned off on the command line: either layer turns it on.
+impl Layer for bool {
+    fn fill_from(&mut self, file: Self) {
+        *self |= file;
     }
 }
 
 impl Settings {
-    /// Reads `--config` if given and merges the flags over it.
+    /// Reads `--config` if given, merges the flags over it, fills in the
+    /// defaults and validates.
     pub fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
-        let file = match &args.config {
-            Some(path) => load_file(path)?,
-            None => Parsed::default(),
+        let args = match &args.config {
+            Some(path) => args.clone().over(RunArgs::from_file(path)?),
+            None => args.clone(),
         };
-        Self::merge(args, file)
-    }
-
-    fn merge(args: &RunArgs, file: Parsed) -> Result<Self, ConfigError> {
-        fn pick<T: Clone>(flag: &[T], file: Vec<T>) -> Vec<T> {
-            if flag.is_empty() { file } else { flag.to_vec() }
-        }
         let defaults = Ports::default();
-        let ports = Ports {
-            kubelet: args
-                .kubelet_port
-                .or(file.kubelet_port)
-                .unwrap_or(defaults.kubelet),
-            kubelet_read_only: args
-                .kubelet_read_only_port
-                .or(file.kubelet_read_only_port)
-                .unwrap_or(defaults.kubelet_read_only),
-            ssh: args.ssh_port.or(file.ssh_port).unwrap_or(defaults.ssh),
-            konnectivity: args
-                .konnectivity_port
-                .or(file.konnectivity_port)
-                .unwrap_or(defaults.konnectivity),
-            _pad: 0,
-        };
         let settings = Self {
-            control_plane: pick(&args.control_plane, file.control_plane),
-            node_ips: pick(&args.node_ip, file.node_ip),
-            pod_cidrs: pick(&args.pod_cidr, file.pod_cidr),
-            apiservers: pick(&args.apiserver, file.apiserver),
-            apiserver_vips: pick(&args.apiserver_vip, file.apiserver_vip),
-            ports,
-            metrics_addr: args.metrics_addr.or(file.metrics_addr).unwrap_or_else(|| {
+            control_plane: args.control_plane,
+            node_ips: args.node_ip,
+            pod_cidrs: args.pod_cidr,
+            apiservers: args.apiserver,
+            apiserver_vips: args.apiserver_vip,
+            ports: Ports {
+                kubelet: args.kubelet_port.unwrap_or(defaults.kubelet),
+                kubelet_read_only: args
+                    .kubelet_read_only_port
+                    .unwrap_or(defaults.kubelet_read_only),
+                ssh: args.ssh_port.unwrap_or(defaults.ssh),
+                konnectivity: args.konnectivity_port.unwrap_or(defaults.konnectivity),
+                _pad: 0,
+            },
+            metrics_addr: args.metrics_addr.unwrap_or_else(|| {
                 DEFAULT_METRICS_ADDR
                     .parse()
                     .expect("the default address parses")
             }),
-            cgroup: args.cgroup.clone().or(file.cgroup),
+            cgroup: args.cgroup,
             flow_table_capacity: args
                 .flow_table_capacity
-                .or(file.flow_table_capacity)
                 .unwrap_or(DEFAULT_FLOW_TABLE_CAPACITY),
-            flow_idle_timeout: std::time::Duration::from_secs(
-                args.flow_idle_timeout
-                    .or(file.flow_idle_timeout)
-                    .unwrap_or(DEFAULT_FLOW_IDLE_TIMEOUT),
+            flow_idle_timeout: Duration::from_secs(
+                args.flow_idle_timeout.unwrap_or(DEFAULT_FLOW_IDLE_TIMEOUT),
             ),
-            policy: Policy::new(
-                &pick(&args.policy, file.policy),
-                args.dry_run || file.dry_run,
-            )?,
-            pin_dir: if args.no_pin || (file.no_pin && args.pin_dir.is_none()) {
-                None
-            } else {
-                Some(
-                    args.pin_dir
-                        .clone()
-                        .or(file.pin_dir)
-                        .unwrap_or_else(|| crate::pin::DEFAULT_PIN_DIR.into()),
-                )
-            },
+            policy: Policy::new(&args.policy, args.dry_run)?,
+            pin_dir: (!args.no_pin).then(|| {
+                args.pin_dir
+                    .unwrap_or_else(|| crate::pin::DEFAULT_PIN_DIR.into())
+            }),
+            discovery: (!args.no_discovery).then(|| Discovery {
+                kubeconfig: args.kubeconfig,
+                node_name: args.node_name,
+                konnectivity_selector: args
+                    .konnectivity_selector
+                    .unwrap_or_else(|| DEFAULT_KONNECTIVITY_SELECTOR.to_owned()),
+            }),
+            kubelet_ca: args.kubelet_ca,
+            // At least a second apart: 0 would make the checker spin.
+            kubelet_check_interval: Duration::from_secs(
+                args.kubelet_check_interval
+                    .unwrap_or(DEFAULT_KUBELET_CHECK_INTERVAL)
+                    .max(1),
+            ),
         };
         settings.validate()?;
         Ok(settings)
@@ -280,96 +419,106 @@ impl Settings {
     }
 }
 
-/// The file's values, parsed.
-#[derive(Default)]
-struct Parsed {
-    control_plane: Vec<Cidr>,
-    node_ip: Vec<IpAddr>,
-    pod_cidr: Vec<Cidr>,
-    apiserver: Vec<SocketAddr>,
-    apiserver_vip: Vec<SocketAddr>,
-    kubelet_port: Option<u16>,
-    kubelet_read_only_port: Option<u16>,
-    ssh_port: Option<u16>,
-    konnectivity_port: Option<u16>,
-    metrics_addr: Option<SocketAddr>,
-    cgroup: Option<PathBuf>,
-    flow_table_capacity: Option<u32>,
-    flow_idle_timeout: Option<u64>,
-    policy: Vec<Rule>,
-    dry_run: bool,
-    pin_dir: Option<PathBuf>,
-    no_pin: bool,
+/// Where a file error is, for its message: the line, and the key when the
+/// line does not show it (an element of a list written over several lines).
+fn locate(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return e.message().to_owned();
+    };
+    let line_no = text[..span.start].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or_default().trim();
+    let key = toml::de::DeTable::parse(text).ok().and_then(|table| {
+        table.get_ref().iter().find_map(|(k, v)| {
+            (k.span().start <= span.start && span.end <= v.span().end)
+                .then(|| k.get_ref().to_string())
+        })
+    });
+    match key {
+        Some(key) if !line.contains(key.as_str()) => {
+            format!("line {line_no} `{line}` (in `{key}`): {}", e.message())
+        }
+        _ => format!("line {line_no} `{line}`: {}", e.message()),
+    }
 }
 
-fn load_file(path: &Path) -> Result<Parsed, ConfigError> {
-    let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let raw: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
-        path: path.to_owned(),
-        message: match e.span() {
-            // Name the offending line: the message alone omits the key.
-            Some(span) => {
-                let line_no = text[..span.start].matches('\n').count() + 1;
-                let line = text.lines().nth(line_no - 1).unwrap_or_default().trim();
-                format!("line {line_no} `{line}`: {}", e.message())
+/// A value in the file, parsed with the [`FromStr`] its flag uses. Parsing
+/// inside the deserializer lets an error carry the value's own position.
+struct Parsed<T>(T);
+
+impl<'de, T> Deserialize<'de> for Parsed<T>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor<T>(PhantomData<T>);
+        impl<T> de::Visitor<'_> for Visitor<T>
+        where
+            T: FromStr,
+            T::Err: fmt::Display,
+        {
+            type Value = Parsed<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
             }
-            None => e.message().to_owned(),
-        },
-    })?;
-    let one = |key: &'static str, v: &str| parse_value(path, key, v);
-    Ok(Parsed {
-        control_plane: parse_values(path, "control_plane", &raw.control_plane)?,
-        node_ip: parse_values(path, "node_ip", &raw.node_ip)?,
-        pod_cidr: parse_values(path, "pod_cidr", &raw.pod_cidr)?,
-        apiserver: parse_values(path, "apiserver", &raw.apiserver)?,
-        apiserver_vip: parse_values(
-            path,
-            "apiserver_vip",
-            &raw.apiserver_vip
-                .map(OneOrMany::into_vec)
-                .unwrap_or_default(),
-        )?,
-        kubelet_port: raw.kubelet_port,
-        kubelet_read_only_port: raw.kubelet_read_only_port,
-        ssh_port: raw.ssh_port,
-        konnectivity_port: raw.konnectivity_port,
-        metrics_addr: raw
-            .metrics_addr
-            .as_deref()
-            .map(|v| one("metrics_addr", v))
-            .transpose()?,
-        cgroup: raw.cgroup,
-        flow_table_capacity: raw.flow_table_capacity,
-        flow_idle_timeout: raw.flow_idle_timeout,
-        policy: parse_values(path, "policy", &raw.policy)?,
-        dry_run: raw.dry_run,
-        pin_dir: raw.pin_dir,
-        no_pin: raw.no_pin,
-    })
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                v.parse().map(Parsed).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Visitor(PhantomData))
+    }
 }
 
-fn parse_values<T>(path: &Path, key: &'static str, values: &[String]) -> Result<Vec<T>, ConfigError>
+/// `key = "value"` for an `Option` field.
+fn parsed<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
+    D: Deserializer<'de>,
     T: FromStr,
-    T::Err: std::fmt::Display,
+    T::Err: fmt::Display,
 {
-    values.iter().map(|v| parse_value(path, key, v)).collect()
+    Ok(Some(Parsed::deserialize(d)?.0))
 }
 
-fn parse_value<T>(path: &Path, key: &'static str, value: &str) -> Result<T, ConfigError>
+/// `key = ["value", ...]` for a repeatable flag.
+fn parsed_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
+    D: Deserializer<'de>,
     T: FromStr,
-    T::Err: std::fmt::Display,
+    T::Err: fmt::Display,
 {
-    value.parse().map_err(|e: T::Err| ConfigError::Value {
-        path: path.to_owned(),
-        key,
-        value: value.to_owned(),
-        message: e.to_string(),
-    })
+    let values = Vec::<Parsed<T>>::deserialize(d)?;
+    Ok(values.into_iter().map(|p| p.0).collect())
+}
+
+/// `key = "value"` or `key = ["value", ...]`.
+fn parsed_one_or_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    struct Visitor<T>(PhantomData<T>);
+    impl<'de, T> de::Visitor<'de> for Visitor<T>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string or a list of strings")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(vec![v.parse().map_err(E::custom)?])
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(Parsed(v)) = seq.next_element()? {
+                out.push(v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(Visitor(PhantomData))
 }
 
 #[cfg(test)]
@@ -444,6 +593,64 @@ mod tests {
     }
 
     #[test]
+    fn switches_and_their_opposites() {
+        let (_tmp, mut args) = file("no_pin = true\npin_dir = \"/sys/fs/bpf/x\"\ndry_run = true\n");
+        let s = Settings::from_args(&args).unwrap();
+        assert_eq!(s.pin_dir, None, "no_pin wins over pin_dir in one layer");
+        assert!(s.policy.dry_run);
+        args.pin_dir = Some("/sys/fs/bpf/y".into());
+        let s = Settings::from_args(&args).unwrap();
+        assert_eq!(
+            s.pin_dir,
+            Some("/sys/fs/bpf/y".into()),
+            "--pin-dir beats the file's no_pin"
+        );
+
+        let (_tmp, mut args) = file("pin_dir = \"/sys/fs/bpf/x\"\nno_discovery = true\n");
+        args.no_pin = true;
+        let s = Settings::from_args(&args).unwrap();
+        assert_eq!(s.pin_dir, None, "--no-pin beats the file's pin_dir");
+        assert_eq!(s.discovery, None);
+        args.kubeconfig = Some("/etc/kube.conf".into());
+        let s = Settings::from_args(&args).unwrap();
+        assert_eq!(
+            s.discovery.and_then(|d| d.kubeconfig),
+            Some("/etc/kube.conf".into()),
+            "--kubeconfig beats the file's no_discovery"
+        );
+    }
+
+    /// `[default: X]` in a flag's help says what the agent does without the
+    /// flag: giving `--flag X` changes nothing.
+    #[test]
+    fn the_help_states_the_defaults() {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let cli = crate::cli::Cli::command()
+            .mut_subcommand("run", |run| run.mut_arg("node_name", |a| a.env(None)));
+        let defaults = Settings::from_args(&RunArgs::default()).unwrap();
+        let mut stated = 0;
+        for arg in run_flags() {
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let Some((_, rest)) = help.split_once("[default: ") else {
+                continue;
+            };
+            let value = rest.split([';', ']']).next().expect("a value");
+            let long = arg.get_long().expect("long flags only");
+            let argv = ["cp-observer", "run", &format!("--{long}"), value];
+            let matches = cli.clone().try_get_matches_from(argv).unwrap();
+            let crate::cli::Command::Run(flags) =
+                crate::cli::Cli::from_arg_matches(&matches).unwrap().command
+            else {
+                panic!("not run")
+            };
+            let s = Settings::from_args(&flags).unwrap();
+            assert_eq!(s, defaults, "--{long} {value}");
+            stated += 1;
+        }
+        assert!(stated >= 8, "the defaults are in the help");
+    }
+
+    #[test]
     fn the_shipped_example_parses() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/cp-observer.toml");
         let args = RunArgs {
@@ -457,11 +664,128 @@ mod tests {
         assert_eq!(s.ports, Ports::default());
     }
 
+    /// The example file in `deploy/`.
+    const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/cp-observer.toml");
+
+    /// The long flags of `cp-observer run`, as clap knows them, but `--config`
+    /// (the file cannot name itself).
+    fn run_flags() -> Vec<clap::Arg> {
+        use clap::CommandFactory as _;
+        let cli = crate::cli::Cli::command();
+        let run = cli.find_subcommand("run").expect("a run subcommand");
+        run.get_arguments()
+            .filter(|a| a.get_long().is_some_and(|l| l != "config"))
+            .cloned()
+            .collect()
+    }
+
+    /// A value for `arg` on the command line (`None` for a switch) and the
+    /// same in TOML. A new kind of value needs a sample here.
+    fn sample(arg: &clap::Arg) -> (Option<&'static str>, String) {
+        if !arg.get_action().takes_values() {
+            return (None, "true".to_owned());
+        }
+        let kind = arg
+            .get_value_names()
+            .and_then(|n| n.first())
+            .map(|n| n.as_str())
+            .unwrap_or_default();
+        let (value, quoted) = match kind {
+            "CIDR" => ("10.9.0.0/16", true),
+            "IP" => ("10.9.0.1", true),
+            "IP:PORT" => ("10.9.0.1:443", true),
+            "PORT" | "N" | "SECONDS" => ("7", false),
+            "PATH" | "FILE" => ("/nonexistent/cp-observer", true),
+            "NAME" => ("node-x", true),
+            "SELECTOR" => ("app=x", true),
+            "PATH:PROTOCOL=ACTION" => ("apiserver-proxy-to-pod:plaintext=block", true),
+            other => panic!("no sample value for {other} (--{:?})", arg.get_long()),
+        };
+        let toml = if quoted {
+            format!("\"{value}\"")
+        } else {
+            value.to_owned()
+        };
+        let toml = if matches!(arg.get_action(), clap::ArgAction::Append) {
+            format!("[{toml}]")
+        } else {
+            toml
+        };
+        (Some(value), toml)
+    }
+
+    #[test]
+    fn every_flag_has_a_twin_key() {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        // NODE_NAME in the test's environment would fill --node-name.
+        let cli = crate::cli::Cli::command()
+            .mut_subcommand("run", |run| run.mut_arg("node_name", |a| a.env(None)));
+        let defaults = Settings::from_args(&RunArgs::default()).unwrap();
+        let mut wrong = Vec::new();
+        for arg in run_flags() {
+            let long = arg.get_long().expect("long flags only");
+            let (value, toml) = sample(&arg);
+            let mut argv = vec![
+                "cp-observer".to_owned(),
+                "run".to_owned(),
+                format!("--{long}"),
+            ];
+            argv.extend(value.map(str::to_owned));
+            let matches = cli.clone().try_get_matches_from(&argv).unwrap();
+            let crate::cli::Command::Run(flags) =
+                crate::cli::Cli::from_arg_matches(&matches).unwrap().command
+            else {
+                panic!("not run")
+            };
+            let from_flag = Settings::from_args(&flags).unwrap();
+            let key = long.replace('-', "_");
+            let (_tmp, args) = file(&format!("{key} = {toml}\n"));
+            match Settings::from_args(&args) {
+                Ok(s) if s == from_flag && s != defaults => {}
+                Ok(_) => wrong.push(format!("{key} = {toml} does not do what --{long} does")),
+                Err(e) => wrong.push(format!("{key} = {toml}: {e}")),
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    #[test]
+    fn the_shipped_example_sets_every_key() {
+        let text = fs::read_to_string(SHIPPED).unwrap();
+        let table: toml::Table = text.parse().unwrap();
+        let missing: Vec<String> = run_flags()
+            .iter()
+            .map(|a| a.get_long().expect("long flags only").replace('-', "_"))
+            .filter(|key| !table.contains_key(key))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "deploy/cp-observer.toml lacks {missing:?}"
+        );
+    }
+
     #[test]
     fn errors_name_the_culprit() {
         let (_tmp, args) = file("pod_cidr = [\"banana\"]\n");
         let msg = Settings::from_args(&args).unwrap_err().to_string();
         assert!(msg.contains("pod_cidr") && msg.contains("banana"), "{msg}");
+
+        // An element of a list over several lines: the line shows the value,
+        // the message adds the key.
+        let (_tmp, args) = file("policy = [\n  \"*:*=alert\",\n  \"nowhere:*=block\",\n]\n");
+        let msg = Settings::from_args(&args).unwrap_err().to_string();
+        assert!(
+            msg.contains("line 3 `\"nowhere:*=block\",` (in `policy`)"),
+            "{msg}"
+        );
+
+        let (_tmp, args) = file("apiserver_vip = \"10.96.0.1\"\nmetrics_addr = \"::1:80\"\n");
+        let msg = Settings::from_args(&args).unwrap_err().to_string();
+        assert!(msg.contains("apiserver_vip = \"10.96.0.1\""), "{msg}");
+
+        let (_tmp, args) = file("config = \"/etc/other.toml\"\n");
+        let msg = Settings::from_args(&args).unwrap_err().to_string();
+        assert!(msg.contains("unknown field `config`"), "flag only: {msg}");
 
         let (_tmp, args) = file("pod_cidrs = [\"10.0.0.0/8\"]\n");
         let msg = Settings::from_args(&args).unwrap_err().to_string();

@@ -25,7 +25,7 @@ use kube::{
 };
 use tokio::sync::Notify;
 
-use crate::{cli::Cidr, config::Settings};
+use crate::{config::Settings, net::Cidr};
 
 /// What the cluster says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -402,7 +402,7 @@ mod tests {
 
     #[test]
     fn flags_win_and_konnectivity_agents_join_the_control_plane() {
-        let flags = Settings::from_args(&crate::cli::RunArgs {
+        let flags = Settings::from_args(&crate::config::RunArgs {
             node_ip: vec!["192.0.2.9".parse().unwrap()],
             no_pin: true,
             ..Default::default()

@@ -3,8 +3,9 @@
 //! reading their maps).
 //!
 //! One module per concern:
-//! - [`cli`]: command-line flags; [`config`]: the TOML file and the merged,
-//!   validated [`config::Settings`];
+//! - [`cli`]: the command line; [`config`]: the flags of `run`, which are
+//!   also the TOML file's keys, merged and validated into [`config::Settings`];
+//! - [`net`]: address prefixes ([`net::Cidr`]);
 //! - [`roles`]: turning CIDRs and addresses into the kernel's role trie;
 //! - [`discovery`]: learning endpoints, VIPs, node addresses, pod CIDRs and
 //!   konnectivity agents from the cluster;
@@ -37,6 +38,7 @@ pub mod flows;
 pub mod kubelet;
 pub mod mapped;
 pub mod metrics;
+pub mod net;
 pub mod pin;
 pub mod policy;
 pub mod roles;
