@@ -57,6 +57,7 @@ use crate::{
     },
     origin::{self, client_stream_start, origin, state},
     packet::{self, ACK, FIN, Parsed, RST, SYN, Segment, URG},
+    trace,
 };
 
 const EEXIST: i32 = 17;
@@ -312,6 +313,7 @@ fn classify_syn(ctx: &SkBuffContext, seg: &Segment) -> Option<(Path, u64)> {
         apiserver: is_apiserver(&endpoint) || asked.is_some_and(|a| is_apiserver(&a)),
     };
     let path = classify(&client, &server, ports)?;
+    trace::classified(seg, &client, &server, path);
     Some((path, if asked.is_some() { cookie } else { 0 }))
 }
 
@@ -762,6 +764,7 @@ fn decide(flow: &mut Flow, key: &FlowKey, protocol: u8) {
     let (action, dry_run) = policy::decode(entry);
     let verdict = policy::verdict(action, dry_run) as u8;
     flow.set_decision(protocol, verdict);
+    trace::decided(flow, key);
     maps::add(
         &CONNECTIONS,
         connection_index(flow.path, protocol, verdict),

@@ -17,10 +17,10 @@ use tracing::info;
 use crate::{
     agent_counters::AgentCounters,
     cgroup,
-    config::{RunArgs, Settings},
+    config::{KernelLog, RunArgs, Settings},
     discovery,
     ebpf::{Attachment, Datapath, Loaded},
-    enforce, events, features, flows, kubelet, metrics, pin, server,
+    enforce, events, features, flows, kernel_log, kubelet, metrics, pin, server,
 };
 use observer_common::policy::Verdict;
 
@@ -51,6 +51,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         events,
         mut addresses,
     } = Datapath::load(&settings)?;
+    let trace = match settings.kernel_log {
+        KernelLog::Off => None,
+        KernelLog::Debug => Some(datapath.trace(kernel_log::Forward)?),
+    };
     let how = datapath.attach(&cgroup)?;
     info!(
         cgroup = %cgroup.display(),
@@ -123,6 +127,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let pods = discovery::PodIndex::default();
         let printer = tokio::spawn(events::run(events, blocked, pods.clone()));
+        let tracer = trace.map(kernel_log::spawn).transpose()?;
         let watcher = match discovery {
             Some((config, target)) => {
                 let client = kube::Client::try_from(config).map_err(|e| {
@@ -151,6 +156,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_graceful_shutdown(shutdown_signal())
             .await;
         printer.abort();
+        if let Some(t) = tracer {
+            t.abort();
+        }
         if let Some(w) = watcher {
             w.abort();
         }

@@ -125,6 +125,33 @@ pub struct RunArgs {
     /// Forget a tracked connection after this many seconds without a segment [default: 3600].
     #[arg(long, value_name = "SECONDS")]
     pub flow_idle_timeout: Option<u64>,
+    /// Trace the kernel programs' decisions in the log: `debug` says why
+    /// each connection got its path, protocol and verdict [default: off].
+    #[arg(long, value_name = "LEVEL", value_enum)]
+    pub kernel_log: Option<KernelLog>,
+}
+
+/// How much the kernel programs trace (`--kernel-log`). The level is fixed
+/// when the programs are loaded: with `off` the verifier removes the trace
+/// from them altogether.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelLog {
+    /// Nothing; the trace is not even in the loaded programs.
+    #[default]
+    Off,
+    /// Every decision: a connection's path, then its protocol and verdict.
+    Debug,
+}
+
+impl KernelLog {
+    /// The value of aya-log's level global in the programs.
+    pub fn level(self) -> u8 {
+        match self {
+            Self::Off => 0,
+            Self::Debug => aya_log_common::Level::Debug as u8,
+        }
+    }
 }
 
 /// Everything `cp-observer run` needs, validated.
@@ -160,6 +187,8 @@ pub struct Settings {
     pub kubelet_ca: Option<PathBuf>,
     /// `--kubelet-check-interval`.
     pub kubelet_check_interval: Duration,
+    /// `--kernel-log`.
+    pub kernel_log: KernelLog,
 }
 
 /// How to learn the cluster.
@@ -263,6 +292,7 @@ impl RunArgs {
             kubelet_ca,
             kubelet_check_interval,
             flow_idle_timeout,
+            kernel_log,
         );
         self
     }
@@ -352,6 +382,7 @@ impl Settings {
                     .unwrap_or(DEFAULT_KUBELET_CHECK_INTERVAL)
                     .max(1),
             ),
+            kernel_log: args.kernel_log.unwrap_or_default(),
         };
         settings.validate()?;
         Ok(settings)
@@ -699,6 +730,7 @@ mod tests {
             "NAME" => ("node-x", true),
             "SELECTOR" => ("app=x", true),
             "PATH:PROTOCOL=ACTION" => ("apiserver-proxy-to-pod:plaintext=block", true),
+            "LEVEL" => ("debug", true),
             other => panic!("no sample value for {other} (--{:?})", arg.get_long()),
         };
         let toml = if quoted {

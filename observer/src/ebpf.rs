@@ -82,6 +82,9 @@ pub enum DatapathError {
         /// Why.
         source: std::io::Error,
     },
+    /// The programs' trace (`--kernel-log`) cannot be read.
+    #[error("cannot read the kernel programs' trace (map AYA_LOGS): {0}")]
+    Trace(#[source] aya_log::Error),
     /// The cgroup cannot be opened.
     #[error("cannot open cgroup {path}: {source}")]
     Cgroup {
@@ -153,6 +156,10 @@ impl Datapath {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries("FLOWS", settings.flow_table_capacity);
         loader.map_max_entries("HALF_OPEN", settings.flow_table_capacity);
+        // Off, the verifier drops the trace from the programs (see
+        // observer-ebpf/src/trace.rs).
+        let level = settings.kernel_log.level();
+        loader.override_global(aya_log::LEVEL, &level, true);
         let pin_paths: Vec<(&str, PathBuf)> = match &settings.pin_dir {
             Some(dir) => {
                 let pin_err = |source| DatapathError::Pin {
@@ -331,6 +338,12 @@ impl Datapath {
                 source: ProgramError::UnexpectedProgramType,
             }),
         }
+    }
+
+    /// The reader of the programs' trace (`--kernel-log`): each record goes
+    /// to `sink` when the reader is flushed.
+    pub fn trace<T: log::Log>(&mut self, sink: T) -> Result<aya_log::EbpfLogger<T>, DatapathError> {
+        aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, sink).map_err(DatapathError::Trace)
     }
 
     /// A loaded program, e.g. for `BPF_PROG_TEST_RUN` in tests.

@@ -13,6 +13,7 @@
 //! - [`features`]: the kernel features the agent needs, probed at start;
 //! - [`ebpf`]: loading, configuring and attaching the kernel programs;
 //! - [`mapped`]: kernel arrays mapped into the agent's memory;
+//! - [`kernel_log`]: the kernel programs' opt-in trace of decisions;
 //! - [`pin`]: pinning under bpffs, so counting and enforcement outlive the agent;
 //! - [`flows`]: the flow table seen from userspace, and idle expiry;
 //! - [`events`]: violation events from the kernel to stdout as JSON;
@@ -35,6 +36,7 @@ pub mod enforce;
 pub mod events;
 pub mod features;
 pub mod flows;
+pub mod kernel_log;
 pub mod kubelet;
 pub mod mapped;
 pub mod metrics;

@@ -1164,3 +1164,66 @@ fn the_servers_syn_ack_says_where_the_stream_starts() {
         "a byte before the stream"
     );
 }
+
+/// Collects the trace's records, names put back as the agent logs them.
+#[derive(Clone, Default)]
+struct Records(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl log::Log for Records {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let line = observer::kernel_log::name_numbers(&record.args().to_string());
+        self.0.lock().unwrap().push(line);
+    }
+
+    fn flush(&self) {}
+}
+
+#[test]
+fn the_trace_says_why_a_connection_got_its_path_and_verdict() {
+    let mut k = kernel_with(|args| {
+        args.policy = vec![NO_PLAINTEXT.parse().unwrap()];
+        args.kernel_log = Some(observer::config::KernelLog::Debug);
+    });
+    let records = Records::default();
+    let mut trace = k.datapath.trace(records.clone()).expect("AYA_LOGS");
+    let (c, s) = (sa(CP, 40500), sa(POD, 8080));
+    assert_eq!(k.open(c, s, GET), (0, 0), "the request is blocked");
+    trace.flush();
+    let lines = records.0.lock().unwrap().clone();
+    let path = Path::ApiserverProxyToPod;
+    let classified = format!(
+        "classified path={path} client=::ffff:{} client_port={} client_roles=control-plane \
+         server=::ffff:{} server_port={} server_roles=pod apiserver=0",
+        c.ip(),
+        c.port(),
+        s.ip(),
+        s.port()
+    );
+    let decided = format!(
+        "decided path={path} protocol={} verdict={} client=::ffff:{} client_port={} \
+         server=::ffff:{} server_port={}",
+        Protocol::Http,
+        Verdict::Blocked,
+        c.ip(),
+        c.port(),
+        s.ip(),
+        s.port()
+    );
+    // The SYN is seen at both ends (egress, then ingress): classified once
+    // (the second sighting finds the half-open entry).
+    assert_eq!(lines, vec![classified, decided], "the records");
+}
+
+#[test]
+fn without_the_trace_the_programs_write_no_record() {
+    let mut k = enforcing();
+    let records = Records::default();
+    let mut trace = k.datapath.trace(records.clone()).expect("AYA_LOGS");
+    assert_eq!(k.open(sa(CP, 40501), sa(POD, 8080), GET), (0, 0));
+    trace.flush();
+    assert_eq!(*records.0.lock().unwrap(), Vec::<String>::new());
+}

@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use observer::ebpf::Loaded;
+use observer::ebpf::{Datapath, Loaded};
 
 use crate::{
     cluster::topology::addrs::{self, CP4, NODE4, POD4},
@@ -85,23 +85,8 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
     kernel::run(&d, "egress", &Tcp::new(twin, pod).syn(7).build());
     let untracked_marked = batch("egress", &untracked);
 
-    // One run per fresh connection, for what happens once per connection:
-    // its SYN (a half-open entry), the ACK that completes its handshake
-    // (into the flow table), and its first payload (detection, decision).
     let fresh = |client: IpAddr, server: SocketAddr, payload: &[u8]| {
-        let mut times = [Vec::new(), Vec::new(), Vec::new()];
-        for i in 0..new_flows {
-            let c = SocketAddr::new(client, 20000 + i);
-            let [syn, syn_ack, ack] = handshake(c, server, 1000);
-            times[0].push(kernel::time(&d, "egress", &syn.build(), 1));
-            kernel::run(&d, "ingress", &syn_ack.build());
-            times[1].push(kernel::time(&d, "egress", &ack.build(), 1));
-            let pkt = Tcp::new(c, server).seq(1001).payload(payload).build();
-            times[2].push(kernel::time(&d, "egress", &pkt, 1));
-            let end = 1001 + payload.len() as u32;
-            kernel::run(&d, "egress", &Tcp::new(c, server).seq(end).rst().build());
-        }
-        times.map(|t| median(&t))
+        fresh(&d, client, server, payload, new_flows)
     };
     // node-to-apiserver/tls: allowed, no event.
     let apiserver = sa(CP4, addrs::APISERVER_PORT);
@@ -117,6 +102,13 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
     );
     let noop = batch("noop", &untracked);
     let once = noop_once - noop;
+    // The same with the kernel trace on (`--kernel-log debug`): what the
+    // trace costs when asked for. Off, the verifier removed it from the
+    // programs measured above.
+    let Loaded {
+        datapath: traced, ..
+    } = kernel::load(|args| args.kernel_log = Some(observer::config::KernelLog::Debug));
+    let [traced_syn, _, traced_http] = self::fresh(&traced, CP4.into(), pod, get, new_flows);
     vec![
         Row {
             what: "no-op program (floor)",
@@ -173,6 +165,18 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
             target_ns: None,
         },
         Row {
+            what: "SYN of a tracked connection, one run, with --kernel-log debug",
+            program: "egress",
+            ns: traced_syn,
+            target_ns: None,
+        },
+        Row {
+            what: "first payload packet of a new flow (HTTP, alert event), one run, with --kernel-log debug",
+            program: "egress",
+            ns: traced_http,
+            target_ns: None,
+        },
+        Row {
             what: "no-op program, one run (floor of the rows above)",
             program: "noop",
             ns: noop_once,
@@ -185,6 +189,32 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
             target_ns: Some(150.0),
         },
     ]
+}
+
+/// One run per fresh connection of `client` to `server`, for what happens
+/// once per connection: its SYN (a half-open entry), the ACK that completes
+/// its handshake (into the flow table), and its first payload (detection,
+/// decision); the medians over `new_flows` connections.
+fn fresh(
+    d: &Datapath,
+    client: IpAddr,
+    server: SocketAddr,
+    payload: &[u8],
+    new_flows: u16,
+) -> [f64; 3] {
+    let mut times = [Vec::new(), Vec::new(), Vec::new()];
+    for i in 0..new_flows {
+        let c = SocketAddr::new(client, 20000 + i);
+        let [syn, syn_ack, ack] = handshake(c, server, 1000);
+        times[0].push(kernel::time(d, "egress", &syn.build(), 1));
+        kernel::run(d, "ingress", &syn_ack.build());
+        times[1].push(kernel::time(d, "egress", &ack.build(), 1));
+        let pkt = Tcp::new(c, server).seq(1001).payload(payload).build();
+        times[2].push(kernel::time(d, "egress", &pkt, 1));
+        let end = 1001 + payload.len() as u32;
+        kernel::run(d, "egress", &Tcp::new(c, server).seq(end).rst().build());
+    }
+    times.map(|t| median(&t))
 }
 
 /// The table as Markdown.
