@@ -1,8 +1,9 @@
 //! Configuration the agent writes into kernel maps: address roles, endpoint
 //! sets and port numbers.
 
-/// Bit set of the roles an address plays (SPEC §1: "control plane", "node",
-/// "pod"). Stored as the value of the `ROLES` longest-prefix-match trie.
+/// Bit set of the roles an address plays in the path table (README, "The paths":
+/// control plane, node, pod). Stored as the value of the `ROLES`
+/// longest-prefix-match trie.
 #[repr(transparent)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Roles(pub u32);
@@ -106,7 +107,8 @@ impl From<Addr> for core::net::IpAddr {
 /// Prefix length to add to an IPv4 prefix to store it in the 128-bit trie.
 pub const V4_MAPPED_PREFIX: u32 = 96;
 
-/// Port numbers of SPEC §4, in host byte order. Index 0 of the `PORTS` array.
+/// The port flags (`--kubelet-port` and the others), in host byte order.
+/// Index 0 of the `PORTS` array.
 /// A port of 0 disables the rows that need it (no connection uses port 0).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -137,7 +137,7 @@ impl Workload {
         }
     }
 
-    /// The target for the ratio agent/none (medians).
+    /// The target for the ratio agent/none (medians; README, "Benchmarks").
     pub const fn target(self, traffic: Traffic) -> f64 {
         match (self, traffic) {
             (Self::Throughput, Traffic::Tracked) => 0.98,
@@ -214,7 +214,7 @@ impl Row {
         (max - min) / self.median(mode)
     }
 
-    /// Whether the agent's ratio meets the target.
+    /// Whether the agent's ratio meets its target.
     pub fn meets_target(&self) -> bool {
         self.ratio(Mode::Agent) >= self.workload.target(self.traffic)
     }

@@ -25,7 +25,7 @@ pub struct Row {
     pub program: &'static str,
     /// Median of the batches, nanoseconds per packet.
     pub ns: f64,
-    /// Target, if the issue sets one.
+    /// Target, if the README's Benchmarks section sets one.
     pub target_ns: Option<f64>,
 }
 
