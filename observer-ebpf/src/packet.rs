@@ -401,10 +401,9 @@ pub fn load_prefix(ctx: &SkBuffContext, seg: &Segment, buf: &mut Prefix) -> Resu
     // bytes in the linear part of the skb: read them in place.
     if seg.payload_len >= PREFIX_LEN as u32 && seg.payload_off <= MAX_LINEAR_PAYLOAD_OFF {
         let (data, end) = bounds(ctx);
-        let p = data + seg.payload_off as usize;
-        if p + PREFIX_LEN <= end {
-            // SAFETY: checked inside the packet just above.
-            *buf = unsafe { *(p as *const Prefix) };
+        if let Some(p) = ptr_at::<Prefix>(data, end, seg.payload_off as usize) {
+            // SAFETY: `ptr_at` proved it inside the packet.
+            *buf = unsafe { *p };
             return Ok(PREFIX_LEN);
         }
     }
