@@ -10,19 +10,21 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 
-/// TCP states (`include/net/tcp_states.h`), as `bpf_sock::state` gives them.
+use crate::packet::IPPROTO_TCP;
+
+/// TCP states, as `bpf_sock::state` gives them (the uapi's `BPF_TCP_*`).
 pub mod state {
-    pub const ESTABLISHED: u32 = 1;
-    pub const SYN_SENT: u32 = 2;
-    pub const SYN_RECV: u32 = 3;
-    pub const FIN_WAIT1: u32 = 4;
-    pub const FIN_WAIT2: u32 = 5;
-    pub const CLOSE_WAIT: u32 = 8;
-    pub const LISTEN: u32 = 10;
+    use aya_ebpf::bindings as b;
+    pub const ESTABLISHED: u32 = b::BPF_TCP_ESTABLISHED;
+    pub const SYN_SENT: u32 = b::BPF_TCP_SYN_SENT;
+    pub const SYN_RECV: u32 = b::BPF_TCP_SYN_RECV;
+    pub const FIN_WAIT1: u32 = b::BPF_TCP_FIN_WAIT1;
+    pub const FIN_WAIT2: u32 = b::BPF_TCP_FIN_WAIT2;
+    pub const CLOSE_WAIT: u32 = b::BPF_TCP_CLOSE_WAIT;
+    pub const LISTEN: u32 = b::BPF_TCP_LISTEN;
 }
 
 const SOCK_STREAM: u32 = 1;
-const IPPROTO_TCP: u32 = 6;
 
 /// The socket at this end of a segment.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -114,7 +116,7 @@ pub fn origin(ctx: &SkBuffContext) -> Origin {
     }
     // SAFETY: a full socket pointer from the helper.
     let (ty, protocol) = unsafe { ((*full).type_, (*full).protocol) };
-    if ty == SOCK_STREAM && protocol == IPPROTO_TCP {
+    if ty == SOCK_STREAM && protocol == u32::from(IPPROTO_TCP) {
         Origin::Tcp(state)
     } else if ty == 0 {
         Origin::Unknown

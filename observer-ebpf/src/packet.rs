@@ -6,20 +6,100 @@
 //! is [`Parsed::Unreadable`]: the receiving stack may read further than we
 //! do, so enforcement must not take it for "not ours".
 
+use core::mem::offset_of;
+
 use aya_ebpf::{helpers::bpf_skb_load_bytes, programs::SkBuffContext};
 use observer_common::config::Addr;
 use observer_common::protocol::{PREFIX_LEN, Prefix};
 
-/// TCP flag bits (byte 13 of the header).
+/// TCP flag bits ([`TcpHdr::flags`]).
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
 pub const RST: u8 = 0x04;
 pub const ACK: u8 = 0x10;
 pub const URG: u8 = 0x20;
 
-const IPPROTO_TCP: u8 = 6;
+/// The IP protocol number of TCP.
+pub const IPPROTO_TCP: u8 = 6;
 /// IPv6 extension headers walked before giving up.
 const MAX_V6_EXT_HEADERS: usize = 6;
+
+/// The IPv4 header without options. Multi-byte fields are in network
+/// byte order, addresses as the word their bytes make in memory order.
+#[repr(C)]
+struct Ipv4Hdr {
+    /// Version (high nibble, in both families) and header length in
+    /// words (low nibble).
+    version_ihl: u8,
+    tos: u8,
+    tot_len: u16,
+    id: u16,
+    /// Flags (top 3 bits) and fragment offset.
+    frag_off: u16,
+    ttl: u8,
+    protocol: u8,
+    check: u16,
+    saddr: u32,
+    daddr: u32,
+}
+
+/// The fixed IPv6 header.
+#[repr(C)]
+struct Ipv6Hdr {
+    version_class_flow: u32,
+    payload_len: u16,
+    next_header: u8,
+    hop_limit: u8,
+    saddr: [u32; 4],
+    daddr: [u32; 4],
+}
+
+/// The start of an IPv6 Hop-by-Hop, Routing, Destination Options or
+/// Authentication header: all [`skip_v6_ext_headers`] reads of one.
+#[repr(C)]
+struct Ipv6ExtHdr {
+    next_header: u8,
+    /// Length in units that depend on the header type.
+    len: u8,
+}
+
+/// The start of an IPv6 Fragment header, up to its fragment offset: all
+/// [`skip_v6_ext_headers`] reads of one. The whole header is
+/// [`V6_FRAG_HDR_LEN`] bytes.
+#[repr(C)]
+struct Ipv6FragHdr {
+    next_header: u8,
+    reserved: u8,
+    /// Fragment offset (top 13 bits) and flags.
+    frag_off: u16,
+}
+
+/// Length of an IPv6 Fragment header: [`Ipv6FragHdr`] and a 32-bit
+/// identification.
+const V6_FRAG_HDR_LEN: u32 = 8;
+
+/// The TCP header without options.
+#[repr(C)]
+struct TcpHdr {
+    source: u16,
+    dest: u16,
+    seq: u32,
+    ack_seq: u32,
+    /// Data offset in words (high nibble).
+    doff: u8,
+    flags: u8,
+    window: u16,
+    check: u16,
+    urg_ptr: u16,
+}
+
+const _: () = assert!(
+    size_of::<Ipv4Hdr>() == 20
+        && size_of::<Ipv6Hdr>() == 40
+        && size_of::<Ipv6ExtHdr>() == 2
+        && size_of::<Ipv6FragHdr>() == 4
+        && size_of::<TcpHdr>() == 20
+);
 
 /// The parts of a TCP segment the programs use.
 pub struct Segment {
@@ -57,71 +137,82 @@ pub enum Parsed {
 #[inline(always)]
 pub fn parse(ctx: &SkBuffContext) -> Parsed {
     let (data, end) = bounds(ctx);
-    // 20 bytes: an IPv4 header without options, the smallest of both
-    // families. (Checking for 1 byte would let LLVM rewrite the check into
-    // `data >= end`, a form the verifier does not follow.)
-    if data + 20 > end {
+    // An IPv4 header without options is the smallest of both families.
+    let Some(ip) = ptr_at::<Ipv4Hdr>(data, end, 0) else {
         return parse_copied(ctx);
-    }
-    // SAFETY (every read below): the bounds check before it proves the
-    // bytes are inside the packet; the verifier checks the same.
-    let first = unsafe { *(data as *const u8) };
-    let (src, dst, tcp) = match first >> 4 {
+    };
+    // SAFETY (every read below): `ptr_at` proved the header inside the
+    // packet; the verifier checks the same.
+    let first = unsafe { (*ip).version_ihl };
+    let (src, dst, l4_off) = match first >> 4 {
         4 => {
-            let (proto, frag, src, dst) = unsafe {
-                (
-                    *((data + 9) as *const u8),
-                    *((data + 6) as *const u16),
-                    *((data + 12) as *const u32),
-                    *((data + 16) as *const u32),
-                )
-            };
+            let (proto, frag, src, dst) =
+                unsafe { ((*ip).protocol, (*ip).frag_off, (*ip).saddr, (*ip).daddr) };
             let ihl = usize::from(first & 0x0f) * 4;
-            if proto != IPPROTO_TCP || ihl < 20 {
+            if proto != IPPROTO_TCP || ihl < size_of::<Ipv4Hdr>() {
                 return Parsed::NotTcp;
             }
             if u16::from_be(frag) & 0x1fff != 0 {
                 return Parsed::Unreadable;
             }
-            (Addr::from_v4_word(src), Addr::from_v4_word(dst), data + ihl)
+            (Addr::from_v4_word(src), Addr::from_v4_word(dst), ihl)
         }
         6 => {
-            if data + 40 > end {
+            let Some(ip) = ptr_at::<Ipv6Hdr>(data, end, 0) else {
                 return parse_copied(ctx);
-            }
-            if unsafe { *((data + 6) as *const u8) } != IPPROTO_TCP {
+            };
+            if unsafe { (*ip).next_header } != IPPROTO_TCP {
                 return parse_copied(ctx); // extension headers, or not TCP
             }
-            let (src, dst) = unsafe {
-                (
-                    *((data + 8) as *const [u32; 4]),
-                    *((data + 24) as *const [u32; 4]),
-                )
-            };
-            (Addr::from_words(src), Addr::from_words(dst), data + 40)
+            let (src, dst) = unsafe { ((*ip).saddr, (*ip).daddr) };
+            (
+                Addr::from_words(src),
+                Addr::from_words(dst),
+                size_of::<Ipv6Hdr>(),
+            )
         }
         _ => return Parsed::NotTcp,
     };
-    if tcp + 20 > end {
+    let Some(tcp) = ptr_at::<TcpHdr>(data, end, l4_off) else {
         return parse_copied(ctx);
-    }
-    let (ports, seq, ack, doff_flags) = unsafe {
+    };
+    let (sport, dport, seq, ack, doff, flags) = unsafe {
         (
-            *(tcp as *const [u16; 2]),
-            *((tcp + 4) as *const u32),
-            *((tcp + 8) as *const u32),
-            *((tcp + 12) as *const [u8; 2]),
+            (*tcp).source,
+            (*tcp).dest,
+            (*tcp).seq,
+            (*tcp).ack_seq,
+            (*tcp).doff,
+            (*tcp).flags,
         )
     };
     segment(
         ctx,
         src,
         dst,
-        (tcp - data) as u32,
-        [u16::from_be(ports[0]), u16::from_be(ports[1])],
+        l4_off as u32,
+        [u16::from_be(sport), u16::from_be(dport)],
         [u32::from_be(seq), u32::from_be(ack)],
-        doff_flags,
+        [doff, flags],
     )
+}
+
+/// A `T` at `off` from the network header in the linear part of the skb
+/// (`data..end`, from [`bounds`]), or `None` if it does not fit.
+///
+/// Read its fields with plain loads: the packet gives no alignment, but the
+/// verifier accepts unaligned packet loads on architectures with efficient
+/// unaligned access (x86-64, arm64), and `read_unaligned` would make LLVM
+/// split each load into single bytes.
+#[inline(always)]
+fn ptr_at<T>(data: usize, end: usize, off: usize) -> Option<*const T> {
+    let p = data + off;
+    // (A check against a 1-byte size would let LLVM rewrite it into
+    // `p >= end`, a form the verifier does not follow.)
+    if p + size_of::<T>() > end {
+        return None;
+    }
+    Some(p as *const T)
 }
 
 /// Where the linear part of the skb starts (the network header) and ends.
@@ -155,7 +246,7 @@ fn segment(
     let len = ctx.len();
     let doff = u32::from(doff >> 4) * 4;
     let payload_off = l4_off + doff;
-    if doff < 20 || payload_off > len {
+    if doff < size_of::<TcpHdr>() as u32 || payload_off > len {
         return Parsed::NotTcp; // the receiving stack discards it too
     }
     Parsed::Segment(Segment {
@@ -184,29 +275,30 @@ fn parse_copied(ctx: &SkBuffContext) -> Parsed {
     };
     let (src, dst, l4_off) = match first >> 4 {
         4 => {
-            // Words as in memory: byte 0 of the header is the low byte.
-            let Ok(ip) = ctx.load::<[u32; 5]>(0) else {
+            let Ok(ip) = ctx.load::<Ipv4Hdr>(0) else {
                 return Parsed::NotTcp;
             };
-            let ihl = (ip[0] & 0x0f) * 4;
-            let frag = u16::from_be((ip[1] >> 16) as u16) & 0x1fff;
-            let proto = (ip[2] >> 8) as u8;
-            if proto != IPPROTO_TCP || ihl < 20 {
+            let ihl = u32::from(ip.version_ihl & 0x0f) * 4;
+            if ip.protocol != IPPROTO_TCP || ihl < size_of::<Ipv4Hdr>() as u32 {
                 return Parsed::NotTcp;
             }
-            if frag != 0 {
+            if u16::from_be(ip.frag_off) & 0x1fff != 0 {
                 return Parsed::Unreadable;
             }
-            (Addr::from_v4_word(ip[3]), Addr::from_v4_word(ip[4]), ihl)
+            (
+                Addr::from_v4_word(ip.saddr),
+                Addr::from_v4_word(ip.daddr),
+                ihl,
+            )
         }
         6 => {
-            let Ok(next) = ctx.load::<u8>(6) else {
+            let Ok(next) = ctx.load::<u8>(offset_of!(Ipv6Hdr, next_header)) else {
                 return Parsed::NotTcp;
             };
-            let Ok(src) = ctx.load::<Addr>(8) else {
+            let Ok(src) = ctx.load::<Addr>(offset_of!(Ipv6Hdr, saddr)) else {
                 return Parsed::NotTcp;
             };
-            let Ok(dst) = ctx.load::<Addr>(24) else {
+            let Ok(dst) = ctx.load::<Addr>(offset_of!(Ipv6Hdr, daddr)) else {
                 return Parsed::NotTcp;
             };
             match skip_v6_ext_headers(ctx, next) {
@@ -217,22 +309,17 @@ fn parse_copied(ctx: &SkBuffContext) -> Parsed {
         }
         _ => return Parsed::NotTcp,
     };
-    let Ok(tcp) = ctx.load::<[u32; 4]>(l4_off as usize) else {
+    let Ok(tcp) = ctx.load::<TcpHdr>(l4_off as usize) else {
         return Parsed::NotTcp;
     };
-    let ports = tcp[0].to_ne_bytes();
-    let doff_flags = tcp[3].to_ne_bytes();
     segment(
         ctx,
         src,
         dst,
         l4_off,
-        [
-            u16::from_be_bytes([ports[0], ports[1]]),
-            u16::from_be_bytes([ports[2], ports[3]]),
-        ],
-        [u32::from_be(tcp[1]), u32::from_be(tcp[2])],
-        [doff_flags[0], doff_flags[1]],
+        [u16::from_be(tcp.source), u16::from_be(tcp.dest)],
+        [u32::from_be(tcp.seq), u32::from_be(tcp.ack_seq)],
+        [tcp.doff, tcp.flags],
     )
 }
 
@@ -256,39 +343,39 @@ fn skip_v6_ext_headers(ctx: &SkBuffContext, mut next: u8) -> Transport {
     const FRAGMENT: u8 = 44;
     const AUTH: u8 = 51;
     const DEST_OPTS: u8 = 60;
-    let mut off: u32 = 40;
+    let mut off = size_of::<Ipv6Hdr>() as u32;
     for _ in 0..MAX_V6_EXT_HEADERS {
         match next {
             IPPROTO_TCP => return Transport::Tcp(off),
             HOP_BY_HOP | ROUTING | DEST_OPTS => {
-                let Ok(h) = ctx.load::<[u8; 2]>(off as usize) else {
+                let Ok(h) = ctx.load::<Ipv6ExtHdr>(off as usize) else {
                     return Transport::Other;
                 };
-                next = h[0];
-                off += (u32::from(h[1]) + 1) * 8;
+                next = h.next_header;
+                off += (u32::from(h.len) + 1) * 8;
             }
             FRAGMENT => {
-                let Ok(h) = ctx.load::<[u8; 4]>(off as usize) else {
+                let Ok(h) = ctx.load::<Ipv6FragHdr>(off as usize) else {
                     return Transport::Other;
                 };
-                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                if u16::from_be(h.frag_off) & 0xfff8 != 0 {
                     // Not the first fragment: a TCP header is in another
                     // packet.
-                    return if h[0] == IPPROTO_TCP {
+                    return if h.next_header == IPPROTO_TCP {
                         Transport::Unknown
                     } else {
                         Transport::Other
                     };
                 }
-                next = h[0];
-                off += 8;
+                next = h.next_header;
+                off += V6_FRAG_HDR_LEN;
             }
             AUTH => {
-                let Ok(h) = ctx.load::<[u8; 2]>(off as usize) else {
+                let Ok(h) = ctx.load::<Ipv6ExtHdr>(off as usize) else {
                     return Transport::Other;
                 };
-                next = h[0];
-                off += (u32::from(h[1]) + 2) * 4;
+                next = h.next_header;
+                off += (u32::from(h.len) + 2) * 4;
             }
             // UDP, ICMPv6, ESP, No Next Header, or a type the receiving
             // stack rejects as well.
@@ -314,10 +401,9 @@ pub fn load_prefix(ctx: &SkBuffContext, seg: &Segment, buf: &mut Prefix) -> Resu
     // bytes in the linear part of the skb: read them in place.
     if seg.payload_len >= PREFIX_LEN as u32 && seg.payload_off <= MAX_LINEAR_PAYLOAD_OFF {
         let (data, end) = bounds(ctx);
-        let p = data + seg.payload_off as usize;
-        if p + PREFIX_LEN <= end {
-            // SAFETY: checked inside the packet just above.
-            *buf = unsafe { *(p as *const Prefix) };
+        if let Some(p) = ptr_at::<Prefix>(data, end, seg.payload_off as usize) {
+            // SAFETY: `ptr_at` proved it inside the packet.
+            *buf = unsafe { *p };
             return Ok(PREFIX_LEN);
         }
     }

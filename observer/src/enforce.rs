@@ -15,6 +15,7 @@ use std::{
     collections::HashSet,
     fs::File,
     io,
+    mem::offset_of,
     net::{IpAddr, SocketAddr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     os::unix::fs::MetadataExt as _,
@@ -134,32 +135,79 @@ fn namespaces() -> Vec<File> {
         .collect()
 }
 
+// linux/sock_diag.h
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const SOCK_DESTROY: u16 = 21;
-const NLMSG_ERROR: u16 = 2;
+const NLMSG_ERROR: u16 = libc::NLMSG_ERROR as u16;
 
-/// `struct inet_diag_req_v2` with its socket id, as the kernel lays it out.
+/// `struct inet_diag_sockid` (linux/inet_diag.h).
 #[repr(C)]
-struct DestroyRequest {
-    // struct nlmsghdr
-    len: u32,
-    ty: u16,
-    flags: u16,
-    seq: u32,
-    pid: u32,
-    // struct inet_diag_req_v2
-    family: u8,
-    protocol: u8,
-    ext: u8,
-    pad: u8,
-    states: u32,
-    // struct inet_diag_sockid
+#[derive(Clone, Copy)]
+struct InetDiagSockId {
     sport: [u8; 2],
     dport: [u8; 2],
     src: [u8; 16],
     dst: [u8; 16],
     ifindex: u32,
     cookie: [u32; 2],
+}
+
+/// `struct inet_diag_req_v2`.
+#[repr(C)]
+struct InetDiagReqV2 {
+    family: u8,
+    protocol: u8,
+    ext: u8,
+    pad: u8,
+    states: u32,
+    id: InetDiagSockId,
+}
+
+/// `struct inet_diag_msg`, the answer to `SOCK_DIAG_BY_FAMILY`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct InetDiagMsg {
+    family: u8,
+    state: u8,
+    timer: u8,
+    retrans: u8,
+    id: InetDiagSockId,
+    expires: u32,
+    rqueue: u32,
+    wqueue: u32,
+    uid: u32,
+    inode: u32,
+}
+
+/// A sock_diag request naming one socket.
+#[repr(C)]
+struct DestroyRequest {
+    hdr: libc::nlmsghdr,
+    req: InetDiagReqV2,
+}
+
+// The sizes the kernel's uapi gives these (no padding anywhere).
+const _: () = assert!(
+    size_of::<InetDiagSockId>() == 48
+        && size_of::<InetDiagReqV2>() == 56
+        && size_of::<InetDiagMsg>() == 72
+        && size_of::<DestroyRequest>() == 72
+);
+
+/// Length of the netlink header before a message's payload.
+const NLMSG_HDRLEN: usize = size_of::<libc::nlmsghdr>();
+
+/// A `T` read from `buf` at `off`, if it is long enough.
+fn read_at<T: Copy>(buf: &[u8], off: usize) -> Option<T> {
+    let bytes = buf.get(off..off.checked_add(size_of::<T>())?)?;
+    // SAFETY: `bytes` holds `size_of::<T>()` bytes; `T` is one of the
+    // plain uapi structs or integers here, valid for any bit pattern.
+    Some(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
+}
+
+/// The type of the netlink message at the start of `buf`.
+fn message_type(buf: &[u8]) -> Option<u16> {
+    read_at::<libc::nlmsghdr>(buf, 0).map(|h| h.nlmsg_type)
 }
 
 /// Puts an address in an `idiag_src`/`idiag_dst` field: IPv4 in the first
@@ -187,37 +235,34 @@ fn destroy(local: SocketAddr, remote: SocketAddr) -> io::Result<bool> {
         return Ok(false);
     };
     let fd = netlink()?;
-    req.ty = SOCK_DIAG_BY_FAMILY;
-    req.flags = libc::NLM_F_REQUEST as u16;
+    req.hdr.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    req.hdr.nlmsg_flags = libc::NLM_F_REQUEST as u16;
     let mut buf = [0u8; 1024];
     let n = exchange(&fd, &req, &mut buf)?;
-    let ty = u16::from_ne_bytes([buf[4], buf[5]]);
-    if ty == NLMSG_ERROR {
-        return match errno(&buf[..n])? {
+    let answer = &buf[..n];
+    let ty = message_type(answer);
+    if ty == Some(NLMSG_ERROR) {
+        return match errno(answer)? {
             libc::ENOENT => Ok(false),
             e => Err(io::Error::from_raw_os_error(e)),
         };
     }
-    if ty != SOCK_DIAG_BY_FAMILY || n < 16 + 72 {
-        return Err(io::Error::other("unexpected sock_diag answer"));
-    }
-    // struct inet_diag_msg after the 16-byte nlmsghdr: family, state, ...,
-    // then the socket id whose cookie ends at byte 16 + 4 + 48.
+    let msg = match (ty, read_at::<InetDiagMsg>(answer, NLMSG_HDRLEN)) {
+        (Some(SOCK_DIAG_BY_FAMILY), Some(msg)) => msg,
+        _ => return Err(io::Error::other("unexpected sock_diag answer")),
+    };
     // A listener is a server, not a connection; a time-wait socket is a
     // connection over already.
     const TCP_TIME_WAIT: u8 = 6;
     const TCP_LISTEN: u8 = 10;
-    if matches!(buf[17], TCP_LISTEN | TCP_TIME_WAIT) {
+    if matches!(msg.state, TCP_LISTEN | TCP_TIME_WAIT) {
         return Ok(false);
     }
-    req.cookie = [
-        u32::from_ne_bytes([buf[60], buf[61], buf[62], buf[63]]),
-        u32::from_ne_bytes([buf[64], buf[65], buf[66], buf[67]]),
-    ];
-    req.ty = SOCK_DESTROY;
-    req.flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+    req.req.id.cookie = msg.id.cookie;
+    req.hdr.nlmsg_type = SOCK_DESTROY;
+    req.hdr.nlmsg_flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
     let n = exchange(&fd, &req, &mut buf)?;
-    if u16::from_ne_bytes([buf[4], buf[5]]) != NLMSG_ERROR {
+    if message_type(&buf[..n]) != Some(NLMSG_ERROR) {
         return Err(io::Error::other("unexpected sock_diag answer"));
     }
     match errno(&buf[..n])? {
@@ -233,22 +278,28 @@ fn request(local: SocketAddr, remote: SocketAddr) -> Option<DestroyRequest> {
     let (family, src) = family_and_bytes(local.ip());
     let (family2, dst) = family_and_bytes(remote.ip());
     (family == family2).then(|| DestroyRequest {
-        len: size_of::<DestroyRequest>() as u32,
-        ty: 0,
-        flags: 0,
-        seq: 1,
-        pid: 0,
-        family,
-        protocol: libc::IPPROTO_TCP as u8,
-        ext: 0,
-        pad: 0,
-        states: u32::MAX,
-        sport: local.port().to_be_bytes(),
-        dport: remote.port().to_be_bytes(),
-        src,
-        dst,
-        ifindex: 0,
-        cookie: [u32::MAX; 2], // INET_DIAG_NOCOOKIE
+        hdr: libc::nlmsghdr {
+            nlmsg_len: size_of::<DestroyRequest>() as u32,
+            nlmsg_type: 0,
+            nlmsg_flags: 0,
+            nlmsg_seq: 1,
+            nlmsg_pid: 0,
+        },
+        req: InetDiagReqV2 {
+            family,
+            protocol: libc::IPPROTO_TCP as u8,
+            ext: 0,
+            pad: 0,
+            states: u32::MAX,
+            id: InetDiagSockId {
+                sport: local.port().to_be_bytes(),
+                dport: remote.port().to_be_bytes(),
+                src,
+                dst,
+                ifindex: 0,
+                cookie: [u32::MAX; 2], // INET_DIAG_NOCOOKIE
+            },
+        },
     })
 }
 
@@ -284,7 +335,8 @@ fn exchange(fd: &OwnedFd, req: &DestroyRequest, buf: &mut [u8]) -> io::Result<us
     }
     // SAFETY: receiving into a buffer of the given size.
     let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 20 {
+    // Anything shorter cannot even say an error.
+    if n < (NLMSG_HDRLEN + size_of::<i32>()) as isize {
         return Err(if n < 0 {
             io::Error::last_os_error()
         } else {
@@ -294,12 +346,12 @@ fn exchange(fd: &OwnedFd, req: &DestroyRequest, buf: &mut [u8]) -> io::Result<us
     Ok(n as usize)
 }
 
-/// The errno of an `NLMSG_ERROR` answer (0 for an ack).
+/// The errno of an `NLMSG_ERROR` answer (0 for an ack): `struct nlmsgerr`'s
+/// `error`, the negative errno.
 fn errno(msg: &[u8]) -> io::Result<i32> {
-    let e = msg
-        .get(16..20)
-        .ok_or_else(|| io::Error::other("short sock_diag error"))?;
-    Ok(-i32::from_ne_bytes([e[0], e[1], e[2], e[3]]))
+    read_at::<i32>(msg, NLMSG_HDRLEN + offset_of!(libc::nlmsgerr, error))
+        .map(|e| -e)
+        .ok_or_else(|| io::Error::other("short sock_diag error"))
 }
 
 #[cfg(test)]
@@ -307,12 +359,6 @@ mod tests {
     use std::io::{Read as _, Write as _};
 
     use super::*;
-
-    #[test]
-    fn request_layout() {
-        // nlmsghdr 16 + inet_diag_req_v2 (8 + sockid 48) = 72 bytes.
-        assert_eq!(size_of::<DestroyRequest>(), 72);
-    }
 
     /// Needs CAP_NET_ADMIN (the test suite runs as root).
     #[test]

@@ -24,6 +24,7 @@ use std::{
 };
 
 use aya::maps::MapInfo;
+use aya_obj::generated::bpf_cmd;
 
 use crate::sys;
 use observer_common::{
@@ -194,45 +195,20 @@ pub fn drop_incompatible(dir: &Path, flow_capacity: u32) -> io::Result<Vec<&'sta
 /// Opens a pinned object (`BPF_OBJ_GET`).
 pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    #[repr(C)]
-    struct ObjGet {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        path_fd: i32,
-    }
-    let attr = ObjGet {
-        pathname: c.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-        path_fd: 0,
-    };
-    const BPF_OBJ_GET: libc::c_long = 7;
-    // Up to the end of `path_fd`: the struct's tail padding is not
-    // initialised, and the kernel refuses non-zero bytes past known fields.
-    let size = std::mem::offset_of!(ObjGet, path_fd) + size_of::<i32>();
-    let fd = sys::bpf(BPF_OBJ_GET, &attr, size)?;
+    let fd = sys::bpf(bpf_cmd::BPF_OBJ_GET, |attr| {
+        attr.__bindgen_anon_4.pathname = c.as_ptr() as u64;
+    })?;
     // SAFETY: the kernel returned a new fd.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Atomically replaces the program of a link (`BPF_LINK_UPDATE`).
 pub fn link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()> {
-    #[repr(C)]
-    struct LinkUpdate {
-        link_fd: u32,
-        new_prog_fd: u32,
-        flags: u32,
-        old_prog_fd: u32,
-    }
-    let attr = LinkUpdate {
-        link_fd: link.as_raw_fd() as u32,
-        new_prog_fd: program.as_raw_fd() as u32,
-        flags: 0,
-        old_prog_fd: 0,
-    };
-    const BPF_LINK_UPDATE: libc::c_long = 29;
-    sys::bpf(BPF_LINK_UPDATE, &attr, size_of::<LinkUpdate>()).map(|_| ())
+    sys::bpf(bpf_cmd::BPF_LINK_UPDATE, |attr| {
+        attr.link_update.link_fd = link.as_raw_fd() as u32;
+        attr.link_update.__bindgen_anon_1.new_prog_fd = program.as_raw_fd() as u32;
+    })
+    .map(|_| ())
 }
 
 /// Detaches the pinned links and removes every pin under `dir`.

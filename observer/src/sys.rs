@@ -3,6 +3,8 @@
 
 use std::{ffi::CString, io, os::unix::ffi::OsStrExt as _, path::Path};
 
+use aya_obj::generated::{bpf_attr, bpf_cmd};
+
 /// The `f_type` of the filesystem holding `path` (`statfs(2)`).
 pub fn fs_type(path: &Path) -> io::Result<i64> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
@@ -19,13 +21,23 @@ pub fn fs_type(path: &Path) -> io::Result<i64> {
     Ok(unsafe { st.assume_init() }.f_type as i64)
 }
 
-/// `bpf(cmd, attr, size)`: `size` bytes of `attr` are passed, so a caller
-/// with tail padding passes only up to its last field (the kernel refuses
-/// non-zero bytes past the fields it knows).
-pub fn bpf<T>(cmd: libc::c_long, attr: &T, size: usize) -> io::Result<i64> {
-    assert!(size <= size_of::<T>());
-    // SAFETY: `attr` is a live #[repr(C)] bpf_attr prefix of at least `size` bytes.
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_ref(attr), size) };
+/// `bpf(cmd, attr)` with an attribute union of zeros that `fill` sets
+/// the command's fields of: the kernel refuses non-zero bytes in fields it
+/// does not expect, and accepts a union longer than its own if the rest is
+/// zero.
+pub fn bpf(cmd: bpf_cmd, fill: impl FnOnce(&mut bpf_attr)) -> io::Result<i64> {
+    // SAFETY: all zeros is a valid `bpf_attr` (plain integers).
+    let mut attr = unsafe { std::mem::zeroed::<bpf_attr>() };
+    fill(&mut attr);
+    // SAFETY: `attr` is a live, fully initialised `bpf_attr` of that size.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            std::ptr::from_ref(&attr),
+            size_of::<bpf_attr>(),
+        )
+    };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
