@@ -1,8 +1,9 @@
 //! Pinning under bpffs, so that counting and enforcement outlive the agent.
 //!
 //! What is pinned under `--pin-dir` (default `/sys/fs/bpf/cp-observer`):
-//! - the two cgroup links (`link-ingress`, `link-egress`): the attachment
-//!   itself, which keeps the programs running while no agent does;
+//! - the four cgroup links (`link-ingress`, `link-egress`, `link-connect4`,
+//!   `link-connect6`): the attachment itself, which keeps the programs
+//!   running while no agent does;
 //! - the state maps ([`STATE_MAPS`]): the flow table, the counters and the
 //!   event ring buffer, so counters continue and events raised while the
 //!   agent was down are read by the next one.
