@@ -68,15 +68,13 @@ pub fn noop(_ctx: SkBuffContext) -> i32 {
 /// the hook only says which socket a packet's socket is (see `origin.rs`).
 #[inline(always)]
 fn handle(ctx: &SkBuffContext, hook: track::Hook) -> i32 {
-    let ret = match track::on_packet(ctx, hook) {
+    match track::on_packet(ctx, hook) {
         Ok(ret) => ret,
         Err(()) => {
             maps::count_stat(Stat::ReadErrors);
             PASS
         }
-    };
-    trace::flush();
-    ret
+    }
 }
 
 // Host builds (clippy) link std, which has its own.

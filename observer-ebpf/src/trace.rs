@@ -4,16 +4,17 @@
 //!
 //! Off unless asked for: the agent loads the programs with aya-log's level
 //! (a read-only global) off, so the verifier knows every `enabled()` below
-//! is false and removes the trace from the programs it loads; the packet
-//! path runs as if it were not there (`cargo xtask bench --kernel` measures
-//! it). The records say `key=value` with numbers for the shared enums; the
+//! is false and removes the trace from the programs it loads, all but the
+//! load of the level at the few places that check it: on a SYN, a decision
+//! and the end of a tracked connection's segment, never on untracked
+//! traffic (`cargo xtask bench --kernel` measures it). The records say `key=value` with numbers for the shared enums; the
 //! agent puts their names back (one table: observer-common).
 //!
 //! A record is not written where the decision is made: aya-log writes it
 //! byte by byte, and the verifier would walk that for every state in which
 //! a packet reaches the decision (past its limit). The decision is noted in
-//! a per-CPU slot instead, and [`flush`] writes the records once, where the
-//! packet leaves the program with nothing else live.
+//! a per-CPU slot instead, and [`flush`] writes the records once, when the
+//! segment's work is done and nothing else is live.
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use aya_log_ebpf::{
@@ -101,7 +102,8 @@ pub fn decided(flow: &Flow, key: &FlowKey) {
     }
 }
 
-/// Writes what this packet decided. Called as the packet leaves.
+/// Writes what this packet decided. Called when a SYN's or a tracked
+/// connection's segment is done.
 #[inline(always)]
 pub fn flush() {
     if enabled() {

@@ -86,13 +86,25 @@ pub fn on_packet(ctx: &SkBuffContext, hook: Hook) -> Result<i32, ()> {
     if seg.flags & SYN != 0 {
         // Once a connection: laid out away from every other segment's path.
         cold();
-        return Ok(handshake(ctx, hook, &seg));
+        let ret = handshake(ctx, hook, &seg);
+        trace::flush();
+        return Ok(ret);
     }
     // Untracked traffic ends here: one array read, no key, no hashing.
     let (flows, syn_ns) = maps::filter(filter_slot(&seg.src, seg.sport, &seg.dst, seg.dport));
     if flows | syn_ns == 0 {
         return Ok(PASS);
     }
+    let ret = on_tracked(ctx, hook, &seg, syn_ns);
+    // Only a SYN or a tracked connection's segment can decide anything.
+    trace::flush();
+    ret
+}
+
+/// A segment of a tracked or half-open connection (its filter slot is
+/// marked).
+#[inline(always)]
+fn on_tracked(ctx: &SkBuffContext, hook: Hook, seg: &Segment, syn_ns: u64) -> Result<i32, ()> {
     let (key, src_is_lo) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
     let flow = match FLOWS.get_ptr_mut(&key) {
         Some(flow) => flow,
