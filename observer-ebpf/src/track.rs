@@ -806,7 +806,10 @@ fn report(flow: &Flow, key: &FlowKey, action: Action, dry_run: bool) {
         } else {
             0
         },
-        caller: Caller { pid: 0, comm: [0; 16] },
+        caller: Caller {
+            pid: 0,
+            comm: [0; 16],
+        },
     };
     if flow.client_cookie != 0
         && let Some(c) = CONNECTS.get_ptr(&flow.client_cookie)

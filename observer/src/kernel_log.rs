@@ -13,7 +13,10 @@ use tokio::io::unix::AsyncFd;
 /// with [`Forward`]): a task that reads aya-log's ring buffer whenever it
 /// has records.
 pub fn spawn(logger: EbpfLogger<Forward>) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    tracing::info!(fd = logger.as_raw_fd(), "tracing the kernel programs' decisions");
+    tracing::info!(
+        fd = logger.as_raw_fd(),
+        "tracing the kernel programs' decisions"
+    );
     // SAFETY: the logger owns the ring buffer's map fd for its lifetime.
     let mut logger =
         unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }

@@ -125,6 +125,9 @@ mod tests {
             Addr::from("1.2.3.4".parse::<IpAddr>().unwrap()),
             Addr::from_v4([1, 2, 3, 4])
         );
-        assert_eq!(Addr::from("fd00::1".parse::<IpAddr>().unwrap()).as_v4(), None);
+        assert_eq!(
+            Addr::from("fd00::1".parse::<IpAddr>().unwrap()).as_v4(),
+            None
+        );
     }
 }
