@@ -17,13 +17,14 @@ use std::{
 };
 
 const LINKED: &str = "cp-observer-bpf";
-/// Set in the second run, the one that builds.
+/// Set in the second run, the one that builds, to the toolchain the first
+/// run picked.
 const INNER: &str = "CP_OBSERVER_BUILD_EBPF";
 const WARNING: &str = "cargo:warning=";
 
 fn main() -> ExitCode {
-    if env::var_os(INNER).is_some() {
-        return match build() {
+    if let Ok(toolchain) = env::var(INNER) {
+        return match build(&toolchain) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 println!("{WARNING}{e:#}");
@@ -31,13 +32,15 @@ fn main() -> ExitCode {
             }
         };
     }
-    let out = match env::current_exe().and_then(|me| Command::new(me).env(INNER, "1").output()) {
-        Ok(out) => out,
-        Err(e) => {
-            eprintln!("cannot run the build script again to build the kernel programs: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let toolchain = toolchain();
+    let out =
+        match env::current_exe().and_then(|me| Command::new(me).env(INNER, &toolchain).output()) {
+            Ok(out) => out,
+            Err(e) => {
+                eprintln!("cannot run the build script again to build the kernel programs: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     let stdout = String::from_utf8_lossy(&out.stdout);
     let (log, directives): (Vec<&str>, Vec<&str>) =
         stdout.lines().partition(|l| l.starts_with(WARNING));
@@ -56,18 +59,14 @@ fn main() -> ExitCode {
     for line in log.filter(|l| !l.trim().is_empty() && !is_progress(l)) {
         println!("{WARNING}{line}");
     }
-    println!(
-        "{WARNING}kernel programs built (observer-ebpf, toolchain {})",
-        toolchain()
-    );
+    println!("{WARNING}kernel programs built (observer-ebpf, toolchain {toolchain})");
     ExitCode::SUCCESS
 }
 
 /// The inner build: `aya_build` as documented.
-fn build() -> aya_build::Result<()> {
+fn build(toolchain: &str) -> aya_build::Result<()> {
     println!("cargo:rerun-if-env-changed=CP_OBSERVER_BPF_TOOLCHAIN");
     println!("cargo:rerun-if-changed=../observer-common/src");
-    let toolchain = toolchain();
     if toolchain == LINKED {
         // Debian's compiler is a stable release: let it take `-Z build-std`.
         // SAFETY: build scripts are single-threaded.
@@ -79,7 +78,7 @@ fn build() -> aya_build::Result<()> {
             root_dir: "../observer-ebpf",
             ..Default::default()
         }],
-        aya_build::Toolchain::Custom(&toolchain),
+        aya_build::Toolchain::Custom(toolchain),
     )
 }
 
