@@ -132,12 +132,12 @@ pub struct RunArgs {
 }
 
 /// How much the kernel programs trace (`--kernel-log`). The level is fixed
-/// when the programs are loaded: with `off` the verifier removes the trace
-/// from them altogether.
+/// when the programs are loaded: with `off` the verifier removes the
+/// records from them, leaving only the checks of the level.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KernelLog {
-    /// Nothing; the trace is not even in the loaded programs.
+    /// Nothing; the records are not even in the loaded programs.
     #[default]
     Off,
     /// Every decision: a connection's path, then its protocol and verdict.
