@@ -65,8 +65,10 @@ pub fn classified(seg: &Segment, client: &End, server: &End, path: Path) {
         return;
     }
     if let Some(p) = TRACE.get_ptr_mut(0) {
-        // SAFETY: a map value pointer, valid for this run; per CPU, and a
-        // program run is not preempted by another on the same CPU.
+        // SAFETY: a map value pointer, valid for this run. The slot is per
+        // CPU, but an ingress run in a softirq can interrupt an egress run
+        // on the same CPU: the two may then mix or lose a record. Only the
+        // trace suffers; no verdict reads the slot.
         let p = unsafe { &mut *p };
         p.classified = 1;
         p.path = path as u8;
