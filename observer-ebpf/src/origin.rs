@@ -5,10 +5,17 @@
 //! state (see `track.rs`).
 
 use aya_ebpf::{
-    bindings::{bpf_sock, bpf_tcp_sock},
-    helpers::{bpf_sk_fullsock, bpf_tcp_sock as tcp_sock_of},
+    bindings::{
+        BPF_F_CURRENT_NETNS, bpf_sock, bpf_sock_tuple,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 as V4Tuple,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 as V6Tuple, bpf_tcp_sock,
+    },
+    helpers::{
+        bpf_sk_fullsock, bpf_sk_lookup_tcp, bpf_sk_release, bpf_tcp_sock as tcp_sock_of,
+    },
     programs::SkBuffContext,
 };
+use observer_common::config::Addr;
 
 use crate::packet::IPPROTO_TCP;
 
@@ -149,9 +156,43 @@ pub fn client_stream_start(ctx: &SkBuffContext, local_is_server: bool) -> Option
     }
 }
 
-/// True when this segment's TCP socket has sent data already.
+/// True when a TCP socket listens at `to`:`port` (a local address), in the
+/// network namespace of the segment in `ctx`: the local end of a
+/// connection there is a server's, one a listener accepted. A socket that
+/// `connect()`ed holds an ephemeral port, and the kernel gives no socket
+/// an ephemeral port a listener is bound to. (Whether the socket sent data
+/// first says nothing: a server-first protocol's server greets first.)
 #[inline(always)]
-pub fn sent_data(ctx: &SkBuffContext) -> bool {
-    // SAFETY: a TCP socket pointer from the helper.
-    tcp_socket(ctx).is_some_and(|tp| unsafe { (*tp).data_segs_out } != 0)
+pub fn listening(ctx: &SkBuffContext, to: &Addr, port: u16) -> bool {
+    // The lookup's tuple as the segment's: from nowhere (port 0, which no
+    // connection has) to `to`, so only a listener can match.
+    // SAFETY: a plain old data union; all zeros is a valid value.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let ctx = ctx.skb.skb.cast();
+    let netns = BPF_F_CURRENT_NETNS as u64;
+    // SAFETY (all): helper calls with a tuple on this stack frame, of the
+    // size of the variant written; a found socket is released.
+    let sk = unsafe {
+        match to.as_v4() {
+            Some(v4) => {
+                tuple.__bindgen_anon_1.ipv4.daddr = u32::from_ne_bytes(v4);
+                tuple.__bindgen_anon_1.ipv4.dport = port.to_be();
+                bpf_sk_lookup_tcp(ctx, &mut tuple, size_of::<V4Tuple>() as u32, netns, 0)
+            }
+            None => {
+                tuple.__bindgen_anon_1.ipv6.daddr = to.words();
+                tuple.__bindgen_anon_1.ipv6.dport = port.to_be();
+                bpf_sk_lookup_tcp(ctx, &mut tuple, size_of::<V6Tuple>() as u32, netns, 0)
+            }
+        }
+    };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: a socket the lookup returned, released once.
+    unsafe {
+        let listens = (*sk).state == state::LISTEN;
+        bpf_sk_release(sk.cast());
+        listens
+    }
 }

@@ -582,7 +582,8 @@ fn decide_missed(key: &FlowKey) {
 /// Only client bytes are judged, so the segment is taken for one the client
 /// sends, and only when the local socket's role agrees: at egress a socket
 /// that `connect()`ed (it has a `CONNECTS` entry), at ingress one that did
-/// not (a server's). And only a connection none of whose client bytes went
+/// not and whose port a listener holds (a server's: a flood of `connect()`s
+/// can push a client's entry out, but cannot give it a listener). And only a connection none of whose client bytes went
 /// yet is picked up: an older one, never seen from its start, is left
 /// alone (its first bytes cannot be judged any more).
 ///
@@ -632,9 +633,12 @@ fn join(ctx: &SkBuffContext, hook: Hook, seg: &Segment, path: Path, cookie: u64)
     };
     let (start, missed) = match client_stream_start(ctx, server_here) {
         Some((_, true)) => return Promotion::Pass,
-        // A server's socket that sent data already is likely a client's
-        // after all (its CONNECTS entry pushed out): it sent its request.
-        Some(_) if server_here && origin::sent_data(ctx) => return Promotion::Pass,
+        // Without a CONNECTS entry, a socket is a server's only if a
+        // listener holds its port: else it is a client whose entry was
+        // pushed out, and the segment is its server's answer.
+        Some(_) if server_here && !origin::listening(ctx, &seg.dst, seg.dport) => {
+            return Promotion::Pass;
+        }
         Some((start, false)) => (start, false),
         // No socket to ask (test runs): fail closed.
         None => (seg.seq, true),

@@ -3,7 +3,7 @@
 //! recognised from what the pod's `connect()` asked for. Needs root and
 //! iptables (`cargo xtask test` installs it).
 
-use std::{net::SocketAddr, process::Command};
+use std::net::SocketAddr;
 
 use lab::{
     cluster::agent::Agent,
@@ -20,28 +20,23 @@ fn a_vip_translated_by_nat_is_still_the_apiserver() {
     let vip = SocketAddr::new(addrs::VIP4.into(), addrs::VIP_PORT);
     let endpoint = SocketAddr::new(addrs::CP4.into(), addrs::APISERVER_PORT);
     // kube-proxy's rule, in the pod's namespace: VIP → endpoint.
-    lab::cluster::checked(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                lab.topo.pod.name(),
-                "iptables",
-                "-t",
-                "nat",
-                "-A",
-                "OUTPUT",
-                "-p",
-                "tcp",
-            ])
-            .args([
-                "-d",
-                &addrs::VIP4.to_string(),
-                "--dport",
-                &addrs::VIP_PORT.to_string(),
-            ])
-            .args(["-j", "DNAT", "--to-destination", &endpoint.to_string()]),
-    );
+    lab.topo.pod.exec(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        &addrs::VIP4.to_string(),
+        "--dport",
+        &addrs::VIP_PORT.to_string(),
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &endpoint.to_string(),
+    ]);
 
     // Only the VIP is configured: the endpoint itself is not an apiserver
     // endpoint for the agent.

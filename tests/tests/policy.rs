@@ -369,3 +369,45 @@ fn a_spoofed_syn_flood_from_a_pod_does_not_switch_enforcement_off() {
         "every SYN spoofing the control plane towards a pod is dropped: {spoofed:?}"
     );
 }
+
+/// A server that speaks first (SSH, SMTP, MySQL) on the proxy path, while
+/// a pod floods: spoofed SYNs push the connection's half-open entry out
+/// before its handshake completes (held here by the client), and TCP
+/// `connect()`s push out what the connect hook knew of the client. Then
+/// the server's greeting goes first and the client's plaintext request
+/// follows. The server's socket has sent data already, which once made it
+/// pass for a client's and the connection pass untracked: the request
+/// reached the pod. A listener on its port says it is a server's.
+#[test]
+fn a_server_first_connection_whose_handshake_a_flood_pushed_out_is_still_judged() {
+    let lab = Lab::new("t-first");
+    let any = SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 2222);
+    let server = Server::start(lab.ns(Where::Pod), any, Kind::Ssh, &lab.tls);
+    let agent = agent(&["--policy", NO_PLAINTEXT, "--flow-table-capacity", "1024"]);
+    let pod_ns = lab.ns(Where::Pod);
+    let got = attack::request_after_a_held_handshake(lab.ns(Where::ControlPlane), pod(2222), || {
+        let flood = attack::syn_flood(
+            pod_ns,
+            addrs::UNUSED_POD4,
+            100,
+            SocketAddrV4::new(addrs::CP4, 8132),
+            20_000,
+            Duration::from_millis(500),
+        )
+        .wait();
+        assert!(flood.sent >= 5_000, "the SYN flood ran: {flood:?}");
+        // To a closed port of the pod's own: refused at once.
+        let connects = attack::connect_flood(pod_ns, pod(9), 20_000);
+        assert!(connects >= 20_000, "the connect flood ran: {connects}");
+    });
+    // (The server closes on any line, so the client's outcome says little.)
+    drop(got);
+    assert_plaintext_kept_out(&lab, &server, "a server-first connection after a flood");
+    assert_eq!(
+        agent.scrape().sum(
+            "cp_observer_connections_total",
+            &[("protocol", "http"), ("verdict", "blocked")]
+        ),
+        1.0
+    );
+}

@@ -45,6 +45,16 @@ impl NetNs {
         ip(&all);
     }
 
+    /// Runs the command `argv` inside the namespace (`ip netns exec`),
+    /// panicking with its stderr; returns its stdout.
+    pub fn exec(&self, argv: &[&str]) -> Vec<u8> {
+        super::checked(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name])
+                .args(argv),
+        )
+    }
+
     /// Sets a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) {
         self.run(|| {

@@ -53,22 +53,31 @@ pub fn is_reset(e: &io::Error) -> bool {
 /// machine get the other CPUs. Best effort: if the mask cannot be read or
 /// set, the thread floats.
 pub fn pin_to_one_cpu() {
-    // SAFETY: a zeroed cpu_set_t is an empty set; these calls only read and
-    // write it and the calling thread's mask.
+    if let Some(&cpu) = allowed_cpus().last() {
+        pin_to_cpu(cpu);
+    }
+}
+
+/// The CPUs the calling thread may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; the call only writes it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let size = size_of::<libc::cpu_set_t>();
-        if libc::sched_getaffinity(0, size, &mut set) != 0 {
-            return;
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
         }
-        let Some(cpu) = (0..libc::CPU_SETSIZE as usize)
-            .rev()
-            .find(|&c| libc::CPU_ISSET(c, &set))
-        else {
-            return;
-        };
-        libc::CPU_ZERO(&mut set);
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: the set is built here and only read by the call.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size, &set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
     }
 }
