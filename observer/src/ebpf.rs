@@ -622,7 +622,8 @@ impl Counters {
     /// it (pinned with it, so restarts do not change it), one load. It
     /// counts an entry from just before its insertion to just after its
     /// removal, so it may exceed the table by the inserts and removals
-    /// under way.
+    /// under way (and by one for good if an agent is killed between
+    /// removing an idle entry and counting it out: `flows::FlowTable::expire`).
     pub fn flow_entries(&self) -> u64 {
         self.flow_count
             .word(flow_count::ENTRIES as usize)

@@ -195,7 +195,11 @@ fn the_flow_table_and_its_filter_are_one_piece_of_state() {
     };
     load(1024);
     assert!(dir.join("FLOWS").exists() && dir.join("FLOW_FILTER").exists());
-    assert_eq!(dropped(1024), Vec::<&str>::new(), "same shapes: everything kept");
+    assert_eq!(
+        dropped(1024),
+        Vec::<&str>::new(),
+        "same shapes: everything kept"
+    );
     assert_eq!(
         dropped(2048),
         ["FLOWS", "HALF_OPEN", "FLOW_FILTER", "FLOW_COUNT"],
