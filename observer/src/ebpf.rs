@@ -70,16 +70,12 @@ const FLOW_TABLES: [&str; 2] = ["FLOWS", "HALF_OPEN"];
 /// The shape this build gives each of [`pin::STATE_MAPS`], as the kernel
 /// object declares it (with `capacity` for the flow tables): what a pinned
 /// map must be to be adopted.
-pub fn state_map_shapes(capacity: u32) -> Result<[pin::Shape; 9], DatapathError> {
+pub fn state_map_shapes(
+    capacity: u32,
+) -> Result<[pin::Shape; pin::STATE_MAPS.len()], DatapathError> {
     let object = aya_obj::Object::parse(OBJECT)
         .map_err(|e| DatapathError::Object(aya::EbpfError::ParseError(e)))?;
-    let mut shapes = [pin::Shape {
-        map_type: 0,
-        key_size: 0,
-        value_size: 0,
-        max_entries: 0,
-        flags: 0,
-    }; 9];
+    let mut shapes = [pin::Shape::default(); pin::STATE_MAPS.len()];
     for (shape, name) in shapes.iter_mut().zip(pin::STATE_MAPS) {
         let map = object.maps.get(name).ok_or_else(|| missing_map(name))?;
         *shape = pin::Shape {

@@ -53,7 +53,7 @@ pub const STATE_MAPS: [&str; 9] = [
 ];
 
 /// What a map is, as `BPF_OBJ_GET_INFO_BY_FD` reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Shape {
     /// `bpf_map_type`.
     pub map_type: u32,
@@ -316,7 +316,10 @@ pub struct Dropped {
 ///   connections).
 ///
 /// Nothing is removed unless every pin passes.
-pub fn check_maps(dir: &Path, expected: &[Shape; 9]) -> Result<Vec<Dropped>, PinError> {
+pub fn check_maps(
+    dir: &Path,
+    expected: &[Shape; STATE_MAPS.len()],
+) -> Result<Vec<Dropped>, PinError> {
     let mut dropped = Vec::new();
     let mut flows_whole = true;
     for (i, (name, want)) in STATE_MAPS.iter().zip(expected).enumerate() {
