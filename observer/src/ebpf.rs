@@ -3,8 +3,9 @@
 
 use std::{
     fs::File,
-    os::fd::AsFd as _,
+    os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use aya::{
@@ -15,6 +16,7 @@ use aya::{
         links::{FdLink, PinnedLink},
     },
 };
+use aya_obj::generated::bpf_attach_type;
 use observer_common::{
     config::Endpoint,
     counters::{BYTE_ENTRIES, CONNECTION_ENTRIES, STAT_ENTRIES, Stat},
@@ -32,17 +34,64 @@ static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observe
 pub enum Hook {
     /// A `cgroup_skb` program (packets).
     Skb(CgroupSkbAttachType),
-    /// A `cgroup/connect4|6` program (its attach type is in its section).
-    Connect,
+    /// A `cgroup/connect4|6` program (aya takes its attach type from its
+    /// section; this one is what a pinned link must say).
+    Connect(bpf_attach_type),
+}
+
+impl Hook {
+    /// The kernel's attach type of the hook.
+    pub const fn attach_type(self) -> bpf_attach_type {
+        match self {
+            Self::Skb(CgroupSkbAttachType::Ingress) => bpf_attach_type::BPF_CGROUP_INET_INGRESS,
+            Self::Skb(CgroupSkbAttachType::Egress) => bpf_attach_type::BPF_CGROUP_INET_EGRESS,
+            Self::Connect(t) => t,
+        }
+    }
 }
 
 /// The programs and their hooks.
 pub const PROGRAMS: [(&str, Hook); 4] = [
     ("ingress", Hook::Skb(CgroupSkbAttachType::Ingress)),
     ("egress", Hook::Skb(CgroupSkbAttachType::Egress)),
-    ("connect4", Hook::Connect),
-    ("connect6", Hook::Connect),
+    (
+        "connect4",
+        Hook::Connect(bpf_attach_type::BPF_CGROUP_INET4_CONNECT),
+    ),
+    (
+        "connect6",
+        Hook::Connect(bpf_attach_type::BPF_CGROUP_INET6_CONNECT),
+    ),
 ];
+
+/// The maps whose capacity is `--flow-table-capacity`.
+const FLOW_TABLES: [&str; 2] = ["FLOWS", "HALF_OPEN"];
+
+/// The shape this build gives each of [`pin::STATE_MAPS`], as the kernel
+/// object declares it (with `capacity` for the flow tables): what a pinned
+/// map must be to be adopted.
+pub fn state_map_shapes(
+    capacity: u32,
+) -> Result<[pin::Shape; pin::STATE_MAPS.len()], DatapathError> {
+    let object = aya_obj::Object::parse(OBJECT)
+        .map_err(|e| DatapathError::Object(aya::EbpfError::ParseError(e)))?;
+    let mut shapes = [pin::Shape::default(); pin::STATE_MAPS.len()];
+    for (shape, name) in shapes.iter_mut().zip(pin::STATE_MAPS) {
+        let map = object.maps.get(name).ok_or_else(|| missing_map(name))?;
+        *shape = pin::Shape {
+            map_type: map.map_type(),
+            key_size: map.key_size(),
+            value_size: map.value_size(),
+            max_entries: if FLOW_TABLES.contains(&name) {
+                capacity
+            } else {
+                map.max_entries()
+            },
+            flags: map.map_flags(),
+        };
+    }
+    Ok(shapes)
+}
 
 /// A failure to load, configure or attach, naming the map or program.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +123,10 @@ pub enum DatapathError {
         /// Why.
         source: ProgramError,
     },
-    /// The pin directory cannot be used.
+    /// The pin directory, or a pin in it, cannot be used or is not trusted.
+    #[error(transparent)]
+    Pins(#[from] pin::PinError),
+    /// A pin cannot be made or used.
     #[error("--pin-dir {path}: {source}")]
     Pin {
         /// The directory.
@@ -143,6 +195,8 @@ pub struct Counters {
     bytes: PerCpuArray<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
     violations: PerCpuArray<MapData, u64>,
+    /// `FLOW_COUNT`, shared with the flow table's expiry.
+    flow_count: Arc<MappedArray>,
     /// Capacity of the flow table.
     pub flow_capacity: u32,
 }
@@ -154,30 +208,32 @@ impl Datapath {
     /// separately so that the metrics server and the expiry can own them.
     pub fn load(settings: &Settings) -> Result<Loaded, DatapathError> {
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries("FLOWS", settings.flow_table_capacity);
-        loader.map_max_entries("HALF_OPEN", settings.flow_table_capacity);
+        for name in FLOW_TABLES {
+            loader.map_max_entries(name, settings.flow_table_capacity);
+        }
         // Off, the verifier drops the trace from the programs (see
         // observer-ebpf/src/trace.rs).
         let level = settings.kernel_log.level();
         loader.override_global(aya_log::LEVEL, &level, true);
         let pin_paths: Vec<(&str, PathBuf)> = match &settings.pin_dir {
             Some(dir) => {
-                let pin_err = |source| DatapathError::Pin {
-                    path: dir.display().to_string(),
-                    source,
-                };
-                pin::prepare(dir).map_err(pin_err)?;
-                for name in
-                    pin::drop_incompatible(dir, settings.flow_table_capacity).map_err(pin_err)?
-                {
+                pin::prepare(dir)?;
+                let shapes = state_map_shapes(settings.flow_table_capacity)?;
+                for d in pin::check_maps(dir, &shapes)? {
+                    let why = if d.why.is_empty() {
+                        "goes with the flow table"
+                    } else {
+                        &d.why
+                    };
                     tracing::warn!(
-                        map = name,
+                        map = d.name,
+                        why,
                         "pinned map does not fit this build or configuration: recreated empty"
                     );
                 }
                 pin::STATE_MAPS
                     .iter()
-                    .map(|m| (m.name, dir.join(m.name)))
+                    .map(|name| (*name, dir.join(name)))
                     .collect()
             }
             None => Vec::new(),
@@ -197,7 +253,13 @@ impl Datapath {
             }
             .map_err(prog_err(name))?;
         }
+        let flow_count = Arc::new(take_mapped(
+            &mut ebpf,
+            "FLOW_COUNT",
+            flow_count::WORDS as usize,
+        )?);
         let counters = Counters {
+            flow_count: flow_count.clone(),
             connections: take(&mut ebpf, "CONNECTIONS")?,
             bytes: take(&mut ebpf, "BYTES")?,
             stats: take(&mut ebpf, "STATS")?,
@@ -209,7 +271,7 @@ impl Datapath {
             take(&mut ebpf, "HALF_OPEN")?,
             // Two words per slot: `observer_common::flow::Filter`.
             take_mapped(&mut ebpf, "FLOW_FILTER", 2 * FILTER_SLOTS as usize)?,
-            take_mapped(&mut ebpf, "FLOW_COUNT", flow_count::WORDS as usize)?,
+            flow_count,
             take_mapped(&mut ebpf, "CLOCK", 1)?,
             settings.flow_table_capacity,
         );
@@ -230,18 +292,29 @@ impl Datapath {
     /// Attaches both programs to `cgroup`, or, when a previous agent left
     /// pinned links, swaps these programs into them (atomically, per hook).
     /// On failure, nothing this call attached stays attached.
+    ///
+    /// Every pinned link is checked before any is used: one that is not a
+    /// cgroup link of its program's hook on `cgroup` is refused
+    /// ([`pin::check_link`]), and nothing is attached.
     pub fn attach(&mut self, cgroup: &Path) -> Result<Attachment, DatapathError> {
         let file = File::open(cgroup).map_err(|source| DatapathError::Cgroup {
             path: cgroup.display().to_string(),
             source,
         })?;
-        let mut how = Attachment::New;
+        let mut pinned: Vec<Option<OwnedFd>> = Vec::new();
         for (name, hook) in PROGRAMS {
+            pinned.push(match &self.pin_dir {
+                Some(dir) => pin::check_link(dir, name, hook.attach_type(), &file, cgroup)?,
+                None => None,
+            });
+        }
+        let mut how = Attachment::New;
+        for ((name, hook), link) in PROGRAMS.into_iter().zip(pinned) {
             let link_pin = self.pin_dir.as_ref().map(|d| pin::link_path(d, name));
-            let result = match &link_pin {
-                Some(path) if path.exists() => {
-                    self.adopt(name, path).map(|()| how = Attachment::Adopted)
-                }
+            let result = match (link, &link_pin) {
+                (Some(link), Some(path)) => self
+                    .adopt(name, path, &link)
+                    .map(|()| how = Attachment::Adopted),
                 _ => self.attach_new(name, hook, &file, link_pin.as_deref()),
             };
             if let Err(e) = result {
@@ -252,16 +325,19 @@ impl Datapath {
         Ok(how)
     }
 
-    /// Runs program `name` in the pinned link at `path`.
-    fn adopt(&mut self, name: &'static str, path: &Path) -> Result<(), DatapathError> {
+    /// Runs program `name` in `link`, pinned at `path` (checked).
+    fn adopt(
+        &mut self,
+        name: &'static str,
+        path: &Path,
+        link: &OwnedFd,
+    ) -> Result<(), DatapathError> {
         let prog = any_program_mut(&mut self.ebpf, name)?;
         let prog_fd = prog.fd().map_err(prog_err(name))?.as_fd();
-        let pin_err = |source| DatapathError::Pin {
+        pin::link_update(link.as_fd(), prog_fd).map_err(|source| DatapathError::Pin {
             path: path.display().to_string(),
             source,
-        };
-        let link = pin::obj_get(path).map_err(pin_err)?;
-        pin::link_update(link.as_fd(), prog_fd).map_err(pin_err)
+        })
     }
 
     fn attach_new(
@@ -286,7 +362,7 @@ impl Datapath {
                 let link = p.take_link(id).map_err(prog_err(name))?;
                 FdLink::try_from(link).map_err(|e| self.pin_error(pin_path, &e))?
             }
-            (Program::CgroupSockAddr(p), Hook::Connect) => {
+            (Program::CgroupSockAddr(p), Hook::Connect(_)) => {
                 let id = p.attach(cgroup, mode).map_err(prog_err(name))?;
                 if pin_path.is_none() {
                     return Ok(());
@@ -536,6 +612,18 @@ impl Counters {
     /// One datapath health counter.
     pub fn stat(&self, stat: Stat) -> Result<u64, MapError> {
         sum(&self.stats, stat as u32)
+    }
+
+    /// Entries in the flow table now: the count the kernel keeps next to
+    /// it (pinned with it, so restarts do not change it), one load. It
+    /// counts an entry from just before its insertion to just after its
+    /// removal, so it may exceed the table by the inserts and removals
+    /// under way (and by one for good if an agent is killed between
+    /// removing an idle entry and counting it out: `flows::FlowTable::expire`).
+    pub fn flow_entries(&self) -> u64 {
+        self.flow_count
+            .word(flow_count::ENTRIES as usize)
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// All datapath health counters, indexed by [`Stat`].

@@ -30,8 +30,8 @@ pub struct FlowTable {
     /// on the same memory, so a change here cannot lose a concurrent one
     /// there.
     filter: MappedArray,
-    /// `FLOW_COUNT`: entries and capacity.
-    count: MappedArray,
+    /// `FLOW_COUNT`: entries and capacity (the metrics read the entries).
+    count: Arc<MappedArray>,
     /// `CLOCK`: CLOCK_MONOTONIC nanoseconds, written here, read by the
     /// kernel programs for `Flow::last_ns` (a load instead of a helper call
     /// on every tracked packet).
@@ -60,7 +60,7 @@ impl FlowTable {
         map: HashMap<MapData, FlowKey, Flow>,
         half_open: HashMap<MapData, FlowKey, Flow>,
         filter: MappedArray,
-        count: MappedArray,
+        count: Arc<MappedArray>,
         clock: MappedArray,
         capacity: u32,
     ) -> Self {

@@ -127,10 +127,9 @@ impl Collector for DatapathCollector {
             .agent
             .flows_expired
             .load(std::sync::atomic::Ordering::Relaxed);
-        let entries = stat(Stat::FlowsCreated)
-            .saturating_sub(stat(Stat::FlowsClosed))
-            .saturating_sub(expired);
-        ConstGauge::new(i64::try_from(entries).unwrap_or(i64::MAX)).encode(
+        // The table's own count, pinned with it: not counters minus what
+        // this agent expired, which restarts with the agent.
+        ConstGauge::new(i64::try_from(c.flow_entries()).unwrap_or(i64::MAX)).encode(
             encoder.encode_descriptor(
                 "cp_observer_flow_table_entries",
                 "Connections in the kernel flow table now.",

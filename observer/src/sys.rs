@@ -1,9 +1,17 @@
 //! Thin wrappers over the few system calls the agent makes itself (what
 //! aya and std do not expose).
 
-use std::{ffi::CString, io, os::unix::ffi::OsStrExt as _, path::Path};
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsRawFd as _, BorrowedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::Path,
+};
 
-use aya_obj::generated::{bpf_attr, bpf_cmd};
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_link_info, bpf_map_info};
 
 /// The `f_type` of the filesystem holding `path` (`statfs(2)`).
 pub fn fs_type(path: &Path) -> io::Result<i64> {
@@ -42,4 +50,39 @@ pub fn bpf(cmd: bpf_cmd, fill: impl FnOnce(&mut bpf_attr)) -> io::Result<i64> {
         return Err(io::Error::last_os_error());
     }
     Ok(ret)
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` of a map (the caller knows `fd` is one).
+pub fn map_info(fd: BorrowedFd<'_>) -> io::Result<bpf_map_info> {
+    // SAFETY: all zeros is a valid `bpf_map_info` (plain integers).
+    let mut info = unsafe { std::mem::zeroed::<bpf_map_info>() };
+    obj_info(
+        fd,
+        std::ptr::from_mut(&mut info).cast(),
+        size_of::<bpf_map_info>(),
+    )?;
+    Ok(info)
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` of a link (the caller knows `fd` is one).
+pub fn link_info(fd: BorrowedFd<'_>) -> io::Result<bpf_link_info> {
+    // SAFETY: all zeros is a valid `bpf_link_info` (plain integers).
+    let mut info = unsafe { std::mem::zeroed::<bpf_link_info>() };
+    obj_info(
+        fd,
+        std::ptr::from_mut(&mut info).cast(),
+        size_of::<bpf_link_info>(),
+    )?;
+    Ok(info)
+}
+
+/// The kernel writes at most `len` bytes of the object's info at `info`
+/// (fewer if its struct is shorter; the rest stays zero).
+fn obj_info(fd: BorrowedFd<'_>, info: *mut u8, len: usize) -> io::Result<()> {
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, |attr| {
+        attr.info.bpf_fd = fd.as_raw_fd() as u32;
+        attr.info.info_len = len as u32;
+        attr.info.info = info as u64;
+    })
+    .map(|_| ())
 }

@@ -168,7 +168,12 @@ fn pins_outlive_the_agent_and_a_restart_adopts_them() {
 /// with counts that miss them.
 #[test]
 fn the_flow_table_and_its_filter_are_one_piece_of_state() {
-    use observer::{cli::RunArgs, config::Settings, ebpf::Datapath, pin};
+    use observer::{
+        cli::RunArgs,
+        config::Settings,
+        ebpf::{self, Datapath},
+        pin,
+    };
     let dir = Path::new("/sys/fs/bpf/cp-observer-test-filter-pins");
     let _ = std::fs::remove_dir_all(dir);
     let load = |capacity: u32| {
@@ -180,22 +185,30 @@ fn the_flow_table_and_its_filter_are_one_piece_of_state() {
         };
         drop(Datapath::load(&Settings::from_args(&args).expect("settings")).expect("load"));
     };
+    let dropped = |capacity: u32| -> Vec<&str> {
+        let shapes = ebpf::state_map_shapes(capacity).expect("the object's shapes");
+        pin::check_maps(dir, &shapes)
+            .expect("trusted pins")
+            .into_iter()
+            .map(|d| d.name)
+            .collect()
+    };
     load(1024);
     assert!(dir.join("FLOWS").exists() && dir.join("FLOW_FILTER").exists());
     assert_eq!(
-        pin::drop_incompatible(dir, 1024).expect("readable pins"),
+        dropped(1024),
         Vec::<&str>::new(),
         "same shapes: everything kept"
     );
     assert_eq!(
-        pin::drop_incompatible(dir, 2048).expect("readable pins"),
+        dropped(2048),
         ["FLOWS", "HALF_OPEN", "FLOW_FILTER", "FLOW_COUNT"],
         "a new capacity drops the tables, their filter and their count"
     );
     load(1024);
     std::fs::remove_file(dir.join("FLOW_FILTER")).expect("filter pinned");
     assert_eq!(
-        pin::drop_incompatible(dir, 1024).expect("readable pins"),
+        dropped(1024),
         ["FLOWS", "HALF_OPEN", "FLOW_COUNT"],
         "tables without their filter are not adopted"
     );

@@ -86,6 +86,13 @@ impl Agent {
         Self::start_in(None, args)
     }
 
+    /// [`Self::start`], returning how the agent exited if it did before
+    /// serving `/healthz` (it still panics if the agent neither exits nor
+    /// serves in time).
+    pub fn try_start(args: &[String]) -> Result<Self, Exited> {
+        Self::spawn(None, None, args)
+    }
+
     /// Panics with what [`Self::spawn`] says if the agent exited.
     fn started(spawned: Result<Self, Exited>) -> Self {
         spawned.unwrap_or_else(|e| panic!("{e}"))
