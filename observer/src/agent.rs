@@ -1,8 +1,9 @@
 //! `cp-observer run`: validate everything, attach, serve, shut down cleanly.
 //!
 //! Order matters for "bad input leaves nothing attached": settings, cgroup,
-//! kernel features and the metrics socket are all checked before the
-//! programs are loaded, and the programs are attached last.
+//! kernel features, the metrics socket and the Kubernetes client are all
+//! checked before the programs are loaded, and the programs are attached
+//! last. Then every task and thread is watched ([`crate::supervise`]).
 
 use std::{
     net::{SocketAddr, TcpListener},
@@ -15,16 +16,19 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
 use crate::{
-    agent_counters::AgentCounters,
+    agent_counters::{AgentCounters, Component},
     cgroup,
     config::{KernelLog, RunArgs, Settings},
     discovery,
     ebpf::{Attachment, Datapath, Loaded},
     enforce, events, features, flows, kernel_log, kubelet, metrics, pin, server,
+    supervise::{Health, Watched},
 };
 use observer_common::policy::Verdict;
 
-/// Runs the agent until SIGTERM or SIGINT.
+/// Runs the agent until SIGTERM or SIGINT (then `Ok`), or until a part of
+/// it dies (then its [`crate::supervise::Death`], after an orderly stop: the caller exits
+/// non-zero and the DaemonSet restarts the agent).
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings::from_args(&args)?;
     let cgroup = cgroup::resolve(settings.cgroup.as_deref())?;
@@ -37,13 +41,43 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             "no --control-plane, --apiserver or --apiserver-vip: only kubelet-read-only can be seen"
         );
     }
+    let agent_counters = Arc::new(AgentCounters::default());
+    // Descriptors are what the metrics server's clients and the enforcer's
+    // namespaces compete for: take all the hard limit allows.
+    match crate::sys::raise_nofile_limit() {
+        Ok(n) => tracing::debug!(limit = n, "open descriptors"),
+        Err(e) => {
+            agent_counters.error(Component::MetricsServer);
+            tracing::warn!("cannot raise RLIMIT_NOFILE to its hard limit: {e}");
+        }
+    }
     let listener = TcpListener::bind(settings.metrics_addr)
         .with_context(|| format!("cannot listen on --metrics-addr {}", settings.metrics_addr))?;
     listener
         .set_nonblocking(true)
         .context("cannot make the metrics socket non-blocking")?;
+    // The event reader, the kernel trace and discovery; the metrics server
+    // has a runtime of its own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let mut signals = {
+        let _in = runtime.enter();
+        Signals::install()?
+    };
+    // The client is made before anything is loaded, so that its error is
+    // reported as what it is and leaves nothing attached.
+    let discovery = match discovery_target(&settings)? {
+        Some((config, target)) => {
+            let _in = runtime.enter();
+            let client = kube::Client::try_from(config)
+                .context("discovery: cannot make a Kubernetes client from the configuration")?;
+            Some((client, target))
+        }
+        None => None,
+    };
 
-    let discovery = discovery_target(&settings)?;
     let Loaded {
         mut datapath,
         counters,
@@ -67,7 +101,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "attached"
     );
 
-    let agent_counters = Arc::new(AgentCounters::default());
+    let mut watched = Watched::default();
     // Adopted connections were judged under the previous agent's policy:
     // judge them again under this one.
     let flows_snapshot = if how == Attachment::Adopted {
@@ -84,12 +118,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         agent_counters.clone(),
         stop_rx,
     );
+    watched.thread(Component::FlowExpiry, expiry);
     let (blocked, enforcer) = enforce::spawn(agent_counters.clone());
+    watched.thread(Component::Enforcer, enforcer);
     // Connections blocked while no agent ran were dropped by the kernel but
     // not reset: reset them now.
     for (key, flow) in flows_snapshot {
         if flow.verdict == Verdict::Blocked as u8 {
-            let _ = blocked.send(enforce::ends(&key, &flow));
+            let (client, server) = enforce::ends(&key, &flow);
+            if blocked.send((client, server)).is_err() {
+                agent_counters.error(Component::Enforcer);
+                tracing::error!(%client, %server, "cannot reset an adopted blocked connection: the enforcer is gone");
+            }
         }
     }
     let discovery_status = Arc::new(discovery::Status::default());
@@ -102,88 +142,117 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .map(|ip| SocketAddr::new(*ip, settings.ports.kubelet)),
     ));
     let (stop_check, stop_check_rx) = std::sync::mpsc::channel();
-    let checker = kubelet_ca(&settings).map(|ca| {
+    if let Some(ca) = kubelet_ca(&settings) {
         let addr = kubelet_addr.clone();
-        kubelet::spawn(
+        let checker = kubelet::spawn(
             move || *addr.lock().expect("lock"),
             ca,
             settings.kubelet_check_interval,
             kubelet_status.clone(),
             stop_check_rx,
-        )
-    });
+        );
+        watched.thread(Component::KubeletCheck, checker);
+    }
     let registry = Arc::new(metrics::registry(
         counters,
-        agent_counters,
+        agent_counters.clone(),
         discovery_status.clone(),
         kubelet_status.clone(),
     ));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let flags = settings.clone();
-    let served = runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::from_std(listener)?;
+    let health = Arc::new(Health::default());
+    let server = server::spawn(
+        listener,
+        server::router(registry, health.clone()),
+        agent_counters.clone(),
+    )
+    .context("cannot start the metrics server")?;
+    watched.thread(Component::MetricsServer, server.thread);
+
+    {
+        let _in = runtime.enter();
         let pods = discovery::PodIndex::default();
-        let printer = tokio::spawn(events::run(events, blocked, pods.clone()));
-        let tracer = trace.map(kernel_log::spawn).transpose()?;
-        let watcher = match discovery {
-            Some((config, target)) => {
-                let client = kube::Client::try_from(config).map_err(|e| {
-                    std::io::Error::other(format!("discovery: cannot make a client: {e}"))
-                })?;
-                Some(tokio::spawn(discovery::run(
-                    client,
-                    target,
-                    discovery_status,
-                    pods,
-                    move |cluster: &discovery::Cluster| {
-                        let effective = cluster.fill(&flags);
-                        *kubelet_addr.lock().expect("lock") = effective
-                            .node_ips
-                            .first()
-                            .map(|ip| SocketAddr::new(*ip, effective.ports.kubelet));
-                        if let Err(e) = addresses.apply(&effective) {
-                            tracing::warn!("discovery: cannot update the address maps: {e}");
-                        }
-                    },
-                )))
-            }
-            None => None,
-        };
-        let served = axum::serve(listener, server::router(registry))
-            .with_graceful_shutdown(shutdown_signal())
-            .await;
-        printer.abort();
-        if let Some(t) = tracer {
-            t.abort();
+        let reader = events::run(events, blocked, pods.clone(), agent_counters.clone());
+        watched.task(
+            Component::EventReader,
+            tokio::spawn(async move {
+                reader
+                    .await
+                    .map_err(|e| format!("reading the ring buffer EVENTS failed: {e}"))
+            }),
+        );
+        if let Some(trace) = trace {
+            let tracer =
+                kernel_log::spawn(trace).context("cannot read the kernel programs' trace")?;
+            watched.task(Component::KernelLog, tracer);
         }
-        if let Some(w) = watcher {
-            w.abort();
+        if let Some((client, target)) = discovery {
+            let flags = settings.clone();
+            let errors = agent_counters.clone();
+            let watcher = discovery::run(
+                client,
+                target,
+                discovery_status,
+                pods,
+                move |cluster: &discovery::Cluster| {
+                    let effective = cluster.fill(&flags);
+                    *kubelet_addr.lock().expect("lock") = effective
+                        .node_ips
+                        .first()
+                        .map(|ip| SocketAddr::new(*ip, effective.ports.kubelet));
+                    if let Err(e) = addresses.apply(&effective) {
+                        errors.error(Component::Discovery);
+                        tracing::warn!("discovery: cannot update the address maps: {e}");
+                    }
+                },
+            );
+            watched.task(
+                Component::Discovery,
+                tokio::spawn(async move {
+                    watcher.await;
+                    Ok(())
+                }),
+            );
         }
-        served
+    }
+
+    let death = runtime.block_on(async {
+        tokio::select! {
+            () = signals.recv() => None,
+            death = watched.first_death() => Some(death),
+        }
     });
+    if let Some(death) = &death {
+        agent_counters.error(death.component);
+        health.fail(death.clone());
+        tracing::error!(component = %death.component, "{death}: stopping (to be restarted)");
+        // The tests' fault injection: hold here to see /healthz fail.
+        fail::fail_point!("agent-exit");
+    }
+    watched.abort_tasks();
     // Without pins the programs detach with `datapath`; with pins they
     // keep counting and dropping blocked payload until the next agent
     // adopts them (or `cp-observer cleanup`).
     drop(datapath);
     drop(stop_expiry);
-    let _ = expiry.join();
+    watched.join(Component::FlowExpiry, &agent_counters);
     drop(stop_check);
-    if let Some(c) = checker {
-        let _ = c.join();
-    }
-    // The printer (and its sender) went with the runtime.
+    watched.join(Component::KubeletCheck, &agent_counters);
+    // The event reader (and its sender to the enforcer) goes with the runtime.
     drop(runtime);
-    let _ = enforcer.join();
+    watched.join(Component::Enforcer, &agent_counters);
+    // Last, so that /healthz tells why until the end.
+    drop(server.stop);
+    watched.join(Component::MetricsServer, &agent_counters);
     match &settings.pin_dir {
         Some(dir) => {
             info!(pins = %dir.display(), "stopped; programs stay attached through the pins")
         }
         None => info!("detached; bye"),
     }
-    served.context("metrics server failed")
+    match death {
+        Some(death) => Err(death.into()),
+        None => Ok(()),
+    }
 }
 
 /// The CA for the kubelet certificate check: `--kubelet-ca`, else the
@@ -242,11 +311,26 @@ pub fn cleanup(pin_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
+/// SIGTERM and SIGINT, installed before anything is attached.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (inside a runtime).
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
+    }
+
+    /// Waits for either.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => info!("SIGTERM: shutting down"),
+            _ = self.int.recv() => info!("SIGINT: shutting down"),
+        }
     }
 }

@@ -23,12 +23,18 @@ use crate::{
     policy::{Conflict, Policy, Rule},
 };
 
-/// Default `--metrics-addr`.
+/// Default `--metrics-addr` when the node's address is not known (with
+/// `--node-ip`, the default is the first one on [`DEFAULT_METRICS_PORT`]).
 pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9090";
+/// Port of the default `--metrics-addr`.
+pub const DEFAULT_METRICS_PORT: u16 = 9090;
 /// Default `--flow-table-capacity`.
 pub const DEFAULT_FLOW_TABLE_CAPACITY: u32 = 65536;
 /// Default `--flow-idle-timeout`, seconds.
 pub const DEFAULT_FLOW_IDLE_TIMEOUT: u64 = 3600;
+/// Largest `--flow-idle-timeout`, seconds: a year (the clock arithmetic
+/// of the expiry must never overflow).
+pub const MAX_FLOW_IDLE_TIMEOUT: u64 = 365 * 24 * 3600;
 /// Default `--konnectivity-selector`.
 pub const DEFAULT_KONNECTIVITY_SELECTOR: &str = "k8s-app=konnectivity-agent";
 /// Default `--kubelet-check-interval`, seconds.
@@ -87,7 +93,7 @@ pub struct RunArgs {
     /// Report what `block` rules would block, without blocking.
     #[arg(long)]
     pub dry_run: bool,
-    /// Where to serve /metrics and /healthz [default: 0.0.0.0:9090].
+    /// Where to serve /metrics and /healthz [default: 0.0.0.0:9090; with --node-ip, the first one on port 9090].
     #[arg(long, value_name = "IP:PORT")]
     #[serde(deserialize_with = "parsed")]
     pub metrics_addr: Option<SocketAddr>,
@@ -336,6 +342,16 @@ impl Settings {
             None => args.clone(),
         };
         let defaults = Ports::default();
+        // The node's address where it is known: not every interface of a
+        // host-network pod.
+        let metrics_addr = args
+            .metrics_addr
+            .unwrap_or_else(|| match args.node_ip.first() {
+                Some(ip) => SocketAddr::new(*ip, DEFAULT_METRICS_PORT),
+                None => DEFAULT_METRICS_ADDR
+                    .parse()
+                    .expect("the default address parses"),
+            });
         let settings = Self {
             control_plane: args.control_plane,
             node_ips: args.node_ip,
@@ -351,11 +367,7 @@ impl Settings {
                 konnectivity: args.konnectivity_port.unwrap_or(defaults.konnectivity),
                 _pad: 0,
             },
-            metrics_addr: args.metrics_addr.unwrap_or_else(|| {
-                DEFAULT_METRICS_ADDR
-                    .parse()
-                    .expect("the default address parses")
-            }),
+            metrics_addr,
             cgroup: args.cgroup,
             flow_table_capacity: args
                 .flow_table_capacity
@@ -389,6 +401,13 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.flow_idle_timeout > Duration::from_secs(MAX_FLOW_IDLE_TIMEOUT) {
+            return Err(ConfigError::Invalid {
+                setting: "--flow-idle-timeout",
+                value: self.flow_idle_timeout.as_secs().to_string(),
+                message: "more than a year (31536000 seconds): an entry idle that long is a connection that is gone",
+            });
+        }
         if self.flow_idle_timeout.is_zero() {
             return Err(ConfigError::Invalid {
                 setting: "--flow-idle-timeout",
@@ -598,6 +617,44 @@ mod tests {
         assert_eq!(s.ports, Ports::default());
         assert_eq!(s.metrics_addr.to_string(), DEFAULT_METRICS_ADDR);
         assert_eq!(s.flow_table_capacity, DEFAULT_FLOW_TABLE_CAPACITY);
+        let on_node = Settings::from_args(&RunArgs {
+            node_ip: vec!["192.0.2.9".parse().unwrap(), "2001:db8::9".parse().unwrap()],
+            ..RunArgs::default()
+        })
+        .unwrap();
+        assert_eq!(
+            on_node.metrics_addr.to_string(),
+            "192.0.2.9:9090",
+            "the node's address, not every interface, where it is known"
+        );
+    }
+
+    #[test]
+    fn an_absurd_idle_timeout_is_refused_naming_the_flag() {
+        for secs in [u64::MAX, MAX_FLOW_IDLE_TIMEOUT + 1] {
+            let e = Settings::from_args(&RunArgs {
+                flow_idle_timeout: Some(secs),
+                ..RunArgs::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("--flow-idle-timeout") && e.contains(&secs.to_string()),
+                "{e}"
+            );
+        }
+        let longest = Settings::from_args(&RunArgs {
+            flow_idle_timeout: Some(MAX_FLOW_IDLE_TIMEOUT),
+            ..RunArgs::default()
+        })
+        .unwrap();
+        // The expiry's arithmetic on the longest timeout does not overflow.
+        let _ = crate::flows::sweep_interval(longest.flow_idle_timeout);
+        assert!(
+            std::time::Instant::now()
+                .checked_add(longest.flow_idle_timeout * 2)
+                .is_some()
+        );
     }
 
     #[test]

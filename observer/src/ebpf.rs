@@ -393,15 +393,22 @@ impl Datapath {
     /// Detaches what this process attached: unpinned links go with their
     /// programs; links it pinned are unpinned.
     fn undo(&mut self) {
+        // The agent exits with the error that brought it here; these are
+        // logged so that what stays behind is known.
         for link in self.pinned.drain(..) {
-            let _ = link.unpin();
+            if let Err(e) = link.unpin() {
+                tracing::warn!("undoing the attachment: cannot unpin a link: {e}");
+            }
         }
         for (name, _) in PROGRAMS {
-            let _ = match any_program_mut(&mut self.ebpf, name) {
+            let unloaded = match any_program_mut(&mut self.ebpf, name) {
                 Ok(Program::CgroupSkb(p)) => p.unload(),
                 Ok(Program::CgroupSockAddr(p)) => p.unload(),
                 _ => Ok(()),
             };
+            if let Err(e) = unloaded {
+                tracing::warn!("undoing the attachment: cannot unload program {name}: {e}");
+            }
         }
     }
 

@@ -5,7 +5,7 @@
 use std::{
     io::Write as _,
     net::{IpAddr, SocketAddr},
-    sync::mpsc,
+    sync::{Arc, mpsc},
     time::Duration,
 };
 
@@ -19,7 +19,10 @@ use observer_common::{
 };
 use serde::Serialize;
 
-use crate::discovery::{PodIndex, PodRef};
+use crate::{
+    agent_counters::{AgentCounters, Component},
+    discovery::{PodIndex, PodRef},
+};
 use tokio::io::unix::AsyncFd;
 
 /// The JSON form of an [`Event`].
@@ -122,10 +125,13 @@ const BATCH_BYTES: usize = 64 * 1024;
 
 /// Prints every event until the ring buffer's fd fails, naming the pods
 /// `pods` knows; sends the ends of blocked connections to `blocked`.
+/// Errors on the way (stdout gone, the enforcer gone) are logged and
+/// counted in `counters`.
 pub async fn run(
     ring: RingBuf<MapData>,
     blocked: mpsc::Sender<(SocketAddr, SocketAddr)>,
     pods: PodIndex,
+    counters: Arc<AgentCounters>,
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd and keeps it for its lifetime.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -135,6 +141,10 @@ pub async fn run(
     let mut batch = BytesMut::with_capacity(BATCH_BYTES);
     loop {
         let mut guard = fd.readable_mut().await?;
+        // The tests' fault injection (compiled out of release builds).
+        fail::fail_point!("event-reader", |_| Err(std::io::Error::other(
+            "fail point event-reader"
+        )));
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             if item.len() < size_of::<Event>() {
@@ -144,7 +154,13 @@ pub async fn run(
             // SAFETY: the kernel wrote an `Event` (#[repr(C)], any bits valid).
             let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             if event.verdict == Verdict::Blocked as u8 {
-                let _ = blocked.send(Violation::endpoints(&event));
+                let (client, server) = Violation::endpoints(&event);
+                if blocked.send((client, server)).is_err() {
+                    // The enforcer thread is gone: supervision stops the
+                    // agent; until then, say what is not reset.
+                    counters.error(Component::Enforcer);
+                    tracing::error!(%client, %server, "cannot reset a blocked connection: the enforcer is gone");
+                }
             }
             match Violation::from_event(&event, std::time::SystemTime::now()) {
                 Some(v) => {
@@ -156,24 +172,25 @@ pub async fn run(
                 None => tracing::warn!(?event, "event with unknown values"),
             }
             if batch.len() >= BATCH_BYTES {
-                write_out(&mut batch);
+                write_out(&mut batch, &counters);
             }
         }
-        write_out(&mut batch);
+        write_out(&mut batch, &counters);
         guard.clear_ready();
         tokio::time::sleep(BATCH_INTERVAL).await;
     }
 }
 
 /// Writes and clears `batch` (whole lines) on standard output.
-fn write_out(batch: &mut BytesMut) {
+fn write_out(batch: &mut BytesMut, counters: &AgentCounters) {
     if batch.is_empty() {
         return;
     }
     let mut out = std::io::stdout().lock();
-    // stdout gone (a closed pipe): nothing better to do than log.
-    if out.write_all(batch).and_then(|()| out.flush()).is_err() {
-        tracing::warn!("cannot write events to stdout");
+    // stdout gone (a closed pipe): nothing better to do than log and count.
+    if let Err(e) = out.write_all(batch).and_then(|()| out.flush()) {
+        counters.error(Component::EventReader);
+        tracing::warn!("cannot write events to stdout: {e}");
     }
     batch.clear();
 }

@@ -15,7 +15,10 @@ use observer_common::flow::{
 };
 use observer_common::path::Path;
 
-use crate::{agent_counters::AgentCounters, mapped::MappedArray};
+use crate::{
+    agent_counters::{AgentCounters, Component},
+    mapped::MappedArray,
+};
 
 /// The kernel's `FLOWS` map, owned by whoever maintains it, with the
 /// `FLOW_FILTER` slots in front of it, its `FLOW_COUNT`, and the `CLOCK`
@@ -36,6 +39,13 @@ pub struct FlowTable {
     /// kernel programs for `Flow::last_ns` (a load instead of a helper call
     /// on every tracked packet).
     clock: MappedArray,
+    /// Map errors met (and logged) since the last [`Self::take_errors`].
+    errors: u64,
+}
+
+/// A delete that found nothing (ENOENT): someone else removed it first.
+fn is_not_found(e: &MapError) -> bool {
+    matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
 }
 
 impl std::fmt::Debug for FlowTable {
@@ -70,6 +80,7 @@ impl FlowTable {
             filter,
             count,
             clock,
+            errors: 0,
         };
         table
             .count
@@ -125,11 +136,17 @@ impl FlowTable {
                 flow.verdict = verdict;
                 // BPF_EXIST: only over the entry read (2, linux/bpf.h).
                 if let Err(e) = self.map.insert(*key, *flow, 2) {
+                    self.errors += 1;
                     tracing::warn!("cannot update the verdict of an adopted connection: {e}");
                 }
             }
         }
         entries
+    }
+
+    /// Map errors met (each logged) since the last call.
+    pub fn take_errors(&mut self) -> u64 {
+        std::mem::take(&mut self.errors)
     }
 
     /// Number of entries now.
@@ -163,8 +180,15 @@ impl FlowTable {
             })
             .collect();
         for key in old {
-            // Promoted or pushed out meanwhile: gone either way.
-            let _ = self.half_open.remove(&key);
+            match self.half_open.remove(&key) {
+                // Promoted or pushed out meanwhile: gone either way.
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => {
+                    self.errors += 1;
+                    tracing::warn!("cannot remove a stale entry of map HALF_OPEN: {e}");
+                }
+            }
         }
         let mut cleared = 0;
         for slot in (0..FILTER_SLOTS as usize).filter(|s| !live[*s]) {
@@ -281,8 +305,13 @@ pub fn spawn_expiry(
         .name("flow-expiry".into())
         .spawn(move || {
             let start = std::time::Instant::now();
+            // Settings refuse timeouts over a year; clamped again here so
+            // that no value can overflow the clock and kill the thread.
+            let idle = idle.min(Duration::from_secs(crate::config::MAX_FLOW_IDLE_TIMEOUT));
             let mut next_sweep = start + idle.max(sweep_interval(idle));
             let mut next_closed = start + CLOSED_SWEEP;
+            // Adopting a table (`apply_policy`) may have met errors.
+            counters.errors_add(Component::FlowExpiry, table.take_errors());
             while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(tick_interval(idle))
             {
                 let now = monotonic_ns();
@@ -324,8 +353,12 @@ pub fn spawn_expiry(
                             .fetch_add(n as u64, Ordering::Relaxed);
                         tracing::debug!(removed = n, "expired flows");
                     }
-                    Err(e) => tracing::warn!("cannot sweep map FLOWS: {e}"),
+                    Err(e) => {
+                        counters.error(Component::FlowExpiry);
+                        tracing::warn!("cannot sweep map FLOWS: {e}");
+                    }
                 }
+                counters.errors_add(Component::FlowExpiry, table.take_errors());
             }
         })
         .expect("a thread can be spawned")

@@ -11,8 +11,10 @@ use tokio::io::unix::AsyncFd;
 
 /// Starts logging the programs' records (from [`crate::ebpf::Datapath::trace`]
 /// with [`Forward`]): a task that reads aya-log's ring buffer whenever it
-/// has records.
-pub fn spawn(logger: EbpfLogger<Forward>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+/// has records; it ends only when the ring buffer's fd fails.
+pub fn spawn(
+    logger: EbpfLogger<Forward>,
+) -> std::io::Result<tokio::task::JoinHandle<Result<(), String>>> {
     tracing::info!(
         fd = logger.as_raw_fd(),
         "tracing the kernel programs' decisions"
@@ -28,10 +30,8 @@ pub fn spawn(logger: EbpfLogger<Forward>) -> std::io::Result<tokio::task::JoinHa
                     guard.get_inner_mut().flush();
                     guard.clear_ready();
                 }
-                Err(e) => {
-                    tracing::error!("the kernel programs' trace stopped: {e}");
-                    return;
-                }
+                // Supervision logs and counts it.
+                Err(e) => return Err(format!("the kernel programs' trace stopped: {e}")),
             }
         }
     }))

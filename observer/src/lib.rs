@@ -22,7 +22,8 @@
 //! - [`policy`]: `--policy` rules resolved into the kernel's table;
 //! - [`agent_counters`]: what the agent itself counts;
 //! - [`metrics`]: the OpenMetrics view of the kernel's and the agent's counters;
-//! - [`server`]: `/metrics` and `/healthz`;
+//! - [`server`]: `/metrics` and `/healthz`, with limits, on a thread of its own;
+//! - [`supervise`]: watching every task and thread; a dead one fails `/healthz`;
 //! - [`agent`]: `cp-observer run` from start to clean shutdown.
 
 pub mod agent;
@@ -45,4 +46,5 @@ pub mod pin;
 pub mod policy;
 pub mod roles;
 pub mod server;
+pub mod supervise;
 pub mod sys;

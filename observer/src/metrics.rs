@@ -21,7 +21,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{agent_counters::AgentCounters, ebpf::Counters};
+use crate::{
+    agent_counters::{AgentCounters, Component},
+    ebpf::Counters,
+};
 
 /// Encodes into `m` one counter per (path, protocol, `T`) that `index`
 /// gives an entry of `values` for, labelled with all three.
@@ -72,54 +75,50 @@ struct DatapathCollector {
 impl Collector for DatapathCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let c = &self.counters;
-        // A map read failing is not worth a broken scrape: report zeros and log.
-        let connections = c.connections().unwrap_or_else(|e| {
-            tracing::warn!("cannot read map CONNECTIONS: {e}");
-            vec![0; observer_common::counters::CONNECTION_ENTRIES]
-        });
-        let bytes = c.bytes().unwrap_or_else(|e| {
-            tracing::warn!("cannot read map BYTES: {e}");
-            vec![0; observer_common::counters::BYTE_ENTRIES]
-        });
-        let stats = c.stats().unwrap_or_else(|e| {
-            tracing::warn!("cannot read map STATS: {e}");
-            vec![0; observer_common::counters::STAT_ENTRIES]
-        });
-        let stat = |s: Stat| stats[s as usize];
-
-        let mut m = encoder.encode_descriptor(
-            "cp_observer_connections",
-            "Tracked connections by control-plane path, detected protocol and verdict.",
-            None,
-            MetricType::Counter,
-        )?;
-        per_path_and_protocol(&mut m, &connections, |path, protocol, verdict: Verdict| {
-            Some(connection_index(path, protocol, verdict as u8))
-        })?;
-
-        let violations = c.violations().unwrap_or_else(|e| {
-            tracing::warn!("cannot read map VIOLATIONS: {e}");
-            vec![0; observer_common::policy::VIOLATION_ENTRIES]
-        });
-        let mut m = encoder.encode_descriptor(
-            "cp_observer_policy_violations",
-            "Connections the policy alerted on or blocked (action as configured: under --dry-run a block is counted as block, and not enforced).",
-            None,
-            MetricType::Counter,
-        )?;
-        per_path_and_protocol(&mut m, &violations, violation_index)?;
-
-        let mut m = encoder.encode_descriptor(
-            "cp_observer_bytes",
-            "Payload bytes of tracked connections, as received (rx) or sent (tx) by the node.",
-            None,
-            MetricType::Counter,
-        )?;
-        for path in Path::ALL {
-            for dir in Direction::ALL {
-                let v = bytes[byte_index(path as u8, dir) as usize];
-                let labels = [path.label(), dir.label()];
-                ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+        // A map that cannot be read leaves its families out of this scrape:
+        // zeros would read as a counter reset. The error is logged and
+        // counted (`cp_observer_agent_errors_total{component="metrics"}`).
+        let read = |map: &str, values: Result<Vec<u64>, aya::maps::MapError>| {
+            values
+                .inspect_err(|e| {
+                    self.agent.error(Component::Metrics);
+                    tracing::warn!("cannot read map {map}, its metrics are left out: {e}");
+                })
+                .ok()
+        };
+        if let Some(connections) = read("CONNECTIONS", c.connections()) {
+            let mut m = encoder.encode_descriptor(
+                "cp_observer_connections",
+                "Tracked connections by control-plane path, detected protocol and verdict.",
+                None,
+                MetricType::Counter,
+            )?;
+            per_path_and_protocol(&mut m, &connections, |path, protocol, verdict: Verdict| {
+                Some(connection_index(path, protocol, verdict as u8))
+            })?;
+        }
+        if let Some(violations) = read("VIOLATIONS", c.violations()) {
+            let mut m = encoder.encode_descriptor(
+                "cp_observer_policy_violations",
+                "Connections the policy alerted on or blocked (action as configured: under --dry-run a block is counted as block, and not enforced).",
+                None,
+                MetricType::Counter,
+            )?;
+            per_path_and_protocol(&mut m, &violations, violation_index)?;
+        }
+        if let Some(bytes) = read("BYTES", c.bytes()) {
+            let mut m = encoder.encode_descriptor(
+                "cp_observer_bytes",
+                "Payload bytes of tracked connections, as received (rx) or sent (tx) by the node.",
+                None,
+                MetricType::Counter,
+            )?;
+            for path in Path::ALL {
+                for dir in Direction::ALL {
+                    let v = bytes[byte_index(path as u8, dir) as usize];
+                    let labels = [path.label(), dir.label()];
+                    ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+                }
             }
         }
 
@@ -137,45 +136,14 @@ impl Collector for DatapathCollector {
                 MetricType::Gauge,
             )?,
         )?;
+        if let Some(stats) = read("STATS", c.stats()) {
+            encode_stats(&mut encoder, &stats)?;
+        }
         ConstGauge::new(i64::from(c.flow_capacity)).encode(encoder.encode_descriptor(
             "cp_observer_flow_table_capacity",
             "Capacity of the kernel flow table (--flow-table-capacity).",
             None,
             MetricType::Gauge,
-        )?)?;
-        ConstCounter::new(stat(Stat::FlowTableFull) + stat(Stat::EventsLost)).encode(encoder.encode_descriptor(
-            "cp_observer_events_lost",
-            "Connections not tracked (flow table full, paths without a block rule) plus violation events dropped (ring buffer full).",
-            None,
-            MetricType::Counter,
-        )?)?;
-        ConstCounter::new(stat(Stat::FlowTableFull)).encode(encoder.encode_descriptor(
-            "cp_observer_flow_table_full",
-            "Connections on paths without a block rule left untracked because the flow table was full, once each (they stay untracked) (on paths with one they are refused: cp_observer_dropped_segments{reason=\"table-full\"}).",
-            None,
-            MetricType::Counter,
-        )?)?;
-        ConstCounter::new(stat(Stat::HalfOpen)).encode(encoder.encode_descriptor(
-            "cp_observer_half_open",
-            "SYNs that opened a half-open entry; only completed handshakes enter the flow table, so a spoofed-SYN flood shows here and not there.",
-            None,
-            MetricType::Counter,
-        )?)?;
-        let mut m = encoder.encode_descriptor(
-            "cp_observer_dropped_segments",
-            "Segments dropped on paths with a block rule by the stream rules, by reason (see the README's threat model).",
-            None,
-            MetricType::Counter,
-        )?;
-        for reason in DropReason::ALL {
-            ConstCounter::new(stats[reason.index() as usize])
-                .encode(m.encode_family(&[reason.label()])?)?;
-        }
-        ConstCounter::new(stat(Stat::SegmentsDropped)).encode(encoder.encode_descriptor(
-            "cp_observer_blocked_segments",
-            "Payload segments of blocked connections dropped in the kernel.",
-            None,
-            MetricType::Counter,
         )?)?;
         ConstCounter::new(expired).encode(encoder.encode_descriptor(
             "cp_observer_flows_expired",
@@ -205,9 +173,24 @@ impl Collector for DatapathCollector {
             None,
             MetricType::Counter,
         )?)?;
-        ConstCounter::new(stat(Stat::ReadErrors)).encode(encoder.encode_descriptor(
-            "cp_observer_datapath_read_errors",
-            "Packets the kernel programs could not read; they were passed untouched.",
+        let mut m = encoder.encode_descriptor(
+            "cp_observer_agent_errors",
+            "Errors of the agent's own parts, by component (each is also a log line); a part that died makes /healthz fail and the agent exit.",
+            None,
+            MetricType::Counter,
+        )?;
+        for component in Component::ALL {
+            ConstCounter::new(self.agent.errors(component))
+                .encode(m.encode_family(&[("component", component.name())])?)?;
+        }
+        ConstCounter::new(
+            self.agent
+                .metrics_connections_rejected
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .encode(encoder.encode_descriptor(
+            "cp_observer_metrics_connections_rejected",
+            "Connections to the metrics port closed at once because the server had its maximum open.",
             None,
             MetricType::Counter,
         )?)?;
@@ -273,4 +256,50 @@ impl Collector for DatapathCollector {
             .encode(m.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
         Ok(())
     }
+}
+
+/// The families read from the `STATS` map.
+fn encode_stats(encoder: &mut DescriptorEncoder, stats: &[u64]) -> Result<(), std::fmt::Error> {
+    let stat = |s: Stat| stats[s as usize];
+    ConstCounter::new(stat(Stat::FlowTableFull) + stat(Stat::EventsLost)).encode(encoder.encode_descriptor(
+        "cp_observer_events_lost",
+        "Connections not tracked (flow table full, paths without a block rule) plus violation events dropped (ring buffer full).",
+        None,
+        MetricType::Counter,
+    )?)?;
+    ConstCounter::new(stat(Stat::FlowTableFull)).encode(encoder.encode_descriptor(
+        "cp_observer_flow_table_full",
+        "Connections on paths without a block rule left untracked because the flow table was full, once each (they stay untracked) (on paths with one they are refused: cp_observer_dropped_segments{reason=\"table-full\"}).",
+        None,
+        MetricType::Counter,
+    )?)?;
+    ConstCounter::new(stat(Stat::HalfOpen)).encode(encoder.encode_descriptor(
+        "cp_observer_half_open",
+        "SYNs that opened a half-open entry; only completed handshakes enter the flow table, so a spoofed-SYN flood shows here and not there.",
+        None,
+        MetricType::Counter,
+    )?)?;
+    let mut m = encoder.encode_descriptor(
+        "cp_observer_dropped_segments",
+        "Segments dropped on paths with a block rule by the stream rules, by reason (see the README's threat model).",
+        None,
+        MetricType::Counter,
+    )?;
+    for reason in DropReason::ALL {
+        ConstCounter::new(stats[reason.index() as usize])
+            .encode(m.encode_family(&[reason.label()])?)?;
+    }
+    ConstCounter::new(stat(Stat::SegmentsDropped)).encode(encoder.encode_descriptor(
+        "cp_observer_blocked_segments",
+        "Payload segments of blocked connections dropped in the kernel.",
+        None,
+        MetricType::Counter,
+    )?)?;
+    ConstCounter::new(stat(Stat::ReadErrors)).encode(encoder.encode_descriptor(
+        "cp_observer_datapath_read_errors",
+        "Packets the kernel programs could not read; they were passed untouched.",
+        None,
+        MetricType::Counter,
+    )?)?;
+    Ok(())
 }

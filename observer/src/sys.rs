@@ -86,3 +86,25 @@ fn obj_info(fd: BorrowedFd<'_>, info: *mut u8, len: usize) -> io::Result<()> {
     })
     .map(|_| ())
 }
+
+/// Raises the soft limit of open descriptors (`RLIMIT_NOFILE`) to the hard
+/// one, and returns it: container runtimes often start processes with a
+/// soft limit of 1024 and a far higher hard one.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid resource and out pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: a valid resource and a limit no higher than the hard one.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur)
+}

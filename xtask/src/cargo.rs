@@ -29,6 +29,23 @@ pub fn build_agent(release: bool) -> Result<PathBuf> {
     build_bin_with("cp-observer", "cp-observer", release)
 }
 
+/// Builds the agent for the tests, with its fail points (the `failpoints`
+/// feature: faults the tests inject through `FAILPOINTS`), and returns the
+/// path of the `cp-observer` binary. Release builds never have them.
+pub fn build_test_agent() -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "--package",
+        "cp-observer",
+        "--bin",
+        "cp-observer",
+        "--features",
+        "failpoints",
+    ]);
+    built_executable(&mut cmd, "cp-observer")
+}
+
 /// Builds one binary of a package and returns its path.
 pub fn build_bin(package: &str, bin: &str) -> Result<PathBuf> {
     build_bin_with(package, bin, false)

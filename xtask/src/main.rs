@@ -116,7 +116,7 @@ fn run(command: Command) -> Result<()> {
             require_root("the tests (BPF and network namespaces)")?;
             toolchain::ensure()?;
             toolchain::ensure_lab_tools()?;
-            let agent = cargo::build_agent(false)?;
+            let agent = cargo::build_test_agent()?;
             let kube = kube::ensure()?;
             // iptables: the tests translate the `kubernetes` VIP as kube-proxy does.
             toolchain::ensure_debian_packages(&["iptables"])?;

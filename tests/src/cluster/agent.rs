@@ -119,8 +119,27 @@ impl Agent {
         Self::spawn(None, Some(caps), args)
     }
 
+    /// Like [`Self::start`], with `env` added to the agent's environment
+    /// (e.g. `FAILPOINTS`, the fault injection of the test build) and,
+    /// with `nofile`, that soft limit of open descriptors (the hard one
+    /// stays ours), as container runtimes that start processes with a soft
+    /// limit of 1024 do.
+    pub fn start_with(env: &[(&str, &str)], nofile: Option<u64>, args: &[String]) -> Self {
+        Self::started(Self::spawn_with(None, None, env, nofile, args))
+    }
+
     /// Starts the agent and waits for `/healthz`.
     fn spawn(ns: Option<&str>, caps: Option<&[String]>, args: &[String]) -> Result<Self, Exited> {
+        Self::spawn_with(ns, caps, &[], None, args)
+    }
+
+    fn spawn_with(
+        ns: Option<&str>,
+        caps: Option<&[String]>,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+        args: &[String],
+    ) -> Result<Self, Exited> {
         let metrics_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut cmd = match caps {
             Some(caps) => {
@@ -161,6 +180,19 @@ impl Agent {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
+                if let Some(soft) = nofile {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    lim.rlim_cur = soft.min(lim.rlim_max);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
@@ -178,6 +210,7 @@ impl Agent {
             .arg("--metrics-addr")
             .arg(metrics_addr.to_string())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -326,6 +359,22 @@ impl Agent {
             .unwrap_or(100)
             .max(1);
         (hwm, Duration::from_millis(ticks * 1000 / hz))
+    }
+
+    /// Waits up to `timeout` for the agent to exit by itself; `None` if it
+    /// still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait on the agent") {
+                std::thread::sleep(Duration::from_millis(100)); // let stderr drain
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The agent's process id.
