@@ -144,9 +144,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                             .node_ips
                             .first()
                             .map(|ip| SocketAddr::new(*ip, effective.ports.kubelet));
-                        if let Err(e) = addresses.apply(&effective) {
-                            tracing::warn!("discovery: cannot update the address maps: {e}");
-                        }
+                        addresses.apply(&effective)
                     },
                 )))
             }
@@ -230,6 +228,7 @@ fn discovery_target(
         discovery::Target {
             node,
             konnectivity_selector: d.konnectivity_selector.clone(),
+            konnectivity_namespace: d.konnectivity_namespace.clone(),
         },
     )))
 }
