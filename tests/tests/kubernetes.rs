@@ -216,6 +216,14 @@ fn discovery_learns_the_cluster_from_the_real_apiserver() {
         "the VIP was learned"
     );
     assert_eq!(after.sum("cp_observer_discovery_errors_total", &[]), 0.0);
+    // Kubernetes 1.20 has no discovery.k8s.io/v1: the fallback is in use.
+    assert!(
+        agent
+            .stderr()
+            .contains("reading the apiserver endpoints source=Endpoints"),
+        "{}",
+        agent.stderr()
+    );
 }
 
 /// When the apiserver stops answering, the agent keeps the configuration it
