@@ -477,7 +477,16 @@ impl Shortfall {
         } else {
             self.unwritten += 1;
         }
-        self.error.get_or_insert_with(|| e.to_string());
+        self.error.get_or_insert_with(|| {
+            // The kernel's errno is the source (`bpf_map_update_elem` failed: E2BIG).
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text = format!("{text}: {s}");
+                source = s.source();
+            }
+            text
+        });
     }
 }
 
