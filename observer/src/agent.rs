@@ -187,7 +187,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         if let Some((client, target)) = discovery {
             let flags = settings.clone();
-            let errors = agent_counters.clone();
             let watcher = discovery::run(
                 client,
                 target,
@@ -199,10 +198,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                         .node_ips
                         .first()
                         .map(|ip| SocketAddr::new(*ip, effective.ports.kubelet));
-                    if let Err(e) = addresses.apply(&effective) {
-                        errors.error(Component::Discovery);
-                        tracing::warn!("discovery: cannot update the address maps: {e}");
-                    }
+                    addresses.apply(&effective)
                 },
             );
             watched.task(
@@ -299,6 +295,7 @@ fn discovery_target(
         discovery::Target {
             node,
             konnectivity_selector: d.konnectivity_selector.clone(),
+            konnectivity_namespace: d.konnectivity_namespace.clone(),
         },
     )))
 }

@@ -37,6 +37,8 @@ pub const DEFAULT_FLOW_IDLE_TIMEOUT: u64 = 3600;
 pub const MAX_FLOW_IDLE_TIMEOUT: u64 = 365 * 24 * 3600;
 /// Default `--konnectivity-selector`.
 pub const DEFAULT_KONNECTIVITY_SELECTOR: &str = "k8s-app=konnectivity-agent";
+/// Default `--konnectivity-namespace`.
+pub const DEFAULT_KONNECTIVITY_NAMESPACE: &str = "kube-system";
 /// Default `--kubelet-check-interval`, seconds.
 pub const DEFAULT_KUBELET_CHECK_INTERVAL: u64 = 600;
 
@@ -121,6 +123,10 @@ pub struct RunArgs {
     /// Label selector of the konnectivity agent pods [default: k8s-app=konnectivity-agent].
     #[arg(long, value_name = "SELECTOR")]
     pub konnectivity_selector: Option<String>,
+    /// The one namespace whose konnectivity agent pods are trusted as
+    /// control plane (a label is something any tenant can set) [default: kube-system].
+    #[arg(long, value_name = "NAMESPACE")]
+    pub konnectivity_namespace: Option<String>,
     /// Cluster CA to verify the kubelet's serving certificate with (when not
     /// given: the service-account ca.crt, if there is one).
     #[arg(long, value_name = "FILE")]
@@ -206,6 +212,8 @@ pub struct Discovery {
     pub node_name: Option<String>,
     /// `--konnectivity-selector`.
     pub konnectivity_selector: String,
+    /// `--konnectivity-namespace`.
+    pub konnectivity_namespace: String,
 }
 
 /// A setting that cannot be used, with the flag or key it came from.
@@ -295,6 +303,7 @@ impl RunArgs {
             no_discovery,
             node_name,
             konnectivity_selector,
+            konnectivity_namespace,
             kubelet_ca,
             kubelet_check_interval,
             flow_idle_timeout,
@@ -386,6 +395,9 @@ impl Settings {
                 konnectivity_selector: args
                     .konnectivity_selector
                     .unwrap_or_else(|| DEFAULT_KONNECTIVITY_SELECTOR.to_owned()),
+                konnectivity_namespace: args
+                    .konnectivity_namespace
+                    .unwrap_or_else(|| DEFAULT_KONNECTIVITY_NAMESPACE.to_owned()),
             }),
             kubelet_ca: args.kubelet_ca,
             // At least a second apart: 0 would make the checker spin.
@@ -462,6 +474,23 @@ impl Settings {
                     setting,
                     value: ep.to_string(),
                     message: "an endpoint needs a concrete address and a non-zero port",
+                });
+            }
+        }
+        if let Some(d) = &self.discovery {
+            let ns = &d.konnectivity_namespace;
+            let label_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+            if ns.is_empty()
+                || ns.len() > 63
+                || !ns.chars().all(label_char)
+                || ns.starts_with('-')
+                || ns.ends_with('-')
+            {
+                return Err(ConfigError::Invalid {
+                    setting: "--konnectivity-namespace",
+                    value: format!("'{ns}'"),
+                    message: "a namespace name is 1 to 63 lower-case letters, digits and '-' \
+                              (one namespace: the konnectivity agents are trusted in no other)",
                 });
             }
         }
@@ -658,6 +687,27 @@ mod tests {
     }
 
     #[test]
+    fn the_konnectivity_namespace_is_one_namespace_name() {
+        let s = Settings::from_args(&RunArgs::default()).unwrap();
+        assert_eq!(
+            s.discovery.map(|d| d.konnectivity_namespace),
+            Some(DEFAULT_KONNECTIVITY_NAMESPACE.to_owned())
+        );
+        for bad in ["", "Kube-System", "kube-system,tenant", "-x", "a/b"] {
+            let e = Settings::from_args(&RunArgs {
+                konnectivity_namespace: Some(bad.to_owned()),
+                ..RunArgs::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.starts_with(&format!("--konnectivity-namespace '{bad}' is invalid")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn file_values_and_flags_win() {
         let (_tmp, mut args) = file(
             r#"
@@ -786,6 +836,7 @@ mod tests {
             "PATH" | "FILE" => ("/nonexistent/cp-observer", true),
             "NAME" => ("node-x", true),
             "SELECTOR" => ("app=x", true),
+            "NAMESPACE" => ("agents", true),
             "PATH:PROTOCOL=ACTION" => ("apiserver-proxy-to-pod:plaintext=block", true),
             "LEVEL" => ("debug", true),
             other => panic!("no sample value for {other} (--{:?})", arg.get_long()),

@@ -1,31 +1,44 @@
 //! Learning the cluster from the cluster (kube-rs): the apiserver endpoints
-//! (`default/kubernetes` Endpoints), the `kubernetes` Service VIPs, this
+//! (the `kubernetes` Service's EndpointSlices, or its Endpoints on clusters
+//! without `discovery.k8s.io/v1`), the `kubernetes` Service VIPs, this
 //! node's addresses and pod CIDRs (its Node object), and the konnectivity
-//! agents (pods matching `--konnectivity-selector`, whose traffic is the
-//! apiserver's). Watches keep it current; what the flags give wins.
+//! agents (pods matching `--konnectivity-selector` in
+//! `--konnectivity-namespace`, whose traffic is the apiserver's). What the
+//! flags give wins.
 //!
-//! A cluster that does not answer leaves the last good configuration in
-//! force: watch errors are logged and counted, and the maps are only ever
-//! rewritten with a complete new view.
+//! Only what the cluster administrator controls is trusted: the objects in
+//! `default` that the apiserver itself maintains, the Node, and pods in one
+//! namespace (a label alone is something any tenant can put on a pod).
+//!
+//! Each watch keeps a kube-rs reflector store; a re-list replaces a store's
+//! content when it completes, so objects deleted while a watch was away
+//! leave it. A cluster that does not answer leaves the last good
+//! configuration in force: watch errors are logged and counted.
 
 use std::{
-    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
+use k8s_openapi::api::{
+    core::v1::{Endpoints, Node, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
 use kube::{
     Api, Client, ResourceExt as _,
-    runtime::{WatchStreamExt as _, watcher},
+    runtime::{
+        WatchStreamExt as _,
+        reflector::{self, Store},
+        watcher,
+    },
 };
 use tokio::sync::Notify;
 
-use crate::{config::Settings, net::Cidr};
+use crate::{config::Settings, ebpf::Unwritten, net::Cidr};
 
 /// What the cluster says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -173,12 +186,40 @@ pub type PodIndex = Arc<std::sync::RwLock<std::collections::HashMap<IpAddr, PodR
 /// Where discovery stands, for the metrics.
 #[derive(Debug, Default)]
 pub struct Status {
-    /// Watch errors so far.
+    /// Watch errors so far (and stale map entries that could not be removed).
     pub errors: AtomicU64,
     /// Times a new view was written to the kernel.
     pub updates: AtomicU64,
     /// Sizes of the last view, by [`Cluster::KINDS`].
     pub found: [AtomicU64; 5],
+    /// Entries of a view that did not fit in the kernel's maps, summed over
+    /// views, by [`Unwritten::MAPS`].
+    pub overflow: [AtomicU64; 2],
+    /// Whether the last view is only partly in the kernel's maps.
+    pub degraded: AtomicBool,
+}
+
+impl Status {
+    /// Records (counts, and logs) what the kernel's maps did not take of a
+    /// view.
+    pub fn record(&self, unwritten: &Unwritten) {
+        for ((map, shortfall), slot) in unwritten.by_map().into_iter().zip(&self.overflow) {
+            slot.fetch_add(shortfall.unwritten, Ordering::Relaxed);
+            self.errors.fetch_add(shortfall.stale, Ordering::Relaxed);
+            if shortfall.unwritten > 0 || shortfall.stale > 0 {
+                tracing::error!(
+                    map,
+                    unwritten = shortfall.unwritten,
+                    stale = shortfall.stale,
+                    error = shortfall.error.as_deref().unwrap_or(""),
+                    "discovery: the cluster's view does not fit in the kernel's map: degraded \
+                     (the apiserver entries are written first)"
+                );
+            }
+        }
+        self.degraded
+            .store(!unwritten.is_complete(), Ordering::Relaxed);
+    }
 }
 
 impl Cluster {
@@ -202,28 +243,198 @@ impl Cluster {
     }
 }
 
-#[derive(Default)]
-struct State {
-    endpoints: Vec<SocketAddr>,
-    vips: Vec<SocketAddr>,
-    node: Option<(Vec<IpAddr>, Vec<Cidr>)>,
-    konnectivity: BTreeMap<String, Vec<IpAddr>>,
+/// Where the apiserver endpoints are read from: `discovery.k8s.io/v1`
+/// EndpointSlices when the cluster serves them, else core/v1 Endpoints
+/// (deprecated since Kubernetes 1.33; older clusters lack v1 slices).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointSource {
+    /// EndpointSlices labelled `kubernetes.io/service-name=kubernetes`.
+    Slices,
+    /// The `default/kubernetes` Endpoints object.
+    Endpoints,
 }
 
-impl State {
+/// The label EndpointSlices carry to name their Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+impl EndpointSource {
+    /// Asks the apiserver whether it serves EndpointSlices (API discovery).
+    /// A 4xx answer (the group version does not exist, or this account may
+    /// not read it) means Endpoints; other failures are returned.
+    pub async fn detect(client: &Client) -> Result<Self, kube::Error> {
+        match client.list_api_group_resources("discovery.k8s.io/v1").await {
+            Ok(list) if list.resources.iter().any(|r| r.name == "endpointslices") => {
+                Ok(Self::Slices)
+            }
+            Ok(_) => Ok(Self::Endpoints),
+            Err(kube::Error::Api(e)) if (400..500).contains(&e.code) => {
+                if e.code != 404 {
+                    tracing::warn!(
+                        "discovery: cannot read API group discovery.k8s.io/v1 ({e}): reading Endpoints"
+                    );
+                }
+                Ok(Self::Endpoints)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The apiserver endpoints of the `kubernetes` Service's EndpointSlices:
+/// every address of an endpoint not known to be unready, with every port
+/// (FQDN slices are skipped: the kernel matches addresses). Sorted, without
+/// duplicates (the same endpoint can be in two slices while they are
+/// rebalanced).
+pub fn endpoints_of_slices<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for slice in slices {
+        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+            continue;
+        }
+        let ports: Vec<u16> = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.port.and_then(|p| u16::try_from(p).ok()))
+            .collect();
+        for endpoint in &slice.endpoints {
+            // Unset means ready (the API's rule for consumers).
+            if endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            for ip in endpoint
+                .addresses
+                .iter()
+                .filter_map(|a| a.parse::<IpAddr>().ok())
+            {
+                out.extend(ports.iter().map(|p| SocketAddr::new(ip, *p)));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A kube-rs reflector: a watch that keeps a [`Store`] of the objects it
+/// selects. A re-list (after `410 Gone`, or a watch that cannot resume)
+/// replaces the store's content at its end (`InitDone`), so objects
+/// deleted while the watch was away leave it; until then the store keeps
+/// the last complete view.
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &'static str,
+    status: &Arc<Status>,
+    changed: &Arc<Notify>,
+) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, config).default_backoff().reflect(writer);
+    let (status, changed) = (status.clone(), changed.clone());
+    let task = tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                // A re-list in progress: the store still holds the last
+                // complete view, and swaps at `InitDone`.
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Ok(
+                    watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone,
+                ) => {
+                    changed.notify_one();
+                }
+                Err(e) => {
+                    status.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "discovery: watch of {what} failed, keeping the last configuration: {e}"
+                    );
+                }
+            }
+        }
+    });
+    (store, task)
+}
+
+/// The stores discovery reads its view from.
+struct Stores {
+    apiservers: ApiserverStore,
+    services: Store<Service>,
+    node: Store<Node>,
+    node_pods: Store<Pod>,
+    konnectivity: Store<Pod>,
+}
+
+enum ApiserverStore {
+    Slices(Store<EndpointSlice>),
+    Endpoints(Store<Endpoints>),
+}
+
+impl Stores {
     fn cluster(&self) -> Cluster {
-        let (node_ips, pod_cidrs) = self.node.clone().unwrap_or_default();
-        let mut konnectivity_agents: Vec<IpAddr> =
-            self.konnectivity.values().flatten().copied().collect();
+        let apiservers = match &self.apiservers {
+            ApiserverStore::Slices(s) => endpoints_of_slices(s.state().iter().map(AsRef::as_ref)),
+            ApiserverStore::Endpoints(s) => {
+                let mut all: Vec<SocketAddr> =
+                    s.state().iter().flat_map(|e| endpoints_of(e)).collect();
+                all.sort();
+                all.dedup();
+                all
+            }
+        };
+        let vips = self
+            .services
+            .state()
+            .iter()
+            .flat_map(|s| vips_of(s))
+            .collect();
+        let (node_ips, pod_cidrs) = self
+            .node
+            .state()
+            .first()
+            .map(|n| node_of(n))
+            .unwrap_or_default();
+        let mut konnectivity_agents: Vec<IpAddr> = self
+            .konnectivity
+            .state()
+            .iter()
+            .flat_map(|p| pod_ips(p))
+            .collect();
         konnectivity_agents.sort();
         konnectivity_agents.dedup();
         Cluster {
-            apiservers: self.endpoints.clone(),
-            vips: self.vips.clone(),
+            apiservers,
+            vips,
             node_ips,
             pod_cidrs,
             konnectivity_agents,
         }
+    }
+
+    /// This node's pods by IP.
+    fn pod_index(&self) -> std::collections::HashMap<IpAddr, PodRef> {
+        let mut index = std::collections::HashMap::new();
+        for p in self.node_pods.state() {
+            let r = PodRef {
+                namespace: p.namespace().unwrap_or_default(),
+                name: p.name_any(),
+            };
+            for ip in pod_ips(&p) {
+                index.insert(ip, r.clone());
+            }
+        }
+        index
     }
 }
 
@@ -234,113 +445,125 @@ pub struct Target {
     pub node: String,
     /// Label selector of the konnectivity agent pods.
     pub konnectivity_selector: String,
+    /// The one namespace the konnectivity agent pods are trusted in.
+    pub konnectivity_namespace: String,
 }
 
 /// Watches the cluster and calls `apply` with every new complete view, and
-/// keeps `pods_index` (this node's pods by IP) current. Runs until dropped.
+/// keeps `pods_index` (this node's pods by IP) current. `apply` says what
+/// did not fit in the kernel's maps; that is counted, and the status is
+/// degraded until a view fits. Runs until dropped.
 pub async fn run(
     client: Client,
     target: Target,
     status: Arc<Status>,
     pods_index: PodIndex,
-    mut apply: impl FnMut(&Cluster) + Send,
+    mut apply: impl FnMut(&Cluster) -> Unwritten + Send,
 ) {
-    let state = Arc::new(Mutex::new(State::default()));
     let changed = Arc::new(Notify::new());
     let by_name = |name: &str| watcher::Config::default().fields(&format!("metadata.name={name}"));
-
-    macro_rules! watch {
-        ($api:expr, $config:expr, |$st:ident, $obj:ident, $present:ident| $body:block) => {{
-            let (state, changed, status) = (state.clone(), changed.clone(), status.clone());
-            let stream = watcher($api, $config).default_backoff();
-            tokio::spawn(async move {
-                futures::pin_mut!(stream);
-                while let Some(event) = stream.next().await {
-                    match event {
-                        Ok(watcher::Event::Apply($obj) | watcher::Event::InitApply($obj)) => {
-                            let $present = true;
-                            let mut $st = state.lock().expect("lock");
-                            $body
-                        }
-                        Ok(watcher::Event::Delete($obj)) => {
-                            let $present = false;
-                            let mut $st = state.lock().expect("lock");
-                            $body
-                        }
-                        Ok(_) => continue,
-                        Err(e) => {
-                            status.errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(
-                                "discovery: watch failed, keeping the last configuration: {e}"
-                            );
-                            continue;
-                        }
-                    }
-                    changed.notify_one();
-                }
-            })
-        }};
-    }
-
-    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), "default");
-    let services: Api<Service> = Api::namespaced(client.clone(), "default");
-    let nodes: Api<Node> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client);
-    let node_pods = watcher::Config::default().fields(&format!("spec.nodeName={}", target.node));
-    let index = pods_index.clone();
-    let tasks = [
-        watch!(endpoints, by_name("kubernetes"), |st, e, present| {
-            st.endpoints = if present {
-                endpoints_of(&e)
-            } else {
-                Vec::new()
-            };
-        }),
-        watch!(services, by_name("kubernetes"), |st, s, present| {
-            st.vips = if present { vips_of(&s) } else { Vec::new() };
-        }),
-        watch!(nodes, by_name(&target.node), |st, n, present| {
-            st.node = present.then(|| node_of(&n));
-        }),
-        watch!(pods.clone(), node_pods, |_st, p, present| {
-            let r = PodRef {
-                namespace: p.namespace().unwrap_or_default(),
-                name: p.name_any(),
-            };
-            let mut index = index.write().expect("lock");
-            index.retain(|_, v| *v != r);
-            if present {
-                for ip in pod_ips(&p) {
-                    index.insert(ip, r.clone());
-                }
-            }
-        }),
-        watch!(
-            pods,
-            watcher::Config::default().labels(&target.konnectivity_selector),
-            |st, p, present| {
-                let key = format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any());
-                if present {
-                    st.konnectivity.insert(key, pod_ips(&p));
-                } else {
-                    st.konnectivity.remove(&key);
-                }
-            }
-        ),
-    ];
-    let _abort = AbortOnDrop(tasks.into_iter().collect());
+    let source = detect_endpoint_source(&client, &status).await;
+    tracing::info!(?source, "discovery: reading the apiserver endpoints");
+    let mut tasks = Vec::new();
+    let apiservers = match source {
+        EndpointSource::Slices => {
+            let (store, task) = reflect(
+                Api::<EndpointSlice>::namespaced(client.clone(), "default"),
+                watcher::Config::default().labels(&format!("{SERVICE_NAME_LABEL}=kubernetes")),
+                "EndpointSlices",
+                &status,
+                &changed,
+            );
+            tasks.push(task);
+            ApiserverStore::Slices(store)
+        }
+        EndpointSource::Endpoints => {
+            let (store, task) = reflect(
+                Api::<Endpoints>::namespaced(client.clone(), "default"),
+                by_name("kubernetes"),
+                "Endpoints",
+                &status,
+                &changed,
+            );
+            tasks.push(task);
+            ApiserverStore::Endpoints(store)
+        }
+    };
+    let (services, task) = reflect(
+        Api::<Service>::namespaced(client.clone(), "default"),
+        by_name("kubernetes"),
+        "Services",
+        &status,
+        &changed,
+    );
+    tasks.push(task);
+    let (node, task) = reflect(
+        Api::<Node>::all(client.clone()),
+        by_name(&target.node),
+        "Nodes",
+        &status,
+        &changed,
+    );
+    tasks.push(task);
+    let (node_pods, task) = reflect(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().fields(&format!("spec.nodeName={}", target.node)),
+        "this node's Pods",
+        &status,
+        &changed,
+    );
+    tasks.push(task);
+    // Only the administrator's namespace: a label is something any tenant
+    // can put on its own pods.
+    let (konnectivity, task) = reflect(
+        Api::<Pod>::namespaced(client, &target.konnectivity_namespace),
+        watcher::Config::default().labels(&target.konnectivity_selector),
+        "konnectivity agent Pods",
+        &status,
+        &changed,
+    );
+    tasks.push(task);
+    let _abort = AbortOnDrop(tasks);
+    let stores = Stores {
+        apiservers,
+        services,
+        node,
+        node_pods,
+        konnectivity,
+    };
     let mut last: Option<Cluster> = None;
     loop {
         changed.notified().await;
-        let cluster = state.lock().expect("lock").cluster();
+        *pods_index.write().expect("lock") = stores.pod_index();
+        let cluster = stores.cluster();
         if last.as_ref() != Some(&cluster) {
-            apply(&cluster);
+            let unwritten = apply(&cluster);
+            status.record(&unwritten);
             for (slot, n) in status.found.iter().zip(cluster.sizes()) {
                 slot.store(n as u64, Ordering::Relaxed);
             }
             status.updates.fetch_add(1, Ordering::Relaxed);
             tracing::info!(?cluster, "discovery: configuration updated");
             last = Some(cluster);
+        }
+    }
+}
+
+/// [`EndpointSource::detect`], asked again (with a growing pause, counted
+/// as errors) until the apiserver answers.
+async fn detect_endpoint_source(client: &Client, status: &Status) -> EndpointSource {
+    let mut pause = std::time::Duration::from_secs(1);
+    loop {
+        match EndpointSource::detect(client).await {
+            Ok(source) => return source,
+            Err(e) => {
+                status.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "discovery: cannot ask the apiserver which APIs it serves, retrying in {pause:?}: {e}"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(30));
+            }
         }
     }
 }
@@ -398,6 +621,46 @@ mod tests {
                 vec!["10.244.1.0/24".parse().unwrap()]
             )
         );
+    }
+
+    #[test]
+    fn endpoint_slices_to_addresses() {
+        let slice = |v: serde_json::Value| -> EndpointSlice { serde_json::from_value(v).unwrap() };
+        let v4 = slice(serde_json::json!({
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "kubernetes"}},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["10.0.0.3"], "conditions": {"ready": true}},
+                {"addresses": ["10.0.0.2"]},
+                {"addresses": ["10.0.0.9"], "conditions": {"ready": false}},
+                {"addresses": ["not-an-ip"]}
+            ],
+            "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}, {"name": "none"}]
+        }));
+        let v6 = slice(serde_json::json!({
+            "metadata": {"name": "kubernetes-v6"},
+            "addressType": "IPv6",
+            "endpoints": [{"addresses": ["fd00::2"]}],
+            "ports": [{"port": 6443}]
+        }));
+        let fqdn = slice(serde_json::json!({
+            "metadata": {"name": "kubernetes-fqdn"},
+            "addressType": "FQDN",
+            "endpoints": [{"addresses": ["10.0.0.7"]}],
+            "ports": [{"port": 6443}]
+        }));
+        // The same endpoint in two slices (a rebalance) counts once.
+        assert_eq!(
+            endpoints_of_slices([&v4, &v6, &fqdn, &v4]),
+            vec![
+                "10.0.0.2:6443".parse().unwrap(),
+                "10.0.0.3:6443".parse().unwrap(),
+                "[fd00::2]:6443".parse().unwrap(),
+            ],
+            "unready endpoints, FQDN slices and portless ports are left out"
+        );
+        assert_eq!(endpoints_of_slices([]), Vec::<SocketAddr>::new());
     }
 
     #[test]

@@ -137,6 +137,19 @@ pub enum DatapathError {
     /// The programs' trace (`--kernel-log`) cannot be read.
     #[error("cannot read the kernel programs' trace (map AYA_LOGS): {0}")]
     Trace(#[source] aya_log::Error),
+    /// The addresses the flags give do not fit in an address map.
+    #[error(
+        "{unwritten} entries of map {map} (from --control-plane, --node-ip, --pod-cidr, \
+         --apiserver, --apiserver-vip) cannot be written: {error}"
+    )]
+    Addresses {
+        /// The map, as [`Unwritten::MAPS`] names it.
+        map: &'static str,
+        /// How many entries could not be written.
+        unwritten: u64,
+        /// The kernel's first refusal.
+        error: String,
+    },
     /// The cgroup cannot be opened.
     #[error("cannot open cgroup {path}: {source}")]
     Cgroup {
@@ -244,7 +257,18 @@ impl Datapath {
         let mut ebpf = loader.load(OBJECT).map_err(DatapathError::Object)?;
         configure(&mut ebpf, settings)?;
         let mut addresses = Addresses::take(&mut ebpf)?;
-        addresses.apply(settings)?;
+        let unwritten = addresses.apply(settings);
+        if let Some((map, shortfall)) = unwritten
+            .by_map()
+            .into_iter()
+            .find(|(_, s)| s.unwritten > 0 || s.stale > 0)
+        {
+            return Err(DatapathError::Addresses {
+                map,
+                unwritten: shortfall.unwritten,
+                error: shortfall.error.clone().unwrap_or_default(),
+            });
+        }
         for (name, _) in PROGRAMS {
             match any_program_mut(&mut ebpf, name)? {
                 Program::CgroupSkb(p) => p.load(),
@@ -505,7 +529,7 @@ fn configure(ebpf: &mut Ebpf, settings: &Settings) -> Result<(), DatapathError> 
 pub struct Addresses {
     roles: LpmTrie<MapData, observer_common::config::Addr, u32>,
     endpoints: HashMap<MapData, Endpoint, u32>,
-    current_roles: Vec<roles::RoleEntry>,
+    current_roles: Vec<(u32, observer_common::config::Addr)>,
     current_endpoints: Vec<Endpoint>,
 }
 
@@ -515,6 +539,128 @@ impl std::fmt::Debug for Addresses {
             .field("roles", &self.current_roles.len())
             .finish_non_exhaustive()
     }
+}
+
+/// What one address map did not take of a view.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Shortfall {
+    /// Entries of the new view that could not be written (the map is full,
+    /// or the kernel refused them).
+    pub unwritten: u64,
+    /// Entries of the old view that could not be removed.
+    pub stale: u64,
+    /// The first error, for the log.
+    pub error: Option<String>,
+}
+
+impl Shortfall {
+    fn failed(&mut self, stale: bool, e: &MapError) {
+        if stale {
+            self.stale += 1;
+        } else {
+            self.unwritten += 1;
+        }
+        self.error.get_or_insert_with(|| {
+            // The kernel's errno is the source (`bpf_map_update_elem` failed: E2BIG).
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text = format!("{text}: {s}");
+                source = s.source();
+            }
+            text
+        });
+    }
+}
+
+/// What [`Addresses::apply`] could not write, by map.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unwritten {
+    /// `APISERVERS`: the apiserver endpoints and VIPs.
+    pub apiservers: Shortfall,
+    /// `ROLES`: the role trie.
+    pub roles: Shortfall,
+}
+
+impl Unwritten {
+    /// The maps' names, as the `map` label of `cp_observer_discovery_overflow`.
+    pub const MAPS: [&'static str; 2] = ["apiservers", "roles"];
+
+    /// Each map's shortfall, in the order of [`Self::MAPS`].
+    pub fn by_map(&self) -> [(&'static str, &Shortfall); 2] {
+        [
+            (Self::MAPS[0], &self.apiservers),
+            (Self::MAPS[1], &self.roles),
+        ]
+    }
+
+    /// Whether every map says exactly what was asked.
+    pub fn is_complete(&self) -> bool {
+        self.by_map()
+            .iter()
+            .all(|(_, s)| s.unwritten == 0 && s.stale == 0)
+    }
+}
+
+/// A kernel map [`sync`] writes: keys to values.
+trait Table {
+    type Key: PartialEq + Clone;
+    type Value: Copy;
+    fn insert(&mut self, key: &Self::Key, value: Self::Value) -> Result<(), MapError>;
+    fn remove(&mut self, key: &Self::Key) -> Result<(), MapError>;
+}
+
+impl Table for LpmTrie<MapData, observer_common::config::Addr, u32> {
+    type Key = (u32, observer_common::config::Addr);
+    type Value = u32;
+    fn insert(&mut self, key: &Self::Key, value: u32) -> Result<(), MapError> {
+        LpmTrie::insert(self, &Key::new(key.0, key.1), value, 0)
+    }
+    fn remove(&mut self, key: &Self::Key) -> Result<(), MapError> {
+        LpmTrie::remove(self, &Key::new(key.0, key.1))
+    }
+}
+
+impl Table for HashMap<MapData, Endpoint, u32> {
+    type Key = Endpoint;
+    type Value = u32;
+    fn insert(&mut self, key: &Endpoint, value: u32) -> Result<(), MapError> {
+        HashMap::insert(self, key, value, 0)
+    }
+    fn remove(&mut self, key: &Endpoint) -> Result<(), MapError> {
+        HashMap::remove(self, key)
+    }
+}
+
+/// Makes `table` hold `wanted` as far as it can, never stopping half-way:
+/// first the stale entries (in `current`, not wanted) are removed, which
+/// makes room; then every wanted entry is written, in the order given (most
+/// important first, so a full map loses the last ones). `current` is left
+/// saying what the table holds.
+fn sync<T: Table>(
+    table: &mut T,
+    current: &mut Vec<T::Key>,
+    wanted: &[(T::Key, T::Value)],
+) -> Shortfall {
+    let mut shortfall = Shortfall::default();
+    let mut now = Vec::with_capacity(wanted.len());
+    for old in current.drain(..) {
+        if wanted.iter().any(|(k, _)| *k == old) {
+            continue;
+        }
+        if let Err(e) = table.remove(&old) {
+            shortfall.failed(true, &e);
+            now.push(old);
+        }
+    }
+    for (key, value) in wanted {
+        match table.insert(key, *value) {
+            Ok(()) => now.push(key.clone()),
+            Err(e) => shortfall.failed(false, &e),
+        }
+    }
+    *current = now;
+    shortfall
 }
 
 impl Addresses {
@@ -527,44 +673,26 @@ impl Addresses {
         })
     }
 
-    /// Makes the maps say what `settings` say: new entries are written
-    /// first, then the ones that are no longer true removed.
-    pub fn apply(&mut self, settings: &Settings) -> Result<(), DatapathError> {
-        let roles = roles::role_entries(settings);
-        for e in &roles {
-            self.roles
-                .insert(&Key::new(e.prefix_len, e.addr), e.roles.0, 0)
-                .map_err(map_err("ROLES"))?;
-        }
-        for old in &self.current_roles {
-            if !roles
-                .iter()
-                .any(|e| (e.prefix_len, e.addr) == (old.prefix_len, old.addr))
-            {
-                self.roles
-                    .remove(&Key::new(old.prefix_len, old.addr))
-                    .map_err(map_err("ROLES"))?;
-            }
-        }
-        self.current_roles = roles;
-        let endpoints: Vec<Endpoint> = settings
+    /// Makes the maps say what `settings` say, as far as they can hold it:
+    /// the apiserver endpoints and VIPs first (the paths to the apiserver
+    /// must never go unclassified), then the roles (see
+    /// [`roles::role_entries`] for their order). Stale entries go before
+    /// new ones are written; a failed write is counted in the result, never
+    /// a reason to stop.
+    pub fn apply(&mut self, settings: &Settings) -> Unwritten {
+        let endpoints: Vec<(Endpoint, u32)> = settings
             .apiservers
             .iter()
             .chain(&settings.apiserver_vips)
-            .map(|ep| Endpoint::from(*ep))
+            .map(|ep| (Endpoint::from(*ep), 1))
             .collect();
-        for ep in &endpoints {
-            self.endpoints
-                .insert(ep, 1, 0)
-                .map_err(map_err("APISERVERS"))?;
-        }
-        for old in &self.current_endpoints {
-            if !endpoints.contains(old) {
-                self.endpoints.remove(old).map_err(map_err("APISERVERS"))?;
-            }
-        }
-        self.current_endpoints = endpoints;
-        Ok(())
+        let apiservers = sync(&mut self.endpoints, &mut self.current_endpoints, &endpoints);
+        let roles: Vec<_> = roles::role_entries(settings)
+            .into_iter()
+            .map(|e| ((e.prefix_len, e.addr), e.roles.0))
+            .collect();
+        let roles = sync(&mut self.roles, &mut self.current_roles, &roles);
+        Unwritten { apiservers, roles }
     }
 }
 
@@ -649,4 +777,107 @@ fn sum(map: &PerCpuArray<MapData, u64>, index: u32) -> Result<u64, MapError> {
 
 fn sum_all(map: &PerCpuArray<MapData, u64>, n: usize) -> Result<Vec<u64>, MapError> {
     (0..n as u32).map(|i| sum(map, i)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A map of `capacity` entries that refuses a new key when full, as
+    /// the kernel's hash and LPM maps do (E2BIG / ENOSPC).
+    struct Small {
+        capacity: usize,
+        entries: Vec<(u32, u32)>,
+    }
+
+    impl Table for Small {
+        type Key = u32;
+        type Value = u32;
+        fn insert(&mut self, key: &u32, value: u32) -> Result<(), MapError> {
+            if let Some(e) = self.entries.iter_mut().find(|(k, _)| k == key) {
+                e.1 = value;
+                return Ok(());
+            }
+            if self.entries.len() == self.capacity {
+                return Err(MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_update_elem",
+                    io_error: std::io::Error::from_raw_os_error(7), // E2BIG
+                }));
+            }
+            self.entries.push((*key, value));
+            Ok(())
+        }
+        fn remove(&mut self, key: &u32) -> Result<(), MapError> {
+            self.entries.retain(|(k, _)| k != key);
+            Ok(())
+        }
+    }
+
+    fn keys(t: &Small) -> Vec<u32> {
+        let mut k: Vec<u32> = t.entries.iter().map(|(k, _)| *k).collect();
+        k.sort_unstable();
+        k
+    }
+
+    #[test]
+    fn a_full_map_takes_the_first_entries_and_counts_the_rest() {
+        let mut t = Small {
+            capacity: 3,
+            entries: Vec::new(),
+        };
+        let mut current = Vec::new();
+        let wanted: Vec<(u32, u32)> = (1..=5).map(|k| (k, 0)).collect();
+        let s = sync(&mut t, &mut current, &wanted);
+        assert_eq!(s.unwritten, 2, "{s:?}");
+        assert_eq!(s.stale, 0);
+        assert!(
+            s.error
+                .as_deref()
+                .unwrap_or("")
+                .contains("bpf_map_update_elem"),
+            "{s:?}"
+        );
+        assert_eq!(
+            keys(&t),
+            vec![1, 2, 3],
+            "the first (most important) ones are in"
+        );
+        assert_eq!(current, vec![1, 2, 3], "current says what the map holds");
+    }
+
+    #[test]
+    fn stale_entries_leave_first_and_make_room() {
+        let mut t = Small {
+            capacity: 3,
+            entries: Vec::new(),
+        };
+        let mut current = Vec::new();
+        let s = sync(&mut t, &mut current, &[(1, 0), (2, 0), (3, 0)]);
+        assert_eq!(s, Shortfall::default());
+        // A new view of three: 2 and 3 go, 4 and 5 come; a map that wrote
+        // before removing would have been full at 4.
+        let s = sync(&mut t, &mut current, &[(1, 1), (4, 0), (5, 0)]);
+        assert_eq!(s, Shortfall::default());
+        assert_eq!(keys(&t), vec![1, 4, 5]);
+        assert_eq!(
+            t.entries.iter().find(|(k, _)| *k == 1).unwrap().1,
+            1,
+            "updated in place"
+        );
+        // An overflowing view does not stop before the stale entries left
+        // or the later entries that fit.
+        let mut t2 = Small {
+            capacity: 2,
+            entries: Vec::new(),
+        };
+        let mut current2 = Vec::new();
+        sync(&mut t2, &mut current2, &[(7, 0), (8, 0)]);
+        let s = sync(&mut t2, &mut current2, &[(1, 0), (2, 0), (3, 0)]);
+        assert_eq!(s.unwritten, 1);
+        assert_eq!(
+            keys(&t2),
+            vec![1, 2],
+            "7 and 8 are gone, the first two are in"
+        );
+    }
 }

@@ -214,6 +214,26 @@ impl Collector for DatapathCollector {
         )?;
 
         let mut m = encoder.encode_descriptor(
+            "cp_observer_discovery_overflow",
+            "Entries of discovered views that did not fit in a kernel address map (map full or refused), by map; the apiserver entries are written first.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (map, n) in crate::ebpf::Unwritten::MAPS.iter().zip(&d.overflow) {
+            ConstCounter::new(n.load(std::sync::atomic::Ordering::Relaxed))
+                .encode(m.encode_family(&[("map", *map)])?)?;
+        }
+        ConstGauge::new(i64::from(
+            d.degraded.load(std::sync::atomic::Ordering::Relaxed),
+        ))
+        .encode(encoder.encode_descriptor(
+            "cp_observer_discovery_degraded",
+            "1 while the last discovered view is only partly in the kernel's maps (see cp_observer_discovery_overflow), else 0.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+
+        let mut m = encoder.encode_descriptor(
             "cp_observer_discovered",
             "What discovery found in its last view of the cluster (0 without discovery).",
             None,

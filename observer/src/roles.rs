@@ -36,34 +36,44 @@ fn entry_key(net: IpNet) -> (u32, Addr) {
     }
 }
 
-/// The trie entries for `settings`.
+/// The trie entries for `settings`, most important first, so that a trie
+/// too small for all of them loses the least important: this node's
+/// addresses and pod ranges, then the control plane in the order given
+/// (the flags or the apiserver hosts, then the konnectivity agents
+/// discovery appends).
 pub fn role_entries(settings: &Settings) -> Vec<RoleEntry> {
     let nets = settings
-        .control_plane
+        .node_ips
         .iter()
-        .map(|c| (c.0, Roles::CONTROL_PLANE))
+        .map(|ip| (IpNet::from(ip.to_canonical()), Roles::NODE))
+        .chain(settings.pod_cidrs.iter().map(|c| (c.0, Roles::POD)))
         .chain(
             settings
-                .node_ips
+                .control_plane
                 .iter()
-                .map(|ip| (IpNet::from(ip.to_canonical()), Roles::NODE)),
-        )
-        .chain(settings.pod_cidrs.iter().map(|c| (c.0, Roles::POD)));
+                .map(|c| (c.0, Roles::CONTROL_PLANE)),
+        );
     fold(nets)
 }
 
-/// Merges duplicate prefixes and folds enclosing prefixes' roles inwards.
+/// Merges duplicate prefixes and folds enclosing prefixes' roles inwards;
+/// the entries keep the order in which their prefixes first appear.
 pub fn fold(nets: impl IntoIterator<Item = (IpNet, Roles)>) -> Vec<RoleEntry> {
-    let mut merged: BTreeMap<(u32, Addr), (IpNet, Roles)> = BTreeMap::new();
+    let mut merged: BTreeMap<(u32, Addr), (usize, IpNet, Roles)> = BTreeMap::new();
     for (net, roles) in nets {
         let net = net.trunc();
-        let e = merged.entry(entry_key(net)).or_insert((net, Roles::EMPTY));
-        e.1 = e.1.union(roles);
+        let first = merged.len();
+        let e = merged
+            .entry(entry_key(net))
+            .or_insert((first, net, Roles::EMPTY));
+        e.2 = e.2.union(roles);
     }
-    let all: Vec<(IpNet, Roles)> = merged.values().copied().collect();
-    merged
+    let all: Vec<(IpNet, Roles)> = merged.values().map(|(_, n, r)| (*n, *r)).collect();
+    let mut ordered: Vec<_> = merged.into_iter().collect();
+    ordered.sort_by_key(|(_, (first, _, _))| *first);
+    ordered
         .into_iter()
-        .map(|((prefix_len, addr), (net, own))| {
+        .map(|((prefix_len, addr), (_, net, own))| {
             let roles = all
                 .iter()
                 .filter(|(outer, _)| outer.contains(&net))
@@ -101,6 +111,28 @@ mod tests {
         assert_eq!(pods.roles, Roles::POD.union(Roles::NODE));
         let cp = entries.iter().find(|e| e.prefix_len == 96 + 16).unwrap();
         assert_eq!(cp.roles, Roles::CONTROL_PLANE);
+    }
+
+    #[test]
+    fn the_node_and_its_pods_come_first_konnectivity_agents_last() {
+        let settings = Settings::from_args(&crate::config::RunArgs {
+            control_plane: vec!["10.0.0.2".parse().unwrap(), "10.244.1.7".parse().unwrap()],
+            node_ip: vec!["10.0.1.5".parse().unwrap()],
+            pod_cidr: vec!["10.244.1.0/24".parse().unwrap()],
+            no_pin: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let order: Vec<Addr> = role_entries(&settings).iter().map(|e| e.addr).collect();
+        assert_eq!(
+            order,
+            vec![
+                Addr::from_v4([10, 0, 1, 5]),
+                Addr::from_v4([10, 244, 1, 0]),
+                Addr::from_v4([10, 0, 0, 2]),
+                Addr::from_v4([10, 244, 1, 7]),
+            ]
+        );
     }
 
     #[test]

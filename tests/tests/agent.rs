@@ -243,3 +243,35 @@ fn idle_connections_are_forgotten_after_the_timeout() {
     );
     drop(held);
 }
+
+/// The kernel's role trie has a fixed size (4096 prefixes): addresses given
+/// by flags that do not fit are a start-up error naming the map and the
+/// flags, and nothing is left loaded (discovery, which cannot refuse, counts
+/// what does not fit instead: `cp_observer_discovery_overflow`).
+#[test]
+fn more_addresses_than_the_role_trie_holds_are_refused_at_start() {
+    let before = agent::loaded_observer_programs();
+    let addrs: Vec<String> = (0..5000u32)
+        .map(|i| format!("\"10.{}.{}.1\"", i / 256, i % 256))
+        .collect();
+    let config = std::env::temp_dir().join(format!("cp-observer-big-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            "no_pin = true\nno_discovery = true\ncontrol_plane = [{}]\n",
+            addrs.join(", ")
+        ),
+    )
+    .expect("temp file");
+    let stderr = run_failing(&["--config", &config.to_string_lossy()]);
+    let _ = std::fs::remove_file(&config);
+    assert!(
+        stderr.contains("entries of map roles") && stderr.contains("--control-plane"),
+        "{stderr}"
+    );
+    assert_eq!(
+        agent::loaded_observer_programs(),
+        before,
+        "programs left loaded"
+    );
+}

@@ -216,6 +216,14 @@ fn discovery_learns_the_cluster_from_the_real_apiserver() {
         "the VIP was learned"
     );
     assert_eq!(after.sum("cp_observer_discovery_errors_total", &[]), 0.0);
+    // Kubernetes 1.20 has no discovery.k8s.io/v1: the fallback is in use.
+    assert!(
+        agent
+            .stderr()
+            .contains("reading the apiserver endpoints source=Endpoints"),
+        "{}",
+        agent.stderr()
+    );
 }
 
 /// When the apiserver stops answering, the agent keeps the configuration it
@@ -258,5 +266,183 @@ fn a_silent_apiserver_leaves_the_last_configuration_in_force() {
         agent.get("/healthz").map(|(c, _)| c),
         Some(200),
         "the agent is alive"
+    );
+}
+
+/// Two more addresses of the lab pod's namespace, for pods the tests add.
+const SECOND_POD4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 16, 4);
+const THIRD_POD4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 16, 5);
+
+/// Adds `ip` to the lab pod's interface.
+fn add_pod_address(lab: &Lab, ip: std::net::Ipv4Addr) {
+    lab.topo
+        .pod
+        .ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+}
+
+/// `cp_observer_connections_total{path="apiserver-to-kubelet"}` grown by a
+/// connection from `from` (an address of the lab pod) to the kubelet.
+fn kubelet_connection_from(lab: &Lab, agent: &Agent, from: std::net::IpAddr) -> f64 {
+    use lab::{cluster::topology::addrs, traffic};
+    let kubelet = std::net::SocketAddr::new(addrs::NODE4.into(), 10250);
+    let before = agent.scrape();
+    traffic::connect_close_from(&lab.topo.pod, from, kubelet)
+        .unwrap_or_else(|e| panic!("{from} reaches the kubelet: {e}"));
+    grew(
+        &before,
+        &agent.scrape(),
+        &[("path", "apiserver-to-kubelet")],
+    )
+}
+
+/// Only the cluster administrator's namespace is trusted: a pod any tenant
+/// can create with the konnectivity agents' label in its own namespace is
+/// not control plane, nor is the node whose address a host-network one
+/// reports; the same label in `kube-system` is.
+#[test]
+fn a_tenant_pod_with_the_konnectivity_label_is_not_control_plane() {
+    use lab::{cluster::topology::addrs, traffic};
+    let lab = Lab::for_real_control_plane("t-ktenant");
+    let cp = ControlPlane::start(&lab.topo.cp);
+    cp.register_lab_objects();
+    cp.create_namespace("tenant");
+    add_pod_address(&lab, SECOND_POD4);
+    let label = "k8s-app=konnectivity-agent";
+    cp.create_pod(
+        "tenant",
+        "konnectivity-agent-fake",
+        label,
+        SECOND_POD4.into(),
+    );
+    cp.create_pod_with(
+        "tenant",
+        "konnectivity-agent-host",
+        label,
+        addrs::NODE4.into(),
+        true,
+    );
+    let agent_ip = cp.add_konnectivity_agent(&lab.topo.pod);
+    let agent = Agent::start_in(Some(lab.topo.node.name()), &cp.discovery_args());
+    agent.wait_for_complete_discovery();
+
+    assert_eq!(
+        kubelet_connection_from(&lab, &agent, agent_ip),
+        1.0,
+        "the kube-system konnectivity agent is control plane; stderr:\n{}",
+        agent.stderr()
+    );
+    assert_eq!(
+        kubelet_connection_from(&lab, &agent, SECOND_POD4.into()),
+        0.0,
+        "a tenant's pod with the konnectivity label is control plane"
+    );
+    let before = agent.scrape();
+    let web = std::net::SocketAddr::new(addrs::POD4.into(), 8080);
+    traffic::connect_close(&lab.topo.node, web).expect("the node reaches the pod");
+    let after = agent.scrape();
+    assert_eq!(
+        grew(&before, &after, &[("path", "apiserver-proxy-to-pod")]),
+        0.0,
+        "a tenant's host-network pod with the konnectivity label made the node control plane: {:?}",
+        after.nonzero(C)
+    );
+    assert_eq!(
+        after.sum("cp_observer_discovered", &[("kind", "konnectivity_agents")]),
+        1.0
+    );
+}
+
+/// A watch that comes back after an outage long enough for the apiserver to
+/// have forgotten where it was (here: restarted while the agent was cut
+/// off) lists again; the list replaces what the agent knew, so a
+/// konnectivity agent deleted meanwhile is no longer control plane.
+#[test]
+fn a_relist_forgets_pods_deleted_while_the_watch_was_cut() {
+    use lab::cluster::topology::addrs;
+    let lab = Lab::for_real_control_plane("t-relist");
+    let mut cp = ControlPlane::start(&lab.topo.cp);
+    cp.register_lab_objects();
+    let label = "k8s-app=konnectivity-agent";
+    let kept = cp.add_konnectivity_agent(&lab.topo.pod);
+    add_pod_address(&lab, SECOND_POD4);
+    add_pod_address(&lab, THIRD_POD4);
+    cp.create_pod(
+        "kube-system",
+        "konnectivity-agent-gone",
+        label,
+        SECOND_POD4.into(),
+    );
+    let agent = Agent::start_in(Some(lab.topo.node.name()), &cp.discovery_args());
+    agent.wait_for_complete_discovery();
+    eventually(
+        Duration::from_secs(30),
+        "both konnectivity agents are discovered",
+        || {
+            agent
+                .scrape()
+                .sum("cp_observer_discovered", &[("kind", "konnectivity_agents")])
+                == 2.0
+        },
+    );
+    assert_eq!(
+        kubelet_connection_from(&lab, &agent, SECOND_POD4.into()),
+        1.0
+    );
+
+    // Cut the agent off: no route from the node to the apiserver, and its
+    // open watches destroyed.
+    let errors = agent
+        .scrape()
+        .sum("cp_observer_discovery_errors_total", &[]);
+    let route = format!("{}/32", addrs::CP4);
+    lab.topo.node.ip(&["route", "add", "prohibit", &route]);
+    let killed = std::process::Command::new("ip")
+        .args(["netns", "exec", lab.topo.node.name(), "ss", "-K", "dst"])
+        .arg(addrs::CP4.to_string())
+        .args(["dport", "=", &addrs::APISERVER_PORT.to_string()])
+        .output()
+        .expect("ss runs");
+    assert!(killed.status.success(), "ss -K: {killed:?}");
+    eventually(
+        Duration::from_secs(30),
+        "the agent reports its failing watches",
+        || {
+            agent
+                .scrape()
+                .sum("cp_observer_discovery_errors_total", &[])
+                > errors
+        },
+    );
+    cp.delete_pod("kube-system", "konnectivity-agent-gone");
+    cp.create_pod(
+        "kube-system",
+        "konnectivity-agent-new",
+        label,
+        THIRD_POD4.into(),
+    );
+    cp.restart_apiserver();
+    lab.topo.node.ip(&["route", "del", "prohibit", &route]);
+
+    // The agent is back and listed again when it knows the new pod.
+    let what = later(|| {
+        format!(
+            "the agent learns the pod created during the cut; stderr:\n{}",
+            agent.stderr()
+        )
+    });
+    eventually(Duration::from_secs(90), what, || {
+        kubelet_connection_from(&lab, &agent, THIRD_POD4.into()) == 1.0
+    });
+    assert_eq!(
+        kubelet_connection_from(&lab, &agent, SECOND_POD4.into()),
+        0.0,
+        "a konnectivity agent deleted during the cut is still control plane"
+    );
+    assert_eq!(kubelet_connection_from(&lab, &agent, kept), 1.0);
+    assert_eq!(
+        agent
+            .scrape()
+            .sum("cp_observer_discovered", &[("kind", "konnectivity_agents")]),
+        2.0
     );
 }

@@ -81,32 +81,7 @@ impl ControlPlane {
             .stderr(log("etcd.log"))
             .spawn()
             .expect("etcd starts");
-        let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
-        let apiserver = Command::new("ip")
-            .args(["netns", "exec", cp.name()])
-            .arg(binary("CP_OBSERVER_KUBE_APISERVER"))
-            .args([
-                "--etcd-servers=http://127.0.0.1:2379",
-                &format!("--bind-address={}", addrs::CP4),
-                &format!("--advertise-address={}", addrs::CP4),
-                &format!("--secure-port={}", addrs::APISERVER_PORT),
-                "--insecure-port=0",
-                &format!("--cert-dir={}", d("certs")),
-                &format!("--token-auth-file={}", d("tokens.csv")),
-                "--authorization-mode=AlwaysAllow",
-                &format!("--service-account-key-file={}", d("sa.pub")),
-                &format!("--service-account-signing-key-file={}", d("sa.key")),
-                "--service-account-issuer=https://kubernetes.default.svc",
-                &format!("--service-cluster-ip-range={}", addrs::SERVICE_RANGE4),
-                "--disable-admission-plugins=ServiceAccount",
-                "--kubelet-preferred-address-types=InternalIP",
-                "--enable-priority-and-fairness=false",
-            ])
-            .stdout(Stdio::null())
-            .stderr(log("apiserver.log"))
-            .spawn()
-            .expect("kube-apiserver starts");
-        let dir_log = dir.clone();
+        let apiserver = spawn_apiserver(&dir, cp.name());
         let mut cp_plane = Self {
             etcd,
             apiserver,
@@ -114,6 +89,13 @@ impl ControlPlane {
             ns: cp.name().to_owned(),
             kubeconfig,
         };
+        cp_plane.wait_ready();
+        cp_plane
+    }
+
+    /// Waits (bounded) until the apiserver answers `/readyz`.
+    fn wait_ready(&mut self) {
+        let dir_log = self.dir.clone();
         let what = crate::later(|| {
             format!(
                 "kube-apiserver is ready; its log:\n{}",
@@ -121,25 +103,27 @@ impl ControlPlane {
             )
         });
         crate::eventually(Duration::from_secs(90), what, || {
-            if cp_plane
-                .kubectl(&["get", "--raw", "/readyz"])
-                .status
-                .success()
-            {
+            if self.kubectl(&["get", "--raw", "/readyz"]).status.success() {
                 return true;
             }
-            let exited = cp_plane
-                .apiserver
-                .try_wait()
-                .expect("wait on kube-apiserver");
+            let exited = self.apiserver.try_wait().expect("wait on kube-apiserver");
             assert!(
                 exited.is_none(),
                 "kube-apiserver exited with {exited:?}; its log:\n{}",
-                cp_plane.log()
+                self.log()
             );
             false
         });
-        cp_plane
+    }
+
+    /// Stops the apiserver and starts a new one on the same etcd (an
+    /// upgrade, say): its watch cache starts afresh, so a client that
+    /// resumes a watch from before the restart gets `410 Gone` and must list
+    /// again. Waits until the new one is ready.
+    pub fn restart_apiserver(&mut self) {
+        self.stop_apiserver();
+        self.apiserver = spawn_apiserver(&self.dir, &self.ns);
+        self.wait_ready();
     }
 
     /// Stops the apiserver (the cluster stops answering); etcd stays.
@@ -251,6 +235,29 @@ impl ControlPlane {
         ip.into()
     }
 
+    /// Creates namespace `name`.
+    pub fn create_namespace(&self, name: &str) {
+        self.kubectl_ok(&["create", "namespace", name], None);
+    }
+
+    /// Deletes pod `namespace/name` at once (no grace period: no kubelet
+    /// runs here to confirm a graceful one).
+    pub fn delete_pod(&self, namespace: &str, name: &str) {
+        self.kubectl_ok(
+            &[
+                "-n",
+                namespace,
+                "delete",
+                "pod",
+                name,
+                "--grace-period=0",
+                "--force",
+                "--wait=false",
+            ],
+            None,
+        );
+    }
+
     /// Agent flags for discovery only: this apiserver, the lab node.
     pub fn discovery_args(&self) -> Vec<String> {
         vec![
@@ -264,12 +271,25 @@ impl ControlPlane {
     /// Creates a pod on the lab node with `labels` (`k=v`, or empty) and
     /// sets its IP through the status subresource.
     pub fn create_pod(&self, namespace: &str, name: &str, labels: &str, ip: std::net::IpAddr) {
+        self.create_pod_with(namespace, name, labels, ip, false);
+    }
+
+    /// Like [`Self::create_pod`]; with `host_network` the pod is on the
+    /// node's network (`spec.hostNetwork`, and `ip` should be the node's).
+    pub fn create_pod_with(
+        &self,
+        namespace: &str,
+        name: &str,
+        labels: &str,
+        ip: std::net::IpAddr,
+        host_network: bool,
+    ) {
         let labels = labels.split_once('=').map_or(String::new(), |(k, v)| {
             format!(r#","labels":{{"{k}":"{v}"}}"#)
         });
         let pod = format!(
             r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"{namespace}"{labels}}},
-               "spec":{{"nodeName":"{NODE}","containers":[{{"name":"c","image":"lab/none"}}]}}}}"#
+               "spec":{{"nodeName":"{NODE}","hostNetwork":{host_network},"containers":[{{"name":"c","image":"lab/none"}}]}}}}"#
         );
         self.kubectl_ok(&["create", "--validate=false", "-f", "-"], Some(&pod));
         let status = format!(
@@ -290,6 +310,41 @@ impl ControlPlane {
             None,
         );
     }
+}
+
+/// Starts kube-apiserver in namespace `ns` with the files in `dir` (its log
+/// is appended to `dir/apiserver.log`).
+fn spawn_apiserver(dir: &std::path::Path, ns: &str) -> Child {
+    let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("apiserver.log"))
+        .expect("log file");
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(binary("CP_OBSERVER_KUBE_APISERVER"))
+        .args([
+            "--etcd-servers=http://127.0.0.1:2379",
+            &format!("--bind-address={}", addrs::CP4),
+            &format!("--advertise-address={}", addrs::CP4),
+            &format!("--secure-port={}", addrs::APISERVER_PORT),
+            "--insecure-port=0",
+            &format!("--cert-dir={}", d("certs")),
+            &format!("--token-auth-file={}", d("tokens.csv")),
+            "--authorization-mode=AlwaysAllow",
+            &format!("--service-account-key-file={}", d("sa.pub")),
+            &format!("--service-account-signing-key-file={}", d("sa.key")),
+            "--service-account-issuer=https://kubernetes.default.svc",
+            &format!("--service-cluster-ip-range={}", addrs::SERVICE_RANGE4),
+            "--disable-admission-plugins=ServiceAccount",
+            "--kubelet-preferred-address-types=InternalIP",
+            "--enable-priority-and-fairness=false",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("kube-apiserver starts")
 }
 
 impl Drop for ControlPlane {
