@@ -10,9 +10,7 @@ use aya_ebpf::{
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 as V4Tuple,
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 as V6Tuple, bpf_tcp_sock,
     },
-    helpers::{
-        bpf_sk_fullsock, bpf_sk_lookup_tcp, bpf_sk_release, bpf_tcp_sock as tcp_sock_of,
-    },
+    helpers::{bpf_sk_fullsock, bpf_sk_lookup_tcp, bpf_sk_release, bpf_tcp_sock as tcp_sock_of},
     programs::SkBuffContext,
 };
 use observer_common::config::Addr;

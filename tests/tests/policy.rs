@@ -385,21 +385,22 @@ fn a_server_first_connection_whose_handshake_a_flood_pushed_out_is_still_judged(
     let server = Server::start(lab.ns(Where::Pod), any, Kind::Ssh, &lab.tls);
     let agent = agent(&["--policy", NO_PLAINTEXT, "--flow-table-capacity", "1024"]);
     let pod_ns = lab.ns(Where::Pod);
-    let got = attack::request_after_a_held_handshake(lab.ns(Where::ControlPlane), pod(2222), || {
-        let flood = attack::syn_flood(
-            pod_ns,
-            addrs::UNUSED_POD4,
-            100,
-            SocketAddrV4::new(addrs::CP4, 8132),
-            20_000,
-            Duration::from_millis(500),
-        )
-        .wait();
-        assert!(flood.sent >= 5_000, "the SYN flood ran: {flood:?}");
-        // To a closed port of the pod's own: refused at once.
-        let connects = attack::connect_flood(pod_ns, pod(9), 20_000);
-        assert!(connects >= 20_000, "the connect flood ran: {connects}");
-    });
+    let got =
+        attack::request_after_a_held_handshake(lab.ns(Where::ControlPlane), pod(2222), || {
+            let flood = attack::syn_flood(
+                pod_ns,
+                addrs::UNUSED_POD4,
+                100,
+                SocketAddrV4::new(addrs::CP4, 8132),
+                20_000,
+                Duration::from_millis(500),
+            )
+            .wait();
+            assert!(flood.sent >= 5_000, "the SYN flood ran: {flood:?}");
+            // To a closed port of the pod's own: refused at once.
+            let connects = attack::connect_flood(pod_ns, pod(9), 20_000);
+            assert!(connects >= 20_000, "the connect flood ran: {connects}");
+        });
     // (The server closes on any line, so the client's outcome says little.)
     drop(got);
     assert_plaintext_kept_out(&lab, &server, "a server-first connection after a flood");

@@ -535,6 +535,94 @@ fn socklen<T>() -> libc::socklen_t {
     libc::socklen_t::try_from(size_of::<T>()).expect("an option fits a socklen_t")
 }
 
+// ---- A handshake held open while floods push out its state ----
+
+/// Connects to a server-first service at `to` from inside `ns` with the
+/// handshake's last ACK held back (an `iptables` rule in `ns` drops every
+/// segment to `to` but SYNs), runs `meanwhile`, lets the ACK go, reads
+/// the server's greeting line and sends a plaintext `GET /` request;
+/// returns the response's status line.
+///
+/// Held, the handshake stays half-open on the server's side for as long
+/// as `meanwhile` runs: the time a control plane far away takes, or a
+/// client that waits on purpose. The server's SYN-ACK retransmission
+/// (after about a second, then three) completes it once the rule goes.
+pub fn request_after_a_held_handshake(
+    ns: &NetNs,
+    to: SocketAddr,
+    meanwhile: impl FnOnce(),
+) -> io::Result<String> {
+    let port = to.port().to_string();
+    let dst = to.ip().to_string();
+    let iptables = if to.is_ipv4() {
+        "iptables"
+    } else {
+        "ip6tables"
+    };
+    let rule = |op: &str| {
+        ns.exec(&[
+            iptables, op, "OUTPUT", "-p", "tcp", "-d", &dst, "--dport", &port, "!", "--syn", "-j",
+            "DROP",
+        ]);
+    };
+    rule("-A");
+    let connected = ns.run(|| Counting::connect(to));
+    meanwhile();
+    rule("-D");
+    let mut s = connected?;
+    super::server::read_line(&mut s.inner)?;
+    s.write_all(client::request(to).as_bytes())?;
+    Ok(client::finish(s)?.status)
+}
+
+// ---- connect() flood ----
+
+/// `connect()`s `count` non-blocking TCP sockets to `to` from inside `ns`
+/// on each CPU this process may run on (threads pinned one per CPU),
+/// closing each at once; returns how many connects were made. Each
+/// `connect()` runs the cgroup connect hooks, whose table (`CONNECTS`,
+/// least recently used per CPU) it fills. `count` is at most
+/// [`MAX_CONNECTS`].
+pub fn connect_flood(ns: &NetNs, to: SocketAddr, count: u32) -> u64 {
+    assert!(
+        count <= MAX_CONNECTS,
+        "a connect flood makes at most {MAX_CONNECTS} per CPU"
+    );
+    let cpus = super::allowed_cpus();
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = cpus
+            .iter()
+            .map(|&cpu| {
+                scope.spawn(move || {
+                    ns.run(|| {
+                        super::pin_to_cpu(cpu);
+                        let mut made = 0;
+                        for _ in 0..count {
+                            let Ok(s) = Socket::new(Domain::for_address(to), Type::STREAM, None)
+                            else {
+                                continue;
+                            };
+                            if s.set_nonblocking(true).is_ok() {
+                                // EINPROGRESS or ECONNREFUSED: the hook ran.
+                                let _ = s.connect(&to.into());
+                                made += 1;
+                            }
+                        }
+                        made
+                    })
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("connect flood thread"))
+            .sum()
+    })
+}
+
+/// Most connects [`connect_flood`] makes per CPU.
+pub const MAX_CONNECTS: u32 = 100_000;
+
 #[cfg(test)]
 mod tests {
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
@@ -622,81 +710,3 @@ mod tests {
         assert!((0..10_000).map(|_| rng.port()).all(|p| p >= 1024));
     }
 }
-
-// ---- A handshake held open while floods push out its state ----
-
-/// Connects to a server-first service at `to` from inside `ns` with the
-/// handshake's last ACK held back (an `iptables` rule in `ns` drops every
-/// segment to `to` but SYNs), runs `meanwhile`, lets the ACK go, reads
-/// the server's greeting line and sends a plaintext `GET /` request;
-/// returns the response's status line.
-///
-/// Held, the handshake stays half-open on the server's side for as long
-/// as `meanwhile` runs: the time a control plane far away takes, or a
-/// client that waits on purpose. The server's SYN-ACK retransmission
-/// (after about a second, then three) completes it once the rule goes.
-pub fn request_after_a_held_handshake(
-    ns: &NetNs,
-    to: SocketAddr,
-    meanwhile: impl FnOnce(),
-) -> io::Result<String> {
-    let port = to.port().to_string();
-    let dst = to.ip().to_string();
-    let iptables = if to.is_ipv4() { "iptables" } else { "ip6tables" };
-    let rule = |op: &str| {
-        ns.exec(&[
-            iptables, op, "OUTPUT", "-p", "tcp", "-d", &dst, "--dport", &port, "!", "--syn", "-j",
-            "DROP",
-        ]);
-    };
-    rule("-A");
-    let connected = ns.run(|| Counting::connect(to));
-    meanwhile();
-    rule("-D");
-    let mut s = connected?;
-    super::server::read_line(&mut s.inner)?;
-    s.write_all(client::request(to).as_bytes())?;
-    Ok(client::finish(s)?.status)
-}
-
-// ---- connect() flood ----
-
-/// `connect()`s `count` non-blocking TCP sockets to `to` from inside `ns`
-/// on each CPU this process may run on (threads pinned one per CPU),
-/// closing each at once; returns how many connects were made. Each
-/// `connect()` runs the cgroup connect hooks, whose table (`CONNECTS`,
-/// least recently used per CPU) it fills. `count` is at most
-/// [`MAX_CONNECTS`].
-pub fn connect_flood(ns: &NetNs, to: SocketAddr, count: u32) -> u64 {
-    assert!(count <= MAX_CONNECTS, "a connect flood makes at most {MAX_CONNECTS} per CPU");
-    let cpus = super::allowed_cpus();
-    std::thread::scope(|scope| {
-        let threads: Vec<_> = cpus
-            .iter()
-            .map(|&cpu| {
-                scope.spawn(move || {
-                    ns.run(|| {
-                        super::pin_to_cpu(cpu);
-                        let mut made = 0;
-                        for _ in 0..count {
-                            let Ok(s) = Socket::new(Domain::for_address(to), Type::STREAM, None)
-                            else {
-                                continue;
-                            };
-                            if s.set_nonblocking(true).is_ok() {
-                                // EINPROGRESS or ECONNREFUSED: the hook ran.
-                                let _ = s.connect(&to.into());
-                                made += 1;
-                            }
-                        }
-                        made
-                    })
-                })
-            })
-            .collect();
-        threads.into_iter().map(|t| t.join().expect("connect flood thread")).sum()
-    })
-}
-
-/// Most connects [`connect_flood`] makes per CPU.
-pub const MAX_CONNECTS: u32 = 100_000;
