@@ -34,6 +34,9 @@ pub struct Agent {
     stderr: Arc<Mutex<String>>,
     /// The network namespace it runs in (`None`: ours).
     ns: Option<String>,
+    /// Runs as PID 1 of a PID namespace of its own under `unshare`
+    /// (which blocks SIGTERM): signals go to `unshare`'s child.
+    own_pid_ns: bool,
 }
 
 /// An agent that exited before serving `/healthz`.
@@ -112,10 +115,51 @@ impl Agent {
         Self::spawn(None, Some(caps), args)
     }
 
+    /// Like [`Self::start`], with the agent as a DaemonSet without
+    /// `hostPID` runs it: PID 1 of a PID namespace of its own, its `/proc`
+    /// showing only itself, and (in a mount namespace of its own) nothing
+    /// under `/run/netns`: the host's processes and their namespaces are
+    /// only visible through what `args` point it at (`--host-proc`).
+    pub fn start_without_host_pid(args: &[String]) -> Self {
+        Self::started(Self::spawn_wrapped(
+            None,
+            None,
+            Some(&[
+                "unshare",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--",
+                "sh",
+                "-c",
+                "mount -t tmpfs none /run/netns && exec \"$0\" \"$@\"",
+            ]),
+            args,
+        ))
+    }
+
     /// Starts the agent and waits for `/healthz`.
     fn spawn(ns: Option<&str>, caps: Option<&[String]>, args: &[String]) -> Result<Self, Exited> {
+        Self::spawn_wrapped(ns, caps, None, args)
+    }
+
+    /// [`Self::spawn`], the agent's command line prefixed with `wrapper`
+    /// (`unshare ...`, which must make the agent its only child).
+    fn spawn_wrapped(
+        ns: Option<&str>,
+        caps: Option<&[String]>,
+        wrapper: Option<&[&str]>,
+        args: &[String],
+    ) -> Result<Self, Exited> {
         let metrics_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let mut cmd = match caps {
+        let mut cmd = match (caps, wrapper) {
+            (None, Some(w)) => {
+                let mut c = Command::new(w[0]);
+                c.args(&w[1..]).arg(binary());
+                c
+            }
+            (Some(_), Some(_)) => unimplemented!("capabilities and a wrapper together"),
+            (caps, None) => match caps {
             Some(caps) => {
                 let set: String = caps
                     .iter()
@@ -133,6 +177,7 @@ impl Agent {
                 c
             }
             None => Command::new(binary()),
+            },
         };
         // Enter `ns` for the network only (not `ip netns exec`, which also
         // remounts /sys and would hide the cgroup v2 mount).
@@ -204,6 +249,7 @@ impl Agent {
             stdout,
             stderr,
             ns: ns.map(str::to_owned),
+            own_pid_ns: wrapper.is_some(),
         };
         let stderr = agent.stderr.clone();
         let serving = crate::eventually(
@@ -349,8 +395,18 @@ impl Agent {
         if let Some(status) = self.child.try_wait().expect("wait on the agent") {
             return status;
         }
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let pid = if self.own_pid_ns {
+            // `unshare` blocks SIGTERM: signal the agent, its only child.
+            let id = self.child.id();
+            std::fs::read_to_string(format!("/proc/{id}/task/{id}/children"))
+                .ok()
+                .and_then(|c| c.split_whitespace().next()?.parse().ok())
+                .unwrap_or(id)
+        } else {
+            self.child.id()
+        };
+        // SAFETY: signalling our own child (or its only child).
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         let deadline = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().expect("wait on the agent") {
@@ -358,6 +414,8 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // SAFETY: as above; the wrapper's child would outlive it.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         let _ = self.child.kill();
         self.child.wait().expect("wait on the agent")
     }

@@ -1,0 +1,128 @@
+//! The enforcer as the DaemonSet runs it: without `hostPID`, in a PID
+//! namespace of its own, the host's processes visible only through the
+//! host's procfs mounted at `--host-proc`. A blocked connection whose
+//! sockets live in namespaces no path under `/run/netns` names is still
+//! reset. Needs root; run through `cargo xtask test`.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command},
+};
+
+use lab::{
+    cluster::agent::Agent,
+    cluster::netns::NetNs,
+    cluster::scenario::{Lab, Where},
+    cluster::topology::{Topology, addrs},
+    traffic::{self, is_reset},
+};
+
+/// A procfs of the host's PID namespace mounted at a path of its own, as
+/// the DaemonSet's hostPath volume of `/proc` gives it; unmounted on drop.
+struct HostProc(PathBuf);
+
+impl HostProc {
+    fn mount() -> Self {
+        let dir = std::env::temp_dir().join(format!("cpo-host-proc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a mount point");
+        let ok = Command::new("mount")
+            .args(["-t", "proc", "-o", "ro", "proc"])
+            .arg(&dir)
+            .status()
+            .expect("mount runs")
+            .success();
+        assert!(ok, "cannot mount procfs at {}", dir.display());
+        Self(dir)
+    }
+}
+
+impl Drop for HostProc {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A process that holds a namespace, as a pod's pause container does:
+/// the only way the host's procfs shows the namespace. Killed on drop.
+struct Pause(Child);
+
+impl Pause {
+    fn start(ns: &NetNs) -> Self {
+        Self(
+            Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", ns.name()))
+                .args(["sleep", "600"])
+                .spawn()
+                .expect("nsenter runs"),
+        )
+    }
+}
+
+impl Drop for Pause {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The process ids the agent's own `/proc` lists, and what its
+/// `/run/netns` holds: what it could find without `--host-proc`.
+fn agent_view(agent: &Agent) -> (Vec<String>, Vec<String>) {
+    let root = Path::new("/proc").join(agent.pid().to_string()).join("root");
+    let names = |dir: PathBuf, digits_only: bool| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+            .map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| !digits_only || n.bytes().all(|b| b.is_ascii_digit()))
+            .collect();
+        v.sort();
+        v
+    };
+    (
+        names(root.join("proc"), true),
+        names(root.join("run/netns"), false),
+    )
+}
+
+#[test]
+fn a_blocked_connection_is_reset_without_host_pid() {
+    let lab = Lab::new("t-nohostpid");
+    // The lab's control plane and pod, held by processes as on a node.
+    let _pauses = [
+        Pause::start(lab.ns(Where::ControlPlane)),
+        Pause::start(lab.ns(Where::Pod)),
+    ];
+    let host_proc = HostProc::mount();
+    let mut args = Topology::agent_args();
+    args.extend(
+        [
+            "--policy",
+            "apiserver-proxy-to-pod:plaintext=block",
+            "--host-proc",
+            &host_proc.0.to_string_lossy(),
+        ]
+        .map(str::to_owned),
+    );
+    let agent = Agent::start_without_host_pid(&args);
+    let (pids, netns) = agent_view(&agent);
+    assert_eq!(pids, ["1"], "the agent's /proc shows only itself");
+    assert!(netns.is_empty(), "no namespace is named for the agent: {netns:?}");
+
+    let pod = SocketAddr::new(addrs::POD4.into(), 8080);
+    let got = traffic::http_get(lab.ns(Where::ControlPlane), pod);
+    let m = agent.scrape();
+    let (reset, errors) = (
+        m.sum("cp_observer_sockets_reset_total", &[]),
+        m.sum("cp_observer_reset_errors_total", &[]),
+    );
+    assert!(
+        got.as_ref().is_err_and(is_reset),
+        "the client sees a reset, not {got:?} (sockets reset: {reset}, reset errors: {errors}); \
+         agent stderr:\n{}",
+        agent.stderr()
+    );
+    assert!(reset >= 1.0, "the reset is counted");
+    assert_eq!(errors, 0.0, "and no error");
+}
