@@ -55,7 +55,7 @@ use crate::{
         self, APISERVERS, BYTES, CLOCK, CONNECTIONS, CONNECTS, EVENTS, FLOWS, HALF_OPEN, POLICY,
         POLICY_SLOT, PORTS, ROLES, STATS, VIOLATIONS,
     },
-    origin::{self, client_stream_start, origin, state},
+    origin::{self, Origin, client_stream_start, origin, state},
     packet::{self, ACK, FIN, Parsed, RST, SYN, Segment, URG},
     trace,
 };
@@ -116,7 +116,7 @@ fn on_tracked(ctx: &SkBuffContext, hook: Hook, seg: &Segment, syn_ns: u64) -> Re
             match promotion {
                 Promotion::Tracked(missed) => {
                     if missed {
-                        decide_missed(&key);
+                        decide_missed(ctx, &key);
                     }
                     match FLOWS.get_ptr_mut(&key) {
                         Some(flow) => flow,
@@ -567,10 +567,10 @@ fn insert_flow(key: &FlowKey, flow: &Flow, enforced: bool, missed: bool) -> Prom
 /// subprogram of its own, called from the entry point: its event report
 /// must not stack on `pick_up`'s frame.
 #[inline(never)]
-fn decide_missed(key: &FlowKey) {
+fn decide_missed(ctx: &SkBuffContext, key: &FlowKey) {
     if let Some(flow) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a map value pointer, valid for this run.
-        decide(unsafe { &mut *flow }, key, Protocol::Other as u8);
+        decide(ctx, unsafe { &mut *flow }, key, Protocol::Other as u8);
     }
 }
 
@@ -702,7 +702,7 @@ fn guard(
     }
     let undecided = flow.decision().0 == UNDECIDED;
     if undecided && seg.flags & URG != 0 {
-        decide_urgent(flow, key);
+        decide_urgent(ctx, flow, key);
         return Ok(None);
     }
     let Place::Prefix(off) = place else {
@@ -718,7 +718,7 @@ fn guard(
         return Ok(Some(DropReason::Rewritten));
     }
     if undecided {
-        judge(flow, key, off, &bytes, n);
+        judge(ctx, flow, key, off, &bytes, n);
     }
     Ok(None)
 }
@@ -727,17 +727,24 @@ fn guard(
 /// stream (unless the application asked for SO_OOBINLINE), so it would
 /// read something else than the sequence space holds: `other`.
 #[inline(always)]
-fn decide_urgent(flow: &mut Flow, key: &FlowKey) {
-    decide(flow, key, Protocol::Other as u8);
+fn decide_urgent(ctx: &SkBuffContext, flow: &mut Flow, key: &FlowKey) {
+    decide(ctx, flow, key, Protocol::Other as u8);
 }
 
 /// Adds `n` client bytes at stream offset `off` to the prefix and decides
 /// the protocol once the prefix is conclusive.
 #[inline(always)]
-fn judge(flow: &mut Flow, key: &FlowKey, off: usize, bytes: &Prefix, n: usize) {
+fn judge(
+    ctx: &SkBuffContext,
+    flow: &mut Flow,
+    key: &FlowKey,
+    off: usize,
+    bytes: &Prefix,
+    n: usize,
+) {
     flow.merge_prefix(off, bytes, n);
     if let Detection::Decided(protocol) = detect(&flow.prefix, flow.prefix_len as usize, false) {
-        decide(flow, key, protocol as u8);
+        decide(ctx, flow, key, protocol as u8);
     }
 }
 
@@ -752,7 +759,7 @@ fn feed_detection(
     seg: &Segment,
 ) -> Result<(), ()> {
     if seg.flags & URG != 0 {
-        decide_urgent(flow, key);
+        decide_urgent(ctx, flow, key);
         return Ok(());
     }
     // Beyond a gap, or before the stream: nothing to add in order.
@@ -761,14 +768,14 @@ fn feed_detection(
     };
     let mut bytes = [0u64; 2];
     let n = packet::load_prefix(ctx, seg, &mut bytes)?;
-    judge(flow, key, off, &bytes, n);
+    judge(ctx, flow, key, off, &bytes, n);
     Ok(())
 }
 
 /// Records the protocol and verdict, counts the connection once, and
 /// reports a violation.
 #[inline(always)]
-fn decide(flow: &mut Flow, key: &FlowKey, protocol: u8) {
+fn decide(ctx: &SkBuffContext, flow: &mut Flow, key: &FlowKey, protocol: u8) {
     let slot = POLICY_SLOT.get(0).map_or(0, |s| *s);
     let entry = POLICY
         .get(policy_index(slot, flow.path, protocol))
@@ -784,13 +791,13 @@ fn decide(flow: &mut Flow, key: &FlowKey, protocol: u8) {
     );
     if let Some(i) = violation_index(flow.path, protocol, action) {
         maps::add(&VIOLATIONS, i, 1);
-        report(flow, key, action, dry_run);
+        report(ctx, flow, key, action, dry_run);
     }
 }
 
 /// Puts a violation event on the ring buffer, or counts it as lost.
 #[inline(never)]
-fn report(flow: &Flow, key: &FlowKey, action: Action, dry_run: bool) {
+fn report(ctx: &SkBuffContext, flow: &Flow, key: &FlowKey, action: Action, dry_run: bool) {
     let (client, client_port, server, server_port) = key.ends(flow);
     let mut event = Event {
         client,
@@ -809,6 +816,16 @@ fn report(flow: &Flow, key: &FlowKey, action: Action, dry_run: bool) {
         caller: Caller {
             pid: 0,
             comm: [0; 16],
+        },
+        // The deciding segment's local socket, which the agent destroys.
+        // Not a listener's (data that came with the handshake's last ACK
+        // is filtered on the listener): the agent falls back to the ends.
+        cookie: match origin(ctx) {
+            // SAFETY: a plain helper call on the context.
+            Origin::Tcp(s) if s != state::LISTEN => unsafe {
+                bpf_get_socket_cookie(ctx.skb.skb.cast())
+            },
+            _ => 0,
         },
     };
     if flow.client_cookie != 0
@@ -854,7 +871,7 @@ fn close(ctx: &SkBuffContext, flow: &mut Flow, key: &FlowKey, dir: usize, seg: &
             Detection::Decided(p) => p,
             Detection::NeedMore => Protocol::Other,
         };
-        decide(flow, key, protocol as u8);
+        decide(ctx, flow, key, protocol as u8);
     }
     if !reset {
         // The FIN takes a sequence number: a RST after it comes one later.

@@ -28,6 +28,7 @@ use observer_common::policy::Verdict;
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings::from_args(&args)?;
     let cgroup = cgroup::resolve(settings.cgroup.as_deref())?;
+    enforce::check_host_proc(&settings.host_proc)?;
     features::check()?;
     if settings.control_plane.is_empty()
         && settings.apiservers.is_empty()
@@ -75,6 +76,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    let (blocked, enforcer) = enforce::spawn(agent_counters.clone(), settings.host_proc.clone())
+        .context("cannot start the enforcer")?;
     let (stop_expiry, stop_rx) = std::sync::mpsc::channel();
     let enforced = observer_common::path::Path::ALL.map(|p| settings.policy.enforces(p));
     let expiry = flows::spawn_expiry(
@@ -82,14 +85,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         settings.flow_idle_timeout,
         enforced,
         agent_counters.clone(),
+        blocked.clone(),
         stop_rx,
     );
-    let (blocked, enforcer) = enforce::spawn(agent_counters.clone());
     // Connections blocked while no agent ran were dropped by the kernel but
     // not reset: reset them now.
     for (key, flow) in flows_snapshot {
         if flow.verdict == Verdict::Blocked as u8 {
-            let _ = blocked.send(enforce::ends(&key, &flow));
+            blocked.push(enforce::Target::of_flow(
+                &key,
+                &flow,
+                "blocked before this agent",
+            ));
         }
     }
     let discovery_status = Arc::new(discovery::Status::default());
@@ -176,7 +183,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     // The printer (and its sender) went with the runtime.
     drop(runtime);
-    let _ = enforcer.join();
+    match enforcer.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("the enforcer failed: {e}"),
+        Err(_) => tracing::error!("the enforcer panicked"),
+    }
     match &settings.pin_dir {
         Some(dir) => {
             info!(pins = %dir.display(), "stopped; programs stay attached through the pins")

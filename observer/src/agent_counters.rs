@@ -4,6 +4,8 @@
 
 use std::sync::atomic::AtomicU64;
 
+use observer_common::counters::ResetFailure;
+
 /// The agent's own counters.
 #[derive(Debug, Default)]
 pub struct AgentCounters {
@@ -12,6 +14,6 @@ pub struct AgentCounters {
     /// Sockets of connections destroyed (blocked ones, and ones forgotten
     /// on an enforced path).
     pub sockets_reset: AtomicU64,
-    /// Connections the agent could not reset.
-    pub reset_errors: AtomicU64,
+    /// Connections the agent could not reset, by [`ResetFailure`].
+    pub reset_errors: [AtomicU64; ResetFailure::COUNT],
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use observer_common::{
-    counters::{Direction, DropReason, Stat, byte_index, connection_index},
+    counters::{Direction, DropReason, ResetFailure, Stat, byte_index, connection_index},
     enums::Label,
     path::Path,
     policy::{Verdict, violation_index},
@@ -195,17 +195,18 @@ impl Collector for DatapathCollector {
             None,
             MetricType::Counter,
         )?)?;
-        ConstCounter::new(
-            self.agent
-                .reset_errors
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )
-        .encode(encoder.encode_descriptor(
+        let mut m = encoder.encode_descriptor(
             "cp_observer_reset_errors",
-            "Blocked connections whose sockets could not be destroyed.",
+            "Connections the agent had to reset and could not, by reason.",
             None,
             MetricType::Counter,
-        )?)?;
+        )?;
+        for reason in ResetFailure::ALL {
+            ConstCounter::new(
+                self.agent.reset_errors[reason as usize].load(std::sync::atomic::Ordering::Relaxed),
+            )
+            .encode(m.encode_family(&[reason.label()])?)?;
+        }
         ConstCounter::new(stat(Stat::ReadErrors)).encode(encoder.encode_descriptor(
             "cp_observer_datapath_read_errors",
             "Packets the kernel programs could not read; they were passed untouched.",

@@ -70,11 +70,18 @@ impl Drop for Pause {
 /// The process ids the agent's own `/proc` lists, and what its
 /// `/run/netns` holds: what it could find without `--host-proc`.
 fn agent_view(agent: &Agent) -> (Vec<String>, Vec<String>) {
-    let root = Path::new("/proc").join(agent.pid().to_string()).join("root");
+    let root = Path::new("/proc")
+        .join(agent.pid().to_string())
+        .join("root");
     let names = |dir: PathBuf, digits_only: bool| -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-            .map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
+            .map(|e| {
+                e.expect("an entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .filter(|n| !digits_only || n.bytes().all(|b| b.is_ascii_digit()))
             .collect();
         v.sort();
@@ -108,7 +115,10 @@ fn a_blocked_connection_is_reset_without_host_pid() {
     let agent = Agent::start_without_host_pid(&args);
     let (pids, netns) = agent_view(&agent);
     assert_eq!(pids, ["1"], "the agent's /proc shows only itself");
-    assert!(netns.is_empty(), "no namespace is named for the agent: {netns:?}");
+    assert!(
+        netns.is_empty(),
+        "no namespace is named for the agent: {netns:?}"
+    );
 
     let pod = SocketAddr::new(addrs::POD4.into(), 8080);
     let got = traffic::http_get(lab.ns(Where::ControlPlane), pod);

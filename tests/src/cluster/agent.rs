@@ -160,23 +160,23 @@ impl Agent {
             }
             (Some(_), Some(_)) => unimplemented!("capabilities and a wrapper together"),
             (caps, None) => match caps {
-            Some(caps) => {
-                let set: String = caps
-                    .iter()
-                    .map(|c| format!(",+{}", c.to_lowercase()))
-                    .collect();
-                let mut c = Command::new("setpriv");
-                c.args([
-                    "--bounding-set",
-                    &format!("-all{set}"),
-                    "--inh-caps",
-                    "-all",
-                    "--",
-                ])
-                .arg(binary());
-                c
-            }
-            None => Command::new(binary()),
+                Some(caps) => {
+                    let set: String = caps
+                        .iter()
+                        .map(|c| format!(",+{}", c.to_lowercase()))
+                        .collect();
+                    let mut c = Command::new("setpriv");
+                    c.args([
+                        "--bounding-set",
+                        &format!("-all{set}"),
+                        "--inh-caps",
+                        "-all",
+                        "--",
+                    ])
+                    .arg(binary());
+                    c
+                }
+                None => Command::new(binary()),
             },
         };
         // Enter `ns` for the network only (not `ip netns exec`, which also
