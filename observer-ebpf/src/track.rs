@@ -43,7 +43,7 @@ use observer_common::{
     config::{Addr, Endpoint, Roles},
     counters::{Direction, DropReason, Stat, byte_index, connection_index},
     event::{self, Event},
-    flow::{C2S, Caller, Flow, FlowKey, Place, S2C, UNDECIDED, filter_slot},
+    flow::{C2S, Flow, FlowKey, Place, S2C, UNDECIDED, filter_slot},
     path::{End, Path, classify},
     policy::{self, Action, SLOT_ANY_ENFORCED, Verdict, policy_index, violation_index},
     protocol::{Detection, Prefix, Protocol, detect},
@@ -798,47 +798,48 @@ fn decide(ctx: &SkBuffContext, flow: &mut Flow, key: &FlowKey, protocol: u8) {
 /// Puts a violation event on the ring buffer, or counts it as lost.
 #[inline(never)]
 fn report(ctx: &SkBuffContext, flow: &Flow, key: &FlowKey, action: Action, dry_run: bool) {
-    let (client, client_port, server, server_port) = key.ends(flow);
-    let mut event = Event {
-        client,
-        server,
-        client_port,
-        server_port,
-        path: flow.path,
-        protocol: flow.protocol,
-        action: action as u8,
-        verdict: flow.verdict,
-        flags: if dry_run && matches!(action, Action::Block) {
-            event::DRY_RUN
-        } else {
-            0
-        },
-        caller: Caller {
-            pid: 0,
-            comm: [0; 16],
-        },
-        // The deciding segment's local socket, which the agent destroys.
-        // Not a listener's (data that came with the handshake's last ACK
-        // is filtered on the listener): the agent falls back to the ends.
-        cookie: match origin(ctx) {
-            // SAFETY: a plain helper call on the context.
-            Origin::Tcp(s) if s != state::LISTEN => unsafe {
-                bpf_get_socket_cookie(ctx.skb.skb.cast())
-            },
-            _ => 0,
-        },
+    // Written in place in the ring, not built on the stack: the frames of
+    // the path that reaches here are at the verifier's limit.
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        maps::count_stat(Stat::EventsLost);
+        return;
     };
+    let e = entry.as_mut_ptr();
+    // SAFETY: the reserved record is ours until submitted; zeroed, it is a
+    // valid `Event` (plain integers).
+    let e = unsafe {
+        core::ptr::write_bytes(e, 0, 1);
+        &mut *e
+    };
+    let (client, client_port, server, server_port) = key.ends(flow);
+    e.client = client;
+    e.server = server;
+    e.client_port = client_port;
+    e.server_port = server_port;
+    e.path = flow.path;
+    e.protocol = flow.protocol;
+    e.action = action as u8;
+    e.verdict = flow.verdict;
+    if dry_run && matches!(action, Action::Block) {
+        e.flags = event::DRY_RUN;
+    }
     if flow.client_cookie != 0
         && let Some(c) = CONNECTS.get_ptr(&flow.client_cookie)
     {
         // SAFETY: a map value pointer, valid for this run.
-        let c = unsafe { &*c };
-        event.caller = c.caller;
-        event.flags |= event::HAS_PROCESS;
+        e.caller = unsafe { (*c).caller };
+        e.flags |= event::HAS_PROCESS;
     }
-    if EVENTS.output::<Event>(&event, 0).is_err() {
-        maps::count_stat(Stat::EventsLost);
+    // The deciding segment's local socket, which the agent destroys. Not a
+    // listener's (data that came with the handshake's last ACK is filtered
+    // on the listener): the agent falls back to the ends then.
+    if let Origin::Tcp(s) = origin(ctx)
+        && s != state::LISTEN
+    {
+        // SAFETY: a plain helper call on the context.
+        e.cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
     }
+    entry.submit(0);
 }
 
 /// A FIN or RST. It counts only if the receiving TCP would take it: a

@@ -135,4 +135,14 @@ fn a_blocked_connection_is_reset_without_host_pid() {
     );
     assert!(reset >= 1.0, "the reset is counted");
     assert_eq!(errors, 0.0, "and no error");
+    // Named by the socket cookie the kernel reported, not by its ends.
+    let stderr = agent.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("reset connection"))
+        .unwrap_or_else(|| panic!("no reset logged:\n{stderr}"));
+    assert!(
+        line.contains(" cookie=") && !line.contains(" cookie=0 "),
+        "{line}"
+    );
 }
