@@ -187,7 +187,10 @@ fn serve(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         }
-        if enforcer.refreshed.elapsed() >= SWEEP_INTERVAL {
+        if enforcer
+            .refreshed
+            .is_some_and(|at| at.elapsed() >= SWEEP_INTERVAL)
+        {
             enforcer.refresh()?;
         }
     }
@@ -228,7 +231,12 @@ pub struct Enforcer {
     namespaces: HashMap<NsId, Namespace>,
     /// Which namespace held a socket with this local address.
     by_addr: HashMap<IpAddr, NsId>,
-    refreshed: Instant,
+    /// When the list was last read; `None` before the first reset (an
+    /// agent that never resets never looks).
+    refreshed: Option<Instant>,
+    /// How many namespaces were out of reach at the last look (logged
+    /// when it changes).
+    out_of_reach: usize,
 }
 
 /// A failure to reset one connection, or (`Home`) of the enforcer.
@@ -244,18 +252,16 @@ pub enum ResetError {
 
 impl Enforcer {
     /// An enforcer that finds namespaces under `host_proc` (and
-    /// `/run/netns`, `/var/run/netns`); it reads them once now.
+    /// `/run/netns`, `/var/run/netns`), from its first reset on.
     pub fn new(host_proc: PathBuf) -> io::Result<Self> {
-        let home = File::open("/proc/thread-self/ns/net")?;
-        let mut e = Self {
+        Ok(Self {
             host_proc,
-            home,
+            home: File::open("/proc/thread-self/ns/net")?,
             namespaces: HashMap::new(),
             by_addr: HashMap::new(),
-            refreshed: Instant::now(),
-        };
-        e.refresh()?;
-        Ok(e)
+            refreshed: None,
+            out_of_reach: 0,
+        })
     }
 
     /// [`Self::reset`], its outcome counted in `counters` and logged; `Err`
@@ -316,7 +322,12 @@ impl Enforcer {
                 return Ok(Outcome::Reset);
             }
         }
-        if !seen.stale && !seen.closed && self.refreshed.elapsed() >= REFRESH_INTERVAL {
+        if !seen.stale
+            && !seen.closed
+            && self
+                .refreshed
+                .is_none_or(|at| at.elapsed() >= REFRESH_INTERVAL)
+        {
             self.refresh().map_err(ResetError::Home)?;
             let fresh: Vec<NsId> = self
                 .namespaces
@@ -372,7 +383,7 @@ impl Enforcer {
     /// lets go of those that went away. `Err` only when the thread cannot
     /// return home.
     pub fn refresh(&mut self) -> io::Result<()> {
-        self.refreshed = Instant::now();
+        self.refreshed = Some(Instant::now());
         let (found, unreadable) = self.scan();
         self.namespaces.retain(|id, _| found.contains_key(id));
         self.by_addr.retain(|_, id| found.contains_key(id));
@@ -390,14 +401,15 @@ impl Enforcer {
                 Err(e) => return Err(e),
             }
         }
-        if failed + unreadable > 0 {
+        if failed + unreadable != self.out_of_reach {
+            self.out_of_reach = failed + unreadable;
             tracing::warn!(
                 unreadable,
                 cannot_enter = failed,
                 known = self.namespaces.len(),
                 host_proc = %self.host_proc.display(),
-                "some network namespaces are out of the enforcer's reach (needs CAP_SYS_ADMIN, \
-                 and CAP_SYS_PTRACE for other users' processes)"
+                "network namespaces out of the enforcer's reach: it needs CAP_SYS_ADMIN to enter \
+                 them, CAP_SYS_PTRACE to see those of other users' or more capable processes"
             );
         } else {
             tracing::debug!(known = self.namespaces.len(), "network namespaces read");

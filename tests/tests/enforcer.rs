@@ -7,65 +7,14 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command},
 };
 
 use lab::{
-    cluster::agent::Agent,
-    cluster::netns::NetNs,
+    cluster::agent::{Agent, HostProc, Pause},
     cluster::scenario::{Lab, Where},
     cluster::topology::{Topology, addrs},
     traffic::{self, is_reset},
 };
-
-/// A procfs of the host's PID namespace mounted at a path of its own, as
-/// the DaemonSet's hostPath volume of `/proc` gives it; unmounted on drop.
-struct HostProc(PathBuf);
-
-impl HostProc {
-    fn mount() -> Self {
-        let dir = std::env::temp_dir().join(format!("cpo-host-proc-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a mount point");
-        let ok = Command::new("mount")
-            .args(["-t", "proc", "-o", "ro", "proc"])
-            .arg(&dir)
-            .status()
-            .expect("mount runs")
-            .success();
-        assert!(ok, "cannot mount procfs at {}", dir.display());
-        Self(dir)
-    }
-}
-
-impl Drop for HostProc {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-/// A process that holds a namespace, as a pod's pause container does:
-/// the only way the host's procfs shows the namespace. Killed on drop.
-struct Pause(Child);
-
-impl Pause {
-    fn start(ns: &NetNs) -> Self {
-        Self(
-            Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{}", ns.name()))
-                .args(["sleep", "600"])
-                .spawn()
-                .expect("nsenter runs"),
-        )
-    }
-}
-
-impl Drop for Pause {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The process ids the agent's own `/proc` lists, and what its
 /// `/run/netns` holds: what it could find without `--host-proc`.
@@ -96,22 +45,16 @@ fn agent_view(agent: &Agent) -> (Vec<String>, Vec<String>) {
 #[test]
 fn a_blocked_connection_is_reset_without_host_pid() {
     let lab = Lab::new("t-nohostpid");
-    // The lab's control plane and pod, held by processes as on a node.
+    // The lab's control plane and pod, held by processes as on a node
+    // (not as root: reading their namespaces takes CAP_SYS_PTRACE).
     let _pauses = [
         Pause::start(lab.ns(Where::ControlPlane)),
         Pause::start(lab.ns(Where::Pod)),
     ];
     let host_proc = HostProc::mount();
     let mut args = Topology::agent_args();
-    args.extend(
-        [
-            "--policy",
-            "apiserver-proxy-to-pod:plaintext=block",
-            "--host-proc",
-            &host_proc.0.to_string_lossy(),
-        ]
-        .map(str::to_owned),
-    );
+    args.extend(["--policy", "apiserver-proxy-to-pod:plaintext=block"].map(str::to_owned));
+    args.extend(host_proc.flag());
     let agent = Agent::start_without_host_pid(&args);
     let (pids, netns) = agent_view(&agent);
     assert_eq!(pids, ["1"], "the agent's /proc shows only itself");

@@ -121,9 +121,19 @@ impl Agent {
     /// under `/run/netns`: the host's processes and their namespaces are
     /// only visible through what `args` point it at (`--host-proc`).
     pub fn start_without_host_pid(args: &[String]) -> Self {
-        Self::started(Self::spawn_wrapped(
+        Self::started(Self::try_start_without_host_pid(None, args))
+    }
+
+    /// [`Self::start_without_host_pid`], with only `caps` if given (as
+    /// [`Self::start_with_caps`]), returning how the agent exited if it
+    /// did before serving `/healthz`.
+    pub fn try_start_without_host_pid(
+        caps: Option<&[String]>,
+        args: &[String],
+    ) -> Result<Self, Exited> {
+        Self::spawn_wrapped(
             None,
-            None,
+            caps,
             Some(&[
                 "unshare",
                 "--pid",
@@ -135,7 +145,7 @@ impl Agent {
                 "mount -t tmpfs none /run/netns && exec \"$0\" \"$@\"",
             ]),
             args,
-        ))
+        )
     }
 
     /// Starts the agent and waits for `/healthz`.
@@ -152,33 +162,30 @@ impl Agent {
         args: &[String],
     ) -> Result<Self, Exited> {
         let metrics_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let mut cmd = match (caps, wrapper) {
-            (None, Some(w)) => {
-                let mut c = Command::new(w[0]);
-                c.args(&w[1..]).arg(binary());
-                c
-            }
-            (Some(_), Some(_)) => unimplemented!("capabilities and a wrapper together"),
-            (caps, None) => match caps {
-                Some(caps) => {
-                    let set: String = caps
-                        .iter()
-                        .map(|c| format!(",+{}", c.to_lowercase()))
-                        .collect();
-                    let mut c = Command::new("setpriv");
-                    c.args([
-                        "--bounding-set",
-                        &format!("-all{set}"),
-                        "--inh-caps",
-                        "-all",
-                        "--",
-                    ])
-                    .arg(binary());
-                    c
-                }
-                None => Command::new(binary()),
-            },
-        };
+        // The wrapper (which may need every capability) runs setpriv,
+        // which drops them for the agent.
+        let mut line: Vec<std::ffi::OsString> =
+            wrapper.unwrap_or_default().iter().map(Into::into).collect();
+        if let Some(caps) = caps {
+            let set: String = caps
+                .iter()
+                .map(|c| format!(",+{}", c.to_lowercase()))
+                .collect();
+            line.extend(
+                [
+                    "setpriv",
+                    "--bounding-set",
+                    &format!("-all{set}"),
+                    "--inh-caps",
+                    "-all",
+                    "--",
+                ]
+                .map(Into::into),
+            );
+        }
+        line.push(binary().into());
+        let mut cmd = Command::new(&line[0]);
+        cmd.args(&line[1..]);
         // Enter `ns` for the network only (not `ip netns exec`, which also
         // remounts /sys and would hide the cgroup v2 mount).
         let netns = ns.map(|n| {
@@ -446,6 +453,78 @@ fn dechunk(body: &str) -> String {
         }
         out.push_str(&after[..n]);
         rest = after[n..].trim_start_matches("\r\n");
+    }
+}
+
+/// A procfs of the host's PID namespace mounted at a path of its own, as
+/// the DaemonSet's hostPath volume of `/proc` gives it (pass
+/// [`HostProc::flag`]); unmounted on drop.
+#[derive(Debug)]
+pub struct HostProc(PathBuf);
+
+impl HostProc {
+    /// Mounts it (read-only) under the temporary directory.
+    pub fn mount() -> Self {
+        let dir = std::env::temp_dir().join(format!("cpo-host-proc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a mount point");
+        let ok = Command::new("mount")
+            .args(["-t", "proc", "-o", "ro", "proc"])
+            .arg(&dir)
+            .status()
+            .expect("mount runs")
+            .success();
+        assert!(ok, "cannot mount procfs at {}", dir.display());
+        Self(dir)
+    }
+
+    /// `--host-proc PATH`.
+    pub fn flag(&self) -> [String; 2] {
+        [
+            "--host-proc".to_owned(),
+            self.0.to_string_lossy().into_owned(),
+        ]
+    }
+}
+
+impl Drop for HostProc {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A process that holds a network namespace as a pod's pause container
+/// does, and like it runs as user 65535 without capabilities: the host's
+/// procfs shows the namespace only through it. Killed on drop.
+#[derive(Debug)]
+pub struct Pause(Child);
+
+impl Pause {
+    /// Starts one in the lab namespace `ns`.
+    pub fn start(ns: &crate::cluster::netns::NetNs) -> Self {
+        Self(
+            Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", ns.name()))
+                .args([
+                    "setpriv",
+                    "--reuid=65535",
+                    "--regid=65535",
+                    "--clear-groups",
+                    "--inh-caps=-all",
+                    "--bounding-set=-all",
+                    "sleep",
+                    "600",
+                ])
+                .spawn()
+                .expect("nsenter runs"),
+        )
+    }
+}
+
+impl Drop for Pause {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
