@@ -341,9 +341,10 @@ impl Enforcer {
                 }
             }
         }
+        // An error first: the socket may be where the request failed.
         match seen {
-            Seen { stale: true, .. } | Seen { closed: true, .. } => Ok(Outcome::Gone),
             Seen { error: Some(e), .. } => Err(ResetError::Failed(e)),
+            Seen { stale: true, .. } | Seen { closed: true, .. } => Ok(Outcome::Gone),
             _ => Ok(Outcome::NotFound),
         }
     }

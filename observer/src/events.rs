@@ -203,6 +203,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn records_of_earlier_agents_read_without_a_cookie() {
+        let e = Event {
+            client: Addr::from_v4([198, 18, 0, 1]),
+            server: Addr::from_v4([198, 18, 16, 2]),
+            client_port: 40000,
+            server_port: 8080,
+            path: Path::ApiserverProxyToPod as u8,
+            protocol: Protocol::Http as u8,
+            action: Action::Block as u8,
+            verdict: Verdict::Blocked as u8,
+            flags: 0,
+            caller: Caller {
+                pid: 0,
+                comm: [0; 16],
+            },
+            cookie: 0x1234,
+        };
+        // SAFETY: viewing plain data as bytes.
+        let bytes: [u8; size_of::<Event>()] = unsafe { std::mem::transmute(e) };
+        assert_eq!(decode(&bytes), Some(e));
+        assert_eq!(
+            decode(&bytes[..EVENT_V1_SIZE]),
+            Some(Event { cookie: 0, ..e }),
+            "an earlier agent's event is this one without its cookie"
+        );
+        assert_eq!(decode(&bytes[..EVENT_V1_SIZE - 1]), None);
+    }
+
+    #[test]
     fn json_has_the_documented_fields() {
         let e = Event {
             client: Addr::from_v4([198, 18, 0, 1]),
