@@ -55,7 +55,7 @@ use std::{
 
 use observer_common::{
     counters::ResetFailure,
-    flow::{C2S, Flow, FlowKey, S2C},
+    flow::{Flow, FlowKey},
 };
 
 use crate::agent_counters::AgentCounters;
@@ -92,15 +92,18 @@ pub struct Target {
 }
 
 impl Target {
-    /// The connection of a flow entry; live unless the entry says it
-    /// closed (a RST, or both FINs); named by its client's cookie, if any.
+    /// The connection of a flow entry, named by its client's cookie if
+    /// the client is a local process. Not `live`: an entry outlives its
+    /// sockets when they went without a FIN or RST the programs counted
+    /// (a client that gave up after its bytes were dropped), so finding
+    /// no socket is no error.
     pub fn of_flow(key: &FlowKey, flow: &Flow, why: &'static str) -> Self {
         let (client, server) = ends(key, flow);
         Self {
             client,
             server,
             cookie: flow.client_cookie,
-            live: flow.reset == 0 && (flow.fin[C2S] == 0 || flow.fin[S2C] == 0),
+            live: false,
             why,
         }
     }

@@ -310,14 +310,11 @@ pub fn spawn_expiry(
                 // error.)
                 let reset = |key: &FlowKey, flow: &Flow| {
                     if Path::from_u8(flow.path).is_some_and(|p| enforced[p as usize]) {
-                        enforcer.push(crate::enforce::Target {
-                            live: false,
-                            ..crate::enforce::Target::of_flow(
-                                key,
-                                flow,
-                                "forgotten on an enforced path",
-                            )
-                        });
+                        enforcer.push(crate::enforce::Target::of_flow(
+                            key,
+                            flow,
+                            "forgotten on an enforced path",
+                        ));
                     }
                 };
                 match table.expire(timeout, now, reset) {

@@ -78,6 +78,22 @@ fn a_blocked_connection_is_reset_without_host_pid() {
     );
     assert!(reset >= 1.0, "the reset is counted");
     assert_eq!(errors, 0.0, "and no error");
+    // One end destroyed is enough: its abort resets the peer, the pod's
+    // server, whose socket goes too.
+    let pod_ns = lab.ns(Where::Pod).name().to_owned();
+    lab::eventually(
+        std::time::Duration::from_secs(5),
+        "the pod's server socket is reset",
+        || {
+            let out = std::process::Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{pod_ns}"))
+                .args(["ss", "-Htn", "state", "established", "( sport = :8080 )"])
+                .output()
+                .expect("ss runs");
+            assert!(out.status.success(), "ss failed");
+            out.stdout.is_empty()
+        },
+    );
     // Named by the socket cookie the kernel reported, not by its ends.
     let stderr = agent.stderr();
     let line = stderr
