@@ -77,6 +77,20 @@ indexed_enum! {
     }
 }
 
+indexed_enum! {
+    /// Why the agent could not reset a connection it had to (its
+    /// `cp_observer_reset_errors` counter; the agent's, not the kernel's).
+    pub enum ResetFailure: u8, label "reason" {
+        /// No socket of the connection in any network namespace the agent
+        /// can enter, while the connection was live.
+        NotFound = 0 => "not-found",
+        /// A namespace or sock_diag error.
+        Failed = 1 => "failed",
+        /// The enforcer's queue was full: the reset was dropped.
+        QueueFull = 2 => "queue-full",
+    }
+}
+
 impl DropReason {
     /// Its index in `STATS`.
     #[inline(always)]

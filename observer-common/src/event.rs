@@ -27,9 +27,19 @@ pub struct Event {
     pub flags: u32,
     /// The client's process, when [`HAS_PROCESS`].
     pub caller: Caller,
+    /// Socket cookie of the local socket whose segment decided (the
+    /// client's at egress, the server's at ingress), 0 when there is none
+    /// to name (a listener, a test run). The agent destroys exactly this
+    /// socket, never a newer one on the same ends. Last, so that the
+    /// 64-byte events of earlier agents read as ones without a cookie.
+    pub cookie: u64,
 }
 
-const _: () = assert!(size_of::<Event>() == 64);
+const _: () = assert!(size_of::<Event>() == 72);
+
+/// Size of the events of earlier agents (no [`Event::cookie`]), which a
+/// pinned ring buffer may still hold after an upgrade.
+pub const EVENT_V1_SIZE: usize = 64;
 
 /// [`Event::flags`] bit: the action was `block` under `--dry-run`.
 pub const DRY_RUN: u32 = 1;

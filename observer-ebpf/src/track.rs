@@ -43,7 +43,7 @@ use observer_common::{
     config::{Addr, Endpoint, Roles},
     counters::{Direction, DropReason, Stat, byte_index, connection_index},
     event::{self, Event},
-    flow::{C2S, Caller, Flow, FlowKey, Place, S2C, UNDECIDED, filter_slot},
+    flow::{C2S, Flow, FlowKey, Place, S2C, UNDECIDED, filter_slot},
     path::{End, Path, classify},
     policy::{self, Action, SLOT_ANY_ENFORCED, Verdict, policy_index, violation_index},
     protocol::{Detection, Prefix, Protocol, detect},
@@ -55,7 +55,7 @@ use crate::{
         self, APISERVERS, BYTES, CLOCK, CONNECTIONS, CONNECTS, EVENTS, FLOWS, HALF_OPEN, POLICY,
         POLICY_SLOT, PORTS, ROLES, STATS, VIOLATIONS,
     },
-    origin::{self, client_stream_start, origin, state},
+    origin::{self, Origin, client_stream_start, origin, state},
     packet::{self, ACK, FIN, Parsed, RST, SYN, Segment, URG},
     trace,
 };
@@ -116,7 +116,7 @@ fn on_tracked(ctx: &SkBuffContext, hook: Hook, seg: &Segment, syn_ns: u64) -> Re
             match promotion {
                 Promotion::Tracked(missed) => {
                     if missed {
-                        decide_missed(&key);
+                        decide_missed(ctx, &key);
                     }
                     match FLOWS.get_ptr_mut(&key) {
                         Some(flow) => flow,
@@ -567,10 +567,10 @@ fn insert_flow(key: &FlowKey, flow: &Flow, enforced: bool, missed: bool) -> Prom
 /// subprogram of its own, called from the entry point: its event report
 /// must not stack on `pick_up`'s frame.
 #[inline(never)]
-fn decide_missed(key: &FlowKey) {
+fn decide_missed(ctx: &SkBuffContext, key: &FlowKey) {
     if let Some(flow) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a map value pointer, valid for this run.
-        decide(unsafe { &mut *flow }, key, Protocol::Other as u8);
+        decide(ctx, unsafe { &mut *flow }, key, Protocol::Other as u8);
     }
 }
 
@@ -706,7 +706,7 @@ fn guard(
     }
     let undecided = flow.decision().0 == UNDECIDED;
     if undecided && seg.flags & URG != 0 {
-        decide_urgent(flow, key);
+        decide_urgent(ctx, flow, key);
         return Ok(None);
     }
     let Place::Prefix(off) = place else {
@@ -722,7 +722,7 @@ fn guard(
         return Ok(Some(DropReason::Rewritten));
     }
     if undecided {
-        judge(flow, key, off, &bytes, n);
+        judge(ctx, flow, key, off, &bytes, n);
     }
     Ok(None)
 }
@@ -731,17 +731,24 @@ fn guard(
 /// stream (unless the application asked for SO_OOBINLINE), so it would
 /// read something else than the sequence space holds: `other`.
 #[inline(always)]
-fn decide_urgent(flow: &mut Flow, key: &FlowKey) {
-    decide(flow, key, Protocol::Other as u8);
+fn decide_urgent(ctx: &SkBuffContext, flow: &mut Flow, key: &FlowKey) {
+    decide(ctx, flow, key, Protocol::Other as u8);
 }
 
 /// Adds `n` client bytes at stream offset `off` to the prefix and decides
 /// the protocol once the prefix is conclusive.
 #[inline(always)]
-fn judge(flow: &mut Flow, key: &FlowKey, off: usize, bytes: &Prefix, n: usize) {
+fn judge(
+    ctx: &SkBuffContext,
+    flow: &mut Flow,
+    key: &FlowKey,
+    off: usize,
+    bytes: &Prefix,
+    n: usize,
+) {
     flow.merge_prefix(off, bytes, n);
     if let Detection::Decided(protocol) = detect(&flow.prefix, flow.prefix_len as usize, false) {
-        decide(flow, key, protocol as u8);
+        decide(ctx, flow, key, protocol as u8);
     }
 }
 
@@ -756,7 +763,7 @@ fn feed_detection(
     seg: &Segment,
 ) -> Result<(), ()> {
     if seg.flags & URG != 0 {
-        decide_urgent(flow, key);
+        decide_urgent(ctx, flow, key);
         return Ok(());
     }
     // Beyond a gap, or before the stream: nothing to add in order.
@@ -765,14 +772,14 @@ fn feed_detection(
     };
     let mut bytes = [0u64; 2];
     let n = packet::load_prefix(ctx, seg, &mut bytes)?;
-    judge(flow, key, off, &bytes, n);
+    judge(ctx, flow, key, off, &bytes, n);
     Ok(())
 }
 
 /// Records the protocol and verdict, counts the connection once, and
 /// reports a violation.
 #[inline(always)]
-fn decide(flow: &mut Flow, key: &FlowKey, protocol: u8) {
+fn decide(ctx: &SkBuffContext, flow: &mut Flow, key: &FlowKey, protocol: u8) {
     let slot = POLICY_SLOT.get(0).map_or(0, |s| *s);
     let entry = POLICY
         .get(policy_index(slot, flow.path, protocol))
@@ -788,44 +795,55 @@ fn decide(flow: &mut Flow, key: &FlowKey, protocol: u8) {
     );
     if let Some(i) = violation_index(flow.path, protocol, action) {
         maps::add(&VIOLATIONS, i, 1);
-        report(flow, key, action, dry_run);
+        report(ctx, flow, key, action, dry_run);
     }
 }
 
 /// Puts a violation event on the ring buffer, or counts it as lost.
 #[inline(never)]
-fn report(flow: &Flow, key: &FlowKey, action: Action, dry_run: bool) {
-    let (client, client_port, server, server_port) = key.ends(flow);
-    let mut event = Event {
-        client,
-        server,
-        client_port,
-        server_port,
-        path: flow.path,
-        protocol: flow.protocol,
-        action: action as u8,
-        verdict: flow.verdict,
-        flags: if dry_run && matches!(action, Action::Block) {
-            event::DRY_RUN
-        } else {
-            0
-        },
-        caller: Caller {
-            pid: 0,
-            comm: [0; 16],
-        },
+fn report(ctx: &SkBuffContext, flow: &Flow, key: &FlowKey, action: Action, dry_run: bool) {
+    // Written in place in the ring, not built on the stack: the frames of
+    // the path that reaches here are at the verifier's limit.
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        maps::count_stat(Stat::EventsLost);
+        return;
     };
+    let e = entry.as_mut_ptr();
+    // SAFETY: the reserved record is ours until submitted; zeroed, it is a
+    // valid `Event` (plain integers).
+    let e = unsafe {
+        core::ptr::write_bytes(e, 0, 1);
+        &mut *e
+    };
+    let (client, client_port, server, server_port) = key.ends(flow);
+    e.client = client;
+    e.server = server;
+    e.client_port = client_port;
+    e.server_port = server_port;
+    e.path = flow.path;
+    e.protocol = flow.protocol;
+    e.action = action as u8;
+    e.verdict = flow.verdict;
+    if dry_run && matches!(action, Action::Block) {
+        e.flags = event::DRY_RUN;
+    }
     if flow.client_cookie != 0
         && let Some(c) = CONNECTS.get_ptr(&flow.client_cookie)
     {
         // SAFETY: a map value pointer, valid for this run.
-        let c = unsafe { &*c };
-        event.caller = c.caller;
-        event.flags |= event::HAS_PROCESS;
+        e.caller = unsafe { (*c).caller };
+        e.flags |= event::HAS_PROCESS;
     }
-    if EVENTS.output::<Event>(&event, 0).is_err() {
-        maps::count_stat(Stat::EventsLost);
+    // The deciding segment's local socket, which the agent destroys. Not a
+    // listener's (data that came with the handshake's last ACK is filtered
+    // on the listener): the agent falls back to the ends then.
+    if let Origin::Tcp(s) = origin(ctx)
+        && s != state::LISTEN
+    {
+        // SAFETY: a plain helper call on the context.
+        e.cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
     }
+    entry.submit(0);
 }
 
 /// A FIN or RST. It counts only if the receiving TCP would take it: a
@@ -858,7 +876,7 @@ fn close(ctx: &SkBuffContext, flow: &mut Flow, key: &FlowKey, dir: usize, seg: &
             Detection::Decided(p) => p,
             Detection::NeedMore => Protocol::Other,
         };
-        decide(flow, key, protocol as u8);
+        decide(ctx, flow, key, protocol as u8);
     }
     if !reset {
         // The FIN takes a sequence number: a RST after it comes one later.

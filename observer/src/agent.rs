@@ -32,6 +32,7 @@ use observer_common::policy::Verdict;
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings::from_args(&args)?;
     let cgroup = cgroup::resolve(settings.cgroup.as_deref())?;
+    enforce::check_host_proc(&settings.host_proc)?;
     features::check()?;
     if settings.control_plane.is_empty()
         && settings.apiservers.is_empty()
@@ -109,6 +110,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    let (blocked, enforcer) = enforce::spawn(agent_counters.clone(), settings.host_proc.clone())
+        .context("cannot start the enforcer")?;
     let (stop_expiry, stop_rx) = std::sync::mpsc::channel();
     let enforced = observer_common::path::Path::ALL.map(|p| settings.policy.enforces(p));
     let expiry = flows::spawn_expiry(
@@ -116,20 +119,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         settings.flow_idle_timeout,
         enforced,
         agent_counters.clone(),
+        blocked.clone(),
         stop_rx,
     );
     watched.thread(Component::FlowExpiry, expiry);
-    let (blocked, enforcer) = enforce::spawn(agent_counters.clone());
     watched.thread(Component::Enforcer, enforcer);
     // Connections blocked while no agent ran were dropped by the kernel but
     // not reset: reset them now.
     for (key, flow) in flows_snapshot {
         if flow.verdict == Verdict::Blocked as u8 {
-            let (client, server) = enforce::ends(&key, &flow);
-            if blocked.send((client, server)).is_err() {
-                agent_counters.error(Component::Enforcer);
-                tracing::error!(%client, %server, "cannot reset an adopted blocked connection: the enforcer is gone");
-            }
+            blocked.push(enforce::Target::of_flow(
+                &key,
+                &flow,
+                "blocked before this agent",
+            ));
         }
     }
     let discovery_status = Arc::new(discovery::Status::default());

@@ -4,6 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use observer_common::counters::ResetFailure;
+
 /// The agent's own counters.
 #[derive(Debug, Default)]
 pub struct AgentCounters {
@@ -12,8 +14,8 @@ pub struct AgentCounters {
     /// Sockets of connections destroyed (blocked ones, and ones forgotten
     /// on an enforced path).
     pub sockets_reset: AtomicU64,
-    /// Connections the agent could not reset.
-    pub reset_errors: AtomicU64,
+    /// Connections the agent could not reset, by [`ResetFailure`].
+    pub reset_errors: [AtomicU64; ResetFailure::COUNT],
     /// Errors by [`Component`] (`cp_observer_agent_errors_total`).
     errors: [AtomicU64; Component::COUNT],
     /// Connections to the metrics server closed at once because

@@ -111,6 +111,11 @@ pub struct RunArgs {
     /// Pin nothing: programs detach when the agent exits.
     #[arg(long)]
     pub no_pin: bool,
+    /// The host's procfs, where the enforcer finds the network namespaces
+    /// of the node's processes (a read-only hostPath mount in a pod
+    /// without hostPID) [default: /proc].
+    #[arg(long, value_name = "PATH")]
+    pub host_proc: Option<PathBuf>,
     /// kubeconfig for discovery (when not given: the in-cluster config when run in a pod).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
@@ -193,6 +198,8 @@ pub struct Settings {
     pub policy: Policy,
     /// `--pin-dir`, `None` with `--no-pin`.
     pub pin_dir: Option<PathBuf>,
+    /// `--host-proc`.
+    pub host_proc: PathBuf,
     /// `None` with `--no-discovery`.
     pub discovery: Option<Discovery>,
     /// `--kubelet-ca`, `None` for the service-account CA if there is one.
@@ -299,6 +306,7 @@ impl RunArgs {
             flow_table_capacity,
             pin_dir,
             no_pin,
+            host_proc,
             kubeconfig,
             no_discovery,
             node_name,
@@ -389,6 +397,7 @@ impl Settings {
                 args.pin_dir
                     .unwrap_or_else(|| crate::pin::DEFAULT_PIN_DIR.into())
             }),
+            host_proc: args.host_proc.unwrap_or_else(|| "/proc".into()),
             discovery: (!args.no_discovery).then(|| Discovery {
                 kubeconfig: args.kubeconfig,
                 node_name: args.node_name,

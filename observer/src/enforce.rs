@@ -3,60 +3,108 @@
 //! The kernel programs already drop every payload segment of a blocked
 //! connection, so no request reaches the server. To make both ends fail at
 //! once instead of retransmitting into the void until a timeout, the agent
-//! destroys the connection's sockets with the kernel's `SOCK_DESTROY`
+//! destroys the connection's local socket with the kernel's `SOCK_DESTROY`
 //! (sock_diag netlink, CONFIG_INET_DIAG_DESTROY): the kernel aborts the
-//! socket, its application gets ECONNABORTED, and its peer gets a RST with
-//! the right sequence number. This needs no extra kernel program and no
-//! kfunc, only a netlink request — in the network namespace of the socket,
-//! which is why each request is tried in every namespace the agent can see
-//! (`/run/netns`, `/var/run/netns`, and those of every process in `/proc`).
+//! socket, its application gets ECONNABORTED, and its peer gets a RST (if
+//! that RST's sequence number is beyond what the peer received, because
+//! the programs dropped the bytes in between, the peer answers with a
+//! challenge ACK, which the aborted end's kernel answers with a RST at the
+//! exact number). This needs no extra kernel program and no kfunc, only a
+//! netlink request — in the network namespace of the socket.
+//!
+//! **Which socket.** A block event carries the cookie of the local socket
+//! whose segment decided (`Event::cookie`); the destroy request names it,
+//! so the kernel destroys exactly that socket and never a newer connection
+//! that reuses the same four-tuple later. Connections judged again from the
+//! pinned flow table at a restart, and those the expiry forgets, have only
+//! their client's cookie, and only when the client is a process on this
+//! node (`Flow::client_cookie`); otherwise the socket with those ends is
+//! destroyed (the tuple fallback: a reuse of the tuple within that window
+//! is possible but needs the old connection gone first).
+//!
+//! **Which namespace.** Without `hostPID` the agent's `/proc` shows only its
+//! own processes, so the namespaces come from the host's procfs
+//! (`--host-proc`, a read-only hostPath mount), plus the bind mounts under
+//! `/run/netns` and `/var/run/netns`. The enforcer thread enters each
+//! namespace once, opens a sock_diag socket there and goes back home: a
+//! netlink socket stays bound to the namespace it was created in, so later
+//! requests need no `setns`. It remembers which namespace held which local
+//! address, asks there first, then every namespace it knows, and reads the
+//! list again only on a miss (at most every [`REFRESH_INTERVAL`]) or every
+//! [`SWEEP_INTERVAL`] (a cached socket keeps its namespace alive: those of
+//! deleted pods are let go then). If it cannot return to its own namespace
+//! the thread stops with an error rather than go on in a pod's.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs::File,
     io,
     mem::offset_of,
     net::{IpAddr, SocketAddr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     os::unix::fs::MetadataExt as _,
-    sync::{Arc, atomic::Ordering, mpsc},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::Ordering,
+        mpsc::{self, RecvTimeoutError, TrySendError},
+    },
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
-use observer_common::flow::{Flow, FlowKey};
+use observer_common::{
+    counters::ResetFailure,
+    flow::{Flow, FlowKey},
+};
 
 use crate::agent_counters::AgentCounters;
 
-/// Starts the enforcer thread; it resets the connection of every
-/// (client, server) pair sent to it, until the sender is dropped.
-pub fn spawn(
-    counters: Arc<AgentCounters>,
-) -> (mpsc::Sender<(SocketAddr, SocketAddr)>, JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel::<(SocketAddr, SocketAddr)>();
-    let thread = std::thread::Builder::new()
-        .name("enforcer".into())
-        .spawn(move || {
-            for (client, server) in rx {
-                reset_counted(client, server, &counters, "blocked");
-            }
-        })
-        .expect("a thread can be spawned");
-    (tx, thread)
+/// How many resets may wait for the enforcer; more are dropped, each
+/// counted as a reset error (`queue-full`).
+pub const QUEUE_CAPACITY: usize = 4096;
+/// A miss reads the namespace list again, but at most this often: a flood
+/// of connections whose sockets are gone cannot keep the enforcer busy
+/// scanning `/proc`.
+pub const REFRESH_INTERVAL: Duration = Duration::from_millis(250);
+/// The namespace list is read again at least this often, to let go of the
+/// namespaces that went away (each cached socket holds its namespace).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a sock_diag answer may take.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A connection to reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The client's end.
+    pub client: SocketAddr,
+    /// The server's end.
+    pub server: SocketAddr,
+    /// Socket cookie of the local socket to destroy, or 0: then whichever
+    /// socket has these ends (see the module's documentation).
+    pub cookie: u64,
+    /// Whether a socket must still be there (a connection blocked just
+    /// now, or one the flow table says is open): finding none is then a
+    /// reset error.
+    pub live: bool,
+    /// Why it is reset, for the log.
+    pub why: &'static str,
 }
 
-/// [`reset`], its outcome counted in `counters` and logged with `why`.
-pub fn reset_counted(client: SocketAddr, server: SocketAddr, counters: &AgentCounters, why: &str) {
-    match reset(client, server) {
-        Ok(0) => tracing::debug!(%client, %server, why, "connection to reset already gone"),
-        Ok(n) => {
-            counters
-                .sockets_reset
-                .fetch_add(n as u64, Ordering::Relaxed);
-            tracing::info!(%client, %server, sockets = n, why, "reset connection");
-        }
-        Err(e) => {
-            counters.reset_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%client, %server, why, "cannot reset connection: {e}");
+impl Target {
+    /// The connection of a flow entry, named by its client's cookie if
+    /// the client is a local process. Not `live`: an entry outlives its
+    /// sockets when they went without a FIN or RST the programs counted
+    /// (a client that gave up after its bytes were dropped), so finding
+    /// no socket is no error.
+    pub fn of_flow(key: &FlowKey, flow: &Flow, why: &'static str) -> Self {
+        let (client, server) = ends(key, flow);
+        Self {
+            client,
+            server,
+            cookie: flow.client_cookie,
+            live: false,
+            why,
         }
     }
 }
@@ -70,32 +118,389 @@ pub fn ends(key: &FlowKey, flow: &Flow) -> (SocketAddr, SocketAddr) {
     )
 }
 
-/// Destroys both ends of `client` → `server` wherever they live; returns
-/// how many sockets went.
-pub fn reset(client: SocketAddr, server: SocketAddr) -> io::Result<usize> {
-    let home = File::open("/proc/thread-self/ns/net")?;
-    let mut destroyed = 0;
-    let mut last_err = None;
-    for ns in namespaces() {
-        if let Err(e) = setns(&ns) {
-            last_err = Some(e);
-            continue;
+/// Checks `--host-proc` before anything is loaded: it must be a procfs.
+pub fn check_host_proc(path: &Path) -> anyhow::Result<()> {
+    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+    match crate::sys::fs_type(path) {
+        Ok(PROC_SUPER_MAGIC) => Ok(()),
+        Ok(_) => anyhow::bail!("--host-proc {} is not a procfs", path.display()),
+        Err(e) => anyhow::bail!("--host-proc {} cannot be read: {e}", path.display()),
+    }
+}
+
+/// The enforcer's queue. Sending never waits: the event reader must not.
+#[derive(Clone, Debug)]
+pub struct Queue {
+    tx: mpsc::SyncSender<Target>,
+    counters: Arc<AgentCounters>,
+}
+
+impl Queue {
+    /// Hands `target` to the enforcer; when its queue is full the reset is
+    /// dropped and counted (`queue-full`), when it is gone, counted too.
+    pub fn push(&self, target: Target) {
+        let (reason, what) = match self.tx.try_send(target) {
+            Ok(()) => return,
+            Err(TrySendError::Full(_)) => (ResetFailure::QueueFull, "the enforcer's queue is full"),
+            Err(TrySendError::Disconnected(_)) => (ResetFailure::Failed, "the enforcer stopped"),
+        };
+        let n = self.counters.reset_errors[reason as usize].fetch_add(1, Ordering::Relaxed) + 1;
+        // A flood would log every drop: log the 1st, 2nd, 4th, 8th...
+        if n.is_power_of_two() {
+            tracing::warn!(
+                client = %target.client,
+                server = %target.server,
+                dropped = n,
+                "cannot reset connection: {what}"
+            );
         }
+    }
+}
+
+/// Starts the enforcer thread: it resets every [`Target`] pushed on the
+/// queue until every [`Queue`] is dropped. It ends with an error only if
+/// it cannot return to its own network namespace.
+pub fn spawn(
+    counters: Arc<AgentCounters>,
+    host_proc: PathBuf,
+) -> io::Result<(Queue, JoinHandle<io::Result<()>>)> {
+    let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
+    let c = counters.clone();
+    let thread = std::thread::Builder::new()
+        .name("enforcer".into())
+        .spawn(move || {
+            let result = serve(&rx, &c, host_proc);
+            if let Err(e) = &result {
+                tracing::error!("the enforcer stopped: {e}");
+            }
+            result
+        })?;
+    Ok((Queue { tx, counters }, thread))
+}
+
+fn serve(
+    rx: &mpsc::Receiver<Target>,
+    counters: &AgentCounters,
+    host_proc: PathBuf,
+) -> io::Result<()> {
+    let mut enforcer = Enforcer::new(host_proc)?;
+    loop {
+        match rx.recv_timeout(SWEEP_INTERVAL) {
+            Ok(target) => enforcer.reset_counted(&target, counters)?,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+        if enforcer
+            .refreshed
+            .is_some_and(|at| at.elapsed() >= SWEEP_INTERVAL)
+        {
+            enforcer.refresh()?;
+        }
+    }
+}
+
+/// What became of a [`Target`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its socket was destroyed.
+    Reset,
+    /// Its socket is gone: closed (time-wait), or replaced by another
+    /// socket on the same ends, which was left alone.
+    Gone,
+    /// No socket on its ends in any namespace the enforcer can enter.
+    NotFound,
+}
+
+/// A network namespace's identity: the device and inode of its nsfs file,
+/// the same through every path to it, and never reused while the cached
+/// socket holds the namespace.
+type NsId = (u64, u64);
+
+/// A namespace the enforcer has a sock_diag socket in.
+struct Namespace {
+    diag: Diag,
+    /// Where it was found (for the log).
+    path: PathBuf,
+    /// Its cookie (SO_NETNS_COOKIE, Linux 5.14+), for the log.
+    cookie: Option<u64>,
+}
+
+/// The enforcer's state; it lives on one thread, which it moves between
+/// network namespaces.
+pub struct Enforcer {
+    host_proc: PathBuf,
+    /// This thread's own namespace, where it returns after each `setns`.
+    home: File,
+    namespaces: HashMap<NsId, Namespace>,
+    /// Which namespace held a socket with this local address.
+    by_addr: HashMap<IpAddr, NsId>,
+    /// When the list was last read; `None` before the first reset (an
+    /// agent that never resets never looks).
+    refreshed: Option<Instant>,
+    /// How many namespaces were out of reach at the last look (logged
+    /// when it changes).
+    out_of_reach: usize,
+}
+
+/// A failure to reset one connection, or (`Home`) of the enforcer.
+#[derive(Debug, thiserror::Error)]
+pub enum ResetError {
+    /// sock_diag, or entering a namespace, failed.
+    #[error("{0}")]
+    Failed(io::Error),
+    /// The thread cannot return to its own namespace: it must stop.
+    #[error("cannot return to the agent's network namespace: {0}")]
+    Home(io::Error),
+}
+
+impl Enforcer {
+    /// An enforcer that finds namespaces under `host_proc` (and
+    /// `/run/netns`, `/var/run/netns`), from its first reset on.
+    pub fn new(host_proc: PathBuf) -> io::Result<Self> {
+        Ok(Self {
+            host_proc,
+            home: File::open("/proc/thread-self/ns/net")?,
+            namespaces: HashMap::new(),
+            by_addr: HashMap::new(),
+            refreshed: None,
+            out_of_reach: 0,
+        })
+    }
+
+    /// [`Self::reset`], its outcome counted in `counters` and logged; `Err`
+    /// only when the thread must stop.
+    pub fn reset_counted(&mut self, t: &Target, counters: &AgentCounters) -> io::Result<()> {
+        let (client, server, why) = (t.client, t.server, t.why);
+        let failure = match self.reset(t) {
+            Ok(Outcome::Reset) => {
+                counters.sockets_reset.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%client, %server, cookie = t.cookie, why, "reset connection");
+                return Ok(());
+            }
+            Ok(Outcome::Gone) => {
+                tracing::debug!(%client, %server, cookie = t.cookie, why,
+                    "connection to reset already gone (another socket on its ends left alone)");
+                return Ok(());
+            }
+            Ok(Outcome::NotFound) if !t.live => {
+                tracing::debug!(%client, %server, why, "connection to reset already gone");
+                return Ok(());
+            }
+            Ok(Outcome::NotFound) => {
+                tracing::warn!(%client, %server, cookie = t.cookie, why,
+                    namespaces = self.namespaces.len(),
+                    "cannot reset connection: no socket in any network namespace the agent can enter");
+                ResetFailure::NotFound
+            }
+            Err(ResetError::Failed(e)) => {
+                tracing::warn!(%client, %server, why, "cannot reset connection: {e}");
+                ResetFailure::Failed
+            }
+            Err(ResetError::Home(e)) => {
+                counters.reset_errors[ResetFailure::Failed as usize]
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot return to the agent's network namespace: {e}"),
+                ));
+            }
+        };
+        counters.reset_errors[failure as usize].fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Destroys `t`'s local socket: where its addresses were found before
+    /// first, then in every namespace known, then in those a fresh look
+    /// finds.
+    pub fn reset(&mut self, t: &Target) -> Result<Outcome, ResetError> {
+        let mut seen = Seen::default();
+        let mut tried = HashSet::new();
+        let hinted: Vec<NsId> = [t.server.ip(), t.client.ip()]
+            .iter()
+            .filter_map(|ip| self.by_addr.get(&ip.to_canonical()).copied())
+            .collect();
+        let known: Vec<NsId> = self.namespaces.keys().copied().collect();
+        for id in hinted.into_iter().chain(known) {
+            if tried.insert(id) && self.try_in(id, t, &mut seen) {
+                return Ok(Outcome::Reset);
+            }
+        }
+        if !seen.stale
+            && !seen.closed
+            && self
+                .refreshed
+                .is_none_or(|at| at.elapsed() >= REFRESH_INTERVAL)
+        {
+            self.refresh().map_err(ResetError::Home)?;
+            let fresh: Vec<NsId> = self
+                .namespaces
+                .keys()
+                .filter(|id| !tried.contains(*id))
+                .copied()
+                .collect();
+            for id in fresh {
+                if self.try_in(id, t, &mut seen) {
+                    return Ok(Outcome::Reset);
+                }
+            }
+        }
+        // An error first: the socket may be where the request failed.
+        match seen {
+            Seen { error: Some(e), .. } => Err(ResetError::Failed(e)),
+            Seen { stale: true, .. } | Seen { closed: true, .. } => Ok(Outcome::Gone),
+            _ => Ok(Outcome::NotFound),
+        }
+    }
+
+    /// Tries both orientations of `t` in namespace `id`; true once one
+    /// socket is destroyed.
+    fn try_in(&mut self, id: NsId, t: &Target, seen: &mut Seen) -> bool {
+        let Some(ns) = self.namespaces.get_mut(&id) else {
+            return false;
+        };
         // The server's socket sees (local=server, remote=client); a local
         // client's socket sees the reverse.
-        for (local, remote) in [(server, client), (client, server)] {
-            match destroy(local, remote) {
-                Ok(true) => destroyed += 1,
-                Ok(false) => {}
-                Err(e) => last_err = Some(e),
+        for (local, remote) in [(t.server, t.client), (t.client, t.server)] {
+            match ns.diag.destroy(local, remote, t.cookie) {
+                Ok(Found::Destroyed) => {
+                    let ip = local.ip().to_canonical();
+                    // Loopback addresses are in every namespace.
+                    if !ip.is_loopback() && !ip.is_unspecified() {
+                        self.by_addr.insert(ip, id);
+                    }
+                    return true;
+                }
+                Ok(Found::Absent) => {}
+                Ok(Found::Stale) => seen.stale = true,
+                Ok(Found::Closed) => seen.closed = true,
+                Err(e) => {
+                    tracing::debug!(ns = %ns.path.display(), netns_cookie = ns.cookie,
+                        "sock_diag failed: {e}");
+                    seen.error = Some(e);
+                }
+            }
+        }
+        false
+    }
+
+    /// Reads the namespace list again: opens a socket in each new one,
+    /// lets go of those that went away. `Err` only when the thread cannot
+    /// return home.
+    pub fn refresh(&mut self) -> io::Result<()> {
+        self.refreshed = Some(Instant::now());
+        let (found, unreadable) = self.scan();
+        self.namespaces.retain(|id, _| found.contains_key(id));
+        self.by_addr.retain(|_, id| found.contains_key(id));
+        let mut failed = 0;
+        for (id, path) in found {
+            if self.namespaces.contains_key(&id) {
+                continue;
+            }
+            match self.open_in(&path) {
+                Ok(Some(diag)) => {
+                    let cookie = diag.netns_cookie();
+                    self.namespaces.insert(id, Namespace { diag, path, cookie });
+                }
+                Ok(None) => failed += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        if failed + unreadable != self.out_of_reach {
+            self.out_of_reach = failed + unreadable;
+            tracing::warn!(
+                unreadable,
+                cannot_enter = failed,
+                known = self.namespaces.len(),
+                host_proc = %self.host_proc.display(),
+                "network namespaces out of the enforcer's reach: it needs CAP_SYS_ADMIN to enter \
+                 them, CAP_SYS_PTRACE to see those of other users' or more capable processes"
+            );
+        } else {
+            tracing::debug!(known = self.namespaces.len(), "network namespaces read");
+        }
+        Ok(())
+    }
+
+    /// Every namespace visible now, once each, ours first; and how many
+    /// could not be read (permission).
+    fn scan(&self) -> (HashMap<NsId, PathBuf>, usize) {
+        let mut candidates = vec![PathBuf::from("/proc/thread-self/ns/net")];
+        for dir in ["/run/netns", "/var/run/netns"] {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                candidates.extend(entries.filter_map(Result::ok).map(|e| e.path()));
+            }
+        }
+        match std::fs::read_dir(&self.host_proc) {
+            Ok(entries) => candidates.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| {
+                        e.file_name()
+                            .as_encoded_bytes()
+                            .iter()
+                            .all(u8::is_ascii_digit)
+                    })
+                    .map(|e| e.path().join("ns/net")),
+            ),
+            Err(e) => tracing::warn!(host_proc = %self.host_proc.display(), "cannot list: {e}"),
+        }
+        let mut found = HashMap::new();
+        let mut unreadable = 0;
+        for path in candidates {
+            match std::fs::metadata(&path) {
+                Ok(m) => {
+                    found.entry((m.dev(), m.ino())).or_insert(path);
+                }
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => unreadable += 1,
+                // A process that exited meanwhile; not a namespace file.
+                Err(_) => {}
+            }
+        }
+        (found, unreadable)
+    }
+
+    /// A sock_diag socket in the namespace at `path`; `Ok(None)` if it
+    /// cannot be entered (logged), `Err` if the thread cannot return.
+    fn open_in(&self, path: &Path) -> io::Result<Option<Diag>> {
+        let ns = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(ns = %path.display(), "cannot open network namespace: {e}");
+                return Ok(None);
+            }
+        };
+        let same = |a: &File, b: &File| -> bool {
+            matches!((a.metadata(), b.metadata()), (Ok(x), Ok(y)) if (x.dev(), x.ino()) == (y.dev(), y.ino()))
+        };
+        if same(&ns, &self.home) {
+            return Ok(Diag::new()
+                .map_err(|e| tracing::warn!("cannot open sock_diag: {e}"))
+                .ok());
+        }
+        if let Err(e) = setns(&ns) {
+            tracing::debug!(ns = %path.display(), "cannot enter network namespace: {e}");
+            return Ok(None);
+        }
+        let diag = Diag::new();
+        setns(&self.home)?;
+        match diag {
+            Ok(d) => Ok(Some(d)),
+            Err(e) => {
+                tracing::warn!(ns = %path.display(), "cannot open sock_diag: {e}");
+                Ok(None)
             }
         }
     }
-    setns(&home)?;
-    match (destroyed, last_err) {
-        (0, Some(e)) => Err(e),
-        (n, _) => Ok(n),
-    }
+}
+
+/// What the attempts at one target met besides its socket.
+#[derive(Default)]
+struct Seen {
+    /// Another socket on its ends (a newer connection, or its peer).
+    stale: bool,
+    /// Its socket in time-wait, or a listener on its ends.
+    closed: bool,
+    error: Option<io::Error>,
 }
 
 fn setns(ns: &File) -> io::Result<()> {
@@ -104,35 +509,6 @@ fn setns(ns: &File) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Every network namespace visible from here, once each, ours first.
-fn namespaces() -> Vec<File> {
-    let mut candidates = vec![std::path::PathBuf::from("/proc/self/ns/net")];
-    for dir in ["/run/netns", "/var/run/netns"] {
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            candidates.extend(entries.filter_map(Result::ok).map(|e| e.path()));
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        candidates.extend(
-            entries
-                .filter_map(Result::ok)
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .bytes()
-                        .all(|b| b.is_ascii_digit())
-                })
-                .map(|e| e.path().join("ns/net")),
-        );
-    }
-    let mut seen = HashSet::new();
-    candidates
-        .into_iter()
-        .filter_map(|p| File::open(p).ok())
-        .filter(|f| f.metadata().is_ok_and(|m| seen.insert((m.dev(), m.ino()))))
-        .collect()
 }
 
 // linux/sock_diag.h
@@ -223,54 +599,175 @@ fn family_and_bytes(a: IpAddr) -> (u8, [u8; 16]) {
     }
 }
 
-/// `SOCK_DESTROY` of the TCP connection socket (local, remote) in the
-/// current network namespace: `Ok(false)` when there is none.
-///
-/// The kernel's exact lookup falls back to a *listening* socket when no
-/// connection matches; destroying that would take a server down. So the
-/// socket is first looked up (`SOCK_DIAG_BY_FAMILY`), listeners are left
-/// alone, and the destroy names the found socket by its cookie.
-fn destroy(local: SocketAddr, remote: SocketAddr) -> io::Result<bool> {
-    let Some(mut req) = request(local, remote) else {
-        return Ok(false);
-    };
-    let fd = netlink()?;
-    req.hdr.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-    req.hdr.nlmsg_flags = libc::NLM_F_REQUEST as u16;
-    let mut buf = [0u8; 1024];
-    let n = exchange(&fd, &req, &mut buf)?;
-    let answer = &buf[..n];
-    let ty = message_type(answer);
-    if ty == Some(NLMSG_ERROR) {
-        return match errno(answer)? {
-            libc::ENOENT => Ok(false),
-            e => Err(io::Error::from_raw_os_error(e)),
+/// What a sock_diag lookup found on (local, remote).
+#[derive(Debug, PartialEq, Eq)]
+enum Found {
+    /// The socket, now destroyed.
+    Destroyed,
+    /// Nothing.
+    Absent,
+    /// A socket, not the one the cookie names: left alone.
+    Stale,
+    /// A time-wait socket or a listener: nothing to destroy.
+    Closed,
+}
+
+/// A sock_diag netlink socket, bound for life to the network namespace
+/// it was created in.
+struct Diag {
+    fd: OwnedFd,
+    seq: u32,
+}
+
+impl Diag {
+    /// A socket in the current thread's namespace.
+    fn new() -> io::Result<Self> {
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_SOCK_DIAG,
+            )
         };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh, valid descriptor.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let timeout = libc::timeval {
+            tv_sec: ANSWER_TIMEOUT.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        // SAFETY: a valid option value of its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                std::ptr::from_ref(&timeout).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { fd, seq: 0 })
     }
-    let msg = match (ty, read_at::<InetDiagMsg>(answer, NLMSG_HDRLEN)) {
-        (Some(SOCK_DIAG_BY_FAMILY), Some(msg)) => msg,
-        _ => return Err(io::Error::other("unexpected sock_diag answer")),
-    };
-    // A listener is a server, not a connection; a time-wait socket is a
-    // connection over already.
-    const TCP_TIME_WAIT: u8 = 6;
-    const TCP_LISTEN: u8 = 10;
-    if matches!(msg.state, TCP_LISTEN | TCP_TIME_WAIT) {
-        return Ok(false);
+
+    /// The cookie of the socket's namespace (Linux 5.14+).
+    fn netns_cookie(&self) -> Option<u64> {
+        const SO_NETNS_COOKIE: libc::c_int = 71;
+        let mut cookie = 0u64;
+        let mut len = size_of::<u64>() as libc::socklen_t;
+        // SAFETY: a valid out buffer of its size.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_NETNS_COOKIE,
+                std::ptr::from_mut(&mut cookie).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(cookie)
     }
-    req.req.id.cookie = msg.id.cookie;
-    req.hdr.nlmsg_type = SOCK_DESTROY;
-    req.hdr.nlmsg_flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
-    let n = exchange(&fd, &req, &mut buf)?;
-    if message_type(&buf[..n]) != Some(NLMSG_ERROR) {
-        return Err(io::Error::other("unexpected sock_diag answer"));
+
+    /// `SOCK_DESTROY` of the TCP socket (local, remote) in this socket's
+    /// namespace, and only if its cookie is `cookie` (0: any).
+    ///
+    /// The kernel's exact lookup falls back to a *listening* socket when no
+    /// connection matches; destroying that would take a server down. So the
+    /// socket is first looked up (`SOCK_DIAG_BY_FAMILY`), listeners are left
+    /// alone, and the destroy names the found socket by its cookie: if it
+    /// went in between, a newer one on the same ends does not go instead.
+    fn destroy(&mut self, local: SocketAddr, remote: SocketAddr, cookie: u64) -> io::Result<Found> {
+        let Some(mut req) = request(local, remote) else {
+            return Ok(Found::Absent);
+        };
+        req.hdr.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+        req.hdr.nlmsg_flags = libc::NLM_F_REQUEST as u16;
+        let mut buf = [0u8; 1024];
+        let n = self.exchange(&mut req, &mut buf)?;
+        let answer = &buf[..n];
+        let ty = message_type(answer);
+        if ty == Some(NLMSG_ERROR) {
+            return match errno(answer)? {
+                libc::ENOENT => Ok(Found::Absent),
+                e => Err(io::Error::from_raw_os_error(e)),
+            };
+        }
+        let msg = match (ty, read_at::<InetDiagMsg>(answer, NLMSG_HDRLEN)) {
+            (Some(SOCK_DIAG_BY_FAMILY), Some(msg)) => msg,
+            _ => return Err(io::Error::other("unexpected sock_diag answer")),
+        };
+        // A listener is a server, not a connection; a time-wait socket is a
+        // connection over already.
+        const TCP_TIME_WAIT: u8 = 6;
+        const TCP_LISTEN: u8 = 10;
+        if matches!(msg.state, TCP_LISTEN | TCP_TIME_WAIT) {
+            return Ok(Found::Closed);
+        }
+        if cookie != 0 && msg.id.cookie != cookie_words(cookie) {
+            return Ok(Found::Stale);
+        }
+        req.req.id.cookie = msg.id.cookie;
+        req.hdr.nlmsg_type = SOCK_DESTROY;
+        req.hdr.nlmsg_flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+        let n = self.exchange(&mut req, &mut buf)?;
+        if message_type(&buf[..n]) != Some(NLMSG_ERROR) {
+            return Err(io::Error::other("unexpected sock_diag answer"));
+        }
+        match errno(&buf[..n])? {
+            0 => Ok(Found::Destroyed),
+            // Gone in between (closed, or reset by its peer): nothing to do.
+            libc::ENOENT | libc::ESTALE => Ok(Found::Closed),
+            e => Err(io::Error::from_raw_os_error(e)),
+        }
     }
-    match errno(&buf[..n])? {
-        0 => Ok(true),
-        // Gone in between (closed, or reset by its peer): nothing to do.
-        libc::ENOENT | libc::ESTALE => Ok(false),
-        e => Err(io::Error::from_raw_os_error(e)),
+
+    /// Sends `req` with the next sequence number and receives its answer
+    /// into `buf` (skipping late answers to earlier requests); returns its
+    /// length.
+    fn exchange(&mut self, req: &mut DestroyRequest, buf: &mut [u8]) -> io::Result<usize> {
+        self.seq = self.seq.wrapping_add(1);
+        req.hdr.nlmsg_seq = self.seq;
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: sending a fully initialised #[repr(C)] struct.
+        let sent = unsafe {
+            libc::send(
+                fd,
+                std::ptr::from_ref(req).cast(),
+                size_of::<DestroyRequest>(),
+                0,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        loop {
+            // SAFETY: receiving into a buffer of the given size.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            // Anything shorter cannot even say an error.
+            if n < (NLMSG_HDRLEN + size_of::<i32>()) as isize {
+                return Err(if n < 0 {
+                    io::Error::last_os_error()
+                } else {
+                    io::Error::other("short sock_diag answer")
+                });
+            }
+            let n = n as usize;
+            if read_at::<libc::nlmsghdr>(buf, 0).is_some_and(|h| h.nlmsg_seq == self.seq) {
+                return Ok(n);
+            }
+        }
     }
+}
+
+/// A socket cookie as `inet_diag_sockid.idiag_cookie` holds it: the low
+/// 32 bits first.
+fn cookie_words(cookie: u64) -> [u32; 2] {
+    [cookie as u32, (cookie >> 32) as u32]
 }
 
 /// The request naming (local, remote), or `None` for mixed families.
@@ -303,49 +800,6 @@ fn request(local: SocketAddr, remote: SocketAddr) -> Option<DestroyRequest> {
     })
 }
 
-fn netlink() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the fd is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh, valid descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Sends `req`, receives one answer into `buf`, returns its length.
-fn exchange(fd: &OwnedFd, req: &DestroyRequest, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: sending a fully initialised #[repr(C)] struct.
-    let sent = unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            std::ptr::from_ref(req).cast(),
-            size_of::<DestroyRequest>(),
-            0,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: receiving into a buffer of the given size.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    // Anything shorter cannot even say an error.
-    if n < (NLMSG_HDRLEN + size_of::<i32>()) as isize {
-        return Err(if n < 0 {
-            io::Error::last_os_error()
-        } else {
-            io::Error::other("short sock_diag answer")
-        });
-    }
-    Ok(n as usize)
-}
-
 /// The errno of an `NLMSG_ERROR` answer (0 for an ack): `struct nlmsgerr`'s
 /// `error`, the negative errno.
 fn errno(msg: &[u8]) -> io::Result<i32> {
@@ -356,38 +810,153 @@ fn errno(msg: &[u8]) -> io::Result<i32> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read as _, Write as _};
+    use std::{
+        io::{Read as _, Write as _},
+        net::{TcpListener, TcpStream},
+    };
 
     use super::*;
 
-    /// Needs CAP_NET_ADMIN (the test suite runs as root).
+    /// The socket cookie of `s` (SO_COOKIE).
+    fn cookie_of(s: &impl std::os::fd::AsRawFd) -> u64 {
+        let mut cookie = 0u64;
+        let mut len = size_of::<u64>() as libc::socklen_t;
+        // SAFETY: a valid out buffer of its size.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_COOKIE,
+                std::ptr::from_mut(&mut cookie).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "SO_COOKIE: {}", io::Error::last_os_error());
+        cookie
+    }
+
+    /// Runs `f` on a thread in a network namespace of its own (lo up),
+    /// which no path names: nothing else on the machine can interfere.
+    fn in_new_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: affects this thread only.
+                assert_eq!(
+                    unsafe { libc::unshare(libc::CLONE_NEWNET) },
+                    0,
+                    "unshare: {}",
+                    io::Error::last_os_error()
+                );
+                let up = std::process::Command::new("ip")
+                    .args(["link", "set", "lo", "up"])
+                    .status()
+                    .expect("ip runs");
+                assert!(up.success());
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+
+    /// A client socket bound to `local` (SO_REUSEADDR) connected to `to`.
+    fn connect_from(local: SocketAddr, to: SocketAddr) -> TcpStream {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&local.into()).unwrap();
+        s.connect(&to.into()).unwrap();
+        s.into()
+    }
+
+    /// Needs CAP_NET_ADMIN and CAP_SYS_ADMIN (the test suite runs as root).
     #[test]
     fn destroys_a_loopback_connection_and_the_peer_sees_a_reset() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (mut server, _) = listener.accept().unwrap();
-        let (c, s) = (client.local_addr().unwrap(), server.local_addr().unwrap());
-        assert!(
-            destroy(s, c).unwrap(),
-            "the server's socket is found and destroyed"
+        in_new_netns(|| {
+            let mut diag = Diag::new().unwrap();
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (mut server, _) = listener.accept().unwrap();
+            let (c, s) = (client.local_addr().unwrap(), server.local_addr().unwrap());
+            assert_eq!(
+                diag.destroy(s, c, 0).unwrap(),
+                Found::Destroyed,
+                "the server's socket is found and destroyed"
+            );
+            let unknown: SocketAddr = "127.0.0.1:9".parse().unwrap();
+            assert_eq!(diag.destroy(unknown, c, 0).unwrap(), Found::Absent);
+            // The connection is gone: the same tuple now only matches the
+            // listener, which must be left alone.
+            assert_eq!(
+                diag.destroy(s, c, 0).unwrap(),
+                Found::Closed,
+                "a listener is never destroyed"
+            );
+            let _still_listening = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            client
+                .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            let mut buf = [0u8; 1];
+            let err = client
+                .write_all(b"x")
+                .and_then(|()| client.read(&mut buf).map(|_| ()))
+                .unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+            let err = server.read(&mut buf).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::ECONNABORTED), "{err}");
+        });
+    }
+
+    /// A reset named by the cookie of a connection that is gone does not
+    /// touch a newer connection on the same four-tuple; the newer one's
+    /// cookie does.
+    #[test]
+    fn a_stale_cookie_spares_a_newer_connection_on_the_same_tuple() {
+        in_new_netns(|| {
+            let mut diag = Diag::new().unwrap();
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let to = listener.local_addr().unwrap();
+            let from: SocketAddr = "127.0.0.1:40404".parse().unwrap();
+            let old = connect_from(from, to);
+            let (old_server, _) = listener.accept().unwrap();
+            let stale = cookie_of(&old);
+            // Closed with a RST (linger 0): no time-wait keeps the tuple.
+            socket2::SockRef::from(&old)
+                .set_linger(Some(std::time::Duration::ZERO))
+                .unwrap();
+            drop(old);
+            drop(old_server);
+
+            let mut newer = connect_from(from, to);
+            let (mut newer_server, _) = listener.accept().unwrap();
+            assert_eq!(newer.local_addr().unwrap(), from, "the same four-tuple");
+            assert_ne!(cookie_of(&newer), stale);
+            for (local, remote) in [(from, to), (to, from)] {
+                assert_eq!(
+                    diag.destroy(local, remote, stale).unwrap(),
+                    Found::Stale,
+                    "({local}, {remote}) is another socket than the one named"
+                );
+            }
+            newer.write_all(b"ping").unwrap();
+            let mut buf = [0u8; 4];
+            newer_server.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"ping", "the newer connection still works");
+
+            assert_eq!(
+                diag.destroy(from, to, cookie_of(&newer)).unwrap(),
+                Found::Destroyed,
+                "its own cookie names it"
+            );
+            let err = newer.write_all(b"x").unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::ECONNABORTED), "{err}");
+        });
+    }
+
+    #[test]
+    fn a_cookie_is_put_low_word_first() {
+        assert_eq!(
+            cookie_words(0x1122_3344_5566_7788),
+            [0x5566_7788, 0x1122_3344]
         );
-        let unknown: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        assert!(!destroy(unknown, c).unwrap(), "no such socket: Ok(false)");
-        // The connection is gone: the same tuple now only matches the
-        // listener, which must be left alone.
-        assert!(!destroy(s, c).unwrap(), "a listener is never destroyed");
-        let _still_listening =
-            std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        client
-            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
-            .unwrap();
-        let mut buf = [0u8; 1];
-        let err = client
-            .write_all(b"x")
-            .and_then(|()| client.read(&mut buf).map(|_| ()))
-            .unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
-        let err = server.read(&mut buf).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ECONNABORTED), "{err}");
     }
 }

@@ -5,14 +5,14 @@
 use std::{
     io::Write as _,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, mpsc},
+    sync::Arc,
     time::Duration,
 };
 
 use aya::maps::{MapData, RingBuf};
 use bytes::{BufMut as _, BytesMut};
 use observer_common::{
-    event::{DRY_RUN, Event, HAS_PROCESS},
+    event::{DRY_RUN, EVENT_V1_SIZE, Event, HAS_PROCESS},
     path::Path,
     policy::{Action, Verdict},
     protocol::Protocol,
@@ -22,6 +22,7 @@ use serde::Serialize;
 use crate::{
     agent_counters::{AgentCounters, Component},
     discovery::{PodIndex, PodRef},
+    enforce,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -101,12 +102,16 @@ impl Violation {
         self
     }
 
-    /// The client and server of a blocked connection, for the enforcer.
-    pub fn endpoints(e: &Event) -> (SocketAddr, SocketAddr) {
-        (
-            SocketAddr::new(IpAddr::from(e.client), e.client_port),
-            SocketAddr::new(IpAddr::from(e.server), e.server_port),
-        )
+    /// What the enforcer resets for a blocked connection: the socket
+    /// the event names.
+    pub fn target(e: &Event) -> enforce::Target {
+        enforce::Target {
+            client: SocketAddr::new(IpAddr::from(e.client), e.client_port),
+            server: SocketAddr::new(IpAddr::from(e.server), e.server_port),
+            cookie: e.cookie,
+            live: true,
+            why: "blocked",
+        }
     }
 }
 
@@ -116,7 +121,7 @@ impl Violation {
 /// second a wake-up (and a stdout write) per event cost the agent ~14 % of a
 /// core. The first event after a quiet spell is still read at once; later
 /// ones wait at most this long (also the most this adds to the reset of a
-/// blocked connection). The ring (256 KiB, 72 bytes an event) holds 10 ms
+/// blocked connection). The ring (256 KiB, 80 bytes an event) holds 10 ms
 /// of over 300,000 events a second.
 const BATCH_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -124,12 +129,11 @@ const BATCH_INTERVAL: Duration = Duration::from_millis(10);
 const BATCH_BYTES: usize = 64 * 1024;
 
 /// Prints every event until the ring buffer's fd fails, naming the pods
-/// `pods` knows; sends the ends of blocked connections to `blocked`.
-/// Errors on the way (stdout gone, the enforcer gone) are logged and
-/// counted in `counters`.
+/// `pods` knows; hands blocked connections to the enforcer's queue.
+/// Errors on the way (stdout gone) are logged and counted in `counters`.
 pub async fn run(
     ring: RingBuf<MapData>,
-    blocked: mpsc::Sender<(SocketAddr, SocketAddr)>,
+    blocked: enforce::Queue,
     pods: PodIndex,
     counters: Arc<AgentCounters>,
 ) -> std::io::Result<()> {
@@ -147,20 +151,12 @@ pub async fn run(
         )));
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
-            if item.len() < size_of::<Event>() {
+            let Some(event) = decode(&item) else {
                 tracing::warn!(len = item.len(), "short event in ring buffer EVENTS");
                 continue;
-            }
-            // SAFETY: the kernel wrote an `Event` (#[repr(C)], any bits valid).
-            let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            };
             if event.verdict == Verdict::Blocked as u8 {
-                let (client, server) = Violation::endpoints(&event);
-                if blocked.send((client, server)).is_err() {
-                    // The enforcer thread is gone: supervision stops the
-                    // agent; until then, say what is not reset.
-                    counters.error(Component::Enforcer);
-                    tracing::error!(%client, %server, "cannot reset a blocked connection: the enforcer is gone");
-                }
+                blocked.push(Violation::target(&event));
             }
             match Violation::from_event(&event, std::time::SystemTime::now()) {
                 Some(v) => {
@@ -179,6 +175,20 @@ pub async fn run(
         guard.clear_ready();
         tokio::time::sleep(BATCH_INTERVAL).await;
     }
+}
+
+/// The event in a ring buffer record: an [`Event`], or one of an earlier
+/// agent's programs (a pinned ring after an upgrade), which has no cookie.
+fn decode(item: &[u8]) -> Option<Event> {
+    if item.len() < EVENT_V1_SIZE {
+        return None;
+    }
+    let mut bytes = [0u8; size_of::<Event>()];
+    let n = item.len().min(bytes.len());
+    bytes[..n].copy_from_slice(&item[..n]);
+    // SAFETY: `Event` is #[repr(C)] plain data, valid for any bits; the
+    // bytes an older record lacks (the cookie) are zero.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
 /// Writes and clears `batch` (whole lines) on standard output.
@@ -202,6 +212,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn records_of_earlier_agents_read_without_a_cookie() {
+        let e = Event {
+            client: Addr::from_v4([198, 18, 0, 1]),
+            server: Addr::from_v4([198, 18, 16, 2]),
+            client_port: 40000,
+            server_port: 8080,
+            path: Path::ApiserverProxyToPod as u8,
+            protocol: Protocol::Http as u8,
+            action: Action::Block as u8,
+            verdict: Verdict::Blocked as u8,
+            flags: 0,
+            caller: Caller {
+                pid: 0,
+                comm: [0; 16],
+            },
+            cookie: 0x1234,
+        };
+        // SAFETY: viewing plain data as bytes.
+        let bytes: [u8; size_of::<Event>()] = unsafe { std::mem::transmute(e) };
+        assert_eq!(decode(&bytes), Some(e));
+        assert_eq!(
+            decode(&bytes[..EVENT_V1_SIZE]),
+            Some(Event { cookie: 0, ..e }),
+            "an earlier agent's event is this one without its cookie"
+        );
+        assert_eq!(decode(&bytes[..EVENT_V1_SIZE - 1]), None);
+    }
+
+    #[test]
     fn json_has_the_documented_fields() {
         let e = Event {
             client: Addr::from_v4([198, 18, 0, 1]),
@@ -217,6 +256,7 @@ mod tests {
                 pid: 4242,
                 comm: *b"kube-apiserver\0\0",
             },
+            cookie: 7,
         };
         let v = Violation::from_event(&e, std::time::UNIX_EPOCH).unwrap();
         let json: serde_json::Value = serde_json::to_value(&v).unwrap();

@@ -299,6 +299,7 @@ pub fn spawn_expiry(
     idle: Duration,
     enforced: [bool; Path::COUNT],
     counters: Arc<AgentCounters>,
+    enforcer: crate::enforce::Queue,
     stop: mpsc::Receiver<()>,
 ) -> JoinHandle<()> {
     std::thread::Builder::new()
@@ -334,15 +335,15 @@ pub fn spawn_expiry(
                 };
                 // A connection the programs no longer track could no
                 // longer be blocked: none may be left when its entry goes.
+                // (Idle or closed, its socket may well be gone: not an
+                // error.)
                 let reset = |key: &FlowKey, flow: &Flow| {
                     if Path::from_u8(flow.path).is_some_and(|p| enforced[p as usize]) {
-                        let (client, server) = crate::enforce::ends(key, flow);
-                        crate::enforce::reset_counted(
-                            client,
-                            server,
-                            &counters,
+                        enforcer.push(crate::enforce::Target::of_flow(
+                            key,
+                            flow,
                             "forgotten on an enforced path",
-                        );
+                        ));
                     }
                 };
                 match table.expire(timeout, now, reset) {

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use observer_common::{
-    counters::{Direction, DropReason, Stat, byte_index, connection_index},
+    counters::{Direction, DropReason, ResetFailure, Stat, byte_index, connection_index},
     enums::Label,
     path::Path,
     policy::{Verdict, violation_index},
@@ -162,17 +162,18 @@ impl Collector for DatapathCollector {
             None,
             MetricType::Counter,
         )?)?;
-        ConstCounter::new(
-            self.agent
-                .reset_errors
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )
-        .encode(encoder.encode_descriptor(
+        let mut m = encoder.encode_descriptor(
             "cp_observer_reset_errors",
-            "Blocked connections whose sockets could not be destroyed.",
+            "Connections the agent had to reset and could not, by reason.",
             None,
             MetricType::Counter,
-        )?)?;
+        )?;
+        for reason in ResetFailure::ALL {
+            ConstCounter::new(
+                self.agent.reset_errors[reason as usize].load(std::sync::atomic::Ordering::Relaxed),
+            )
+            .encode(m.encode_family(&[reason.label()])?)?;
+        }
         let mut m = encoder.encode_descriptor(
             "cp_observer_agent_errors",
             "Errors of the agent's own parts, by component (each is also a log line); a part that died makes /healthz fail and the agent exit.",

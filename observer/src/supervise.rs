@@ -57,11 +57,53 @@ impl Health {
     }
 }
 
-/// A watched task or thread. A task's `Err` is its failure.
-#[derive(Debug)]
+/// A watched task or thread. A task's or thread's `Err` is its failure.
 enum Handle {
     Task(tokio::task::JoinHandle<Result<(), String>>),
-    Thread(std::thread::JoinHandle<()>),
+    Thread(Box<dyn Joinable>),
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Task(_) => "Task",
+            Self::Thread(_) => "Thread",
+        })
+    }
+}
+
+/// How a thread's return value reads: `()` returned, a `Result` may fail.
+pub trait Ending: Send + 'static {
+    /// `Err` with the failure, if it is one.
+    fn outcome(self) -> Result<(), String>;
+}
+
+impl Ending for () {
+    fn outcome(self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl<E: std::fmt::Display + Send + 'static> Ending for Result<(), E> {
+    fn outcome(self) -> Result<(), String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+/// A thread's join handle, whatever its [`Ending`].
+trait Joinable: Send {
+    fn is_finished(&self) -> bool;
+    fn join(self: Box<Self>) -> std::thread::Result<Result<(), String>>;
+}
+
+impl<T: Ending> Joinable for std::thread::JoinHandle<T> {
+    fn is_finished(&self) -> bool {
+        std::thread::JoinHandle::is_finished(self)
+    }
+
+    fn join(self: Box<Self>) -> std::thread::Result<Result<(), String>> {
+        std::thread::JoinHandle::join(*self).map(Ending::outcome)
+    }
 }
 
 /// The set of watched components.
@@ -81,8 +123,9 @@ impl Watched {
     }
 
     /// Watches the thread `handle` of `component`.
-    pub fn thread(&mut self, component: Component, handle: std::thread::JoinHandle<()>) {
-        self.members.push((component, Handle::Thread(handle)));
+    pub fn thread(&mut self, component: Component, handle: std::thread::JoinHandle<impl Ending>) {
+        self.members
+            .push((component, Handle::Thread(Box::new(handle))));
     }
 
     /// Waits until a watched component ends, stops watching it and
@@ -116,7 +159,8 @@ impl Watched {
                         Err(e) => (true, e.to_string()),
                     },
                     Handle::Thread(t) => match t.join() {
-                        Ok(()) => (false, "it returned".to_owned()),
+                        Ok(Ok(())) => (false, "it returned".to_owned()),
+                        Ok(Err(e)) => (true, e),
                         Err(panic) => (true, panicked(&panic)),
                     },
                 };
@@ -157,9 +201,16 @@ impl Watched {
             return;
         };
         if let (_, Handle::Thread(t)) = self.members.swap_remove(i) {
-            if let Err(panic) = t.join() {
-                counters.error(component);
-                tracing::error!(%component, "panicked while stopping: {}", panicked(&panic));
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    counters.error(component);
+                    tracing::error!(%component, "failed while stopping: {e}");
+                }
+                Err(panic) => {
+                    counters.error(component);
+                    tracing::error!(%component, "panicked while stopping: {}", panicked(&panic));
+                }
             }
         }
     }
@@ -191,7 +242,10 @@ mod tests {
                 Component::KernelLog,
                 tokio::spawn(std::future::pending::<Result<(), String>>()),
             );
-            w.thread(Component::Enforcer, std::thread::spawn(|| panic!("boom")));
+            w.thread(
+                Component::Enforcer,
+                std::thread::spawn(|| -> () { panic!("boom") }),
+            );
             let death = w.first_death().await;
             assert_eq!(
                 death,
@@ -220,6 +274,16 @@ mod tests {
             assert_eq!(
                 death.to_string(),
                 "event-reader died: the ring buffer's fd failed"
+            );
+            // A thread that ends with an error (the enforcer when it cannot
+            // return to its own namespace) died of it.
+            w.thread(
+                Component::Enforcer,
+                std::thread::spawn(|| Err::<(), _>("cannot return to the agent's namespace")),
+            );
+            assert_eq!(
+                w.first_death().await.to_string(),
+                "enforcer died: cannot return to the agent's namespace"
             );
             let health = Health::default();
             assert!(health.report().is_ok());

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use lab::cluster::manifests::{find, kustomize};
 use lab::{
-    cluster::agent::Agent,
+    cluster::agent::{Agent, HostProc, Pause},
     cluster::kube::ControlPlane,
     cluster::scenario::{Lab, Where},
     cluster::topology::{Topology, addrs},
@@ -90,7 +90,7 @@ fn overlays_render_and_carry_a_valid_config() {
         );
         let caps = capabilities(&docs);
         let want: &[&str] = if overlay == "enforce" {
-            &["NET_ADMIN", "SYS_ADMIN"]
+            &["NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"]
         } else {
             &["BPF", "PERFMON", "NET_ADMIN"]
         };
@@ -122,10 +122,12 @@ fn a_real_apiserver_accepts_the_rendered_manifests() {
 }
 
 /// The lab's agent flags, plus the overlay's policy (from its rendered
-/// config) spelled out as one rule per (path, protocol).
-fn agent_args(docs: &[Value]) -> Vec<String> {
+/// config) spelled out as one rule per (path, protocol), and the host's
+/// procfs where the DaemonSet mounts it.
+fn agent_args(docs: &[Value], host_proc: &HostProc) -> Vec<String> {
     let policy = settings(docs).policy;
     let mut args = Topology::agent_args();
+    args.extend(host_proc.flag());
     for path in Path::ALL {
         for protocol in Protocol::ALL {
             let action = policy.action(path, protocol).name();
@@ -136,18 +138,32 @@ fn agent_args(docs: &[Value]) -> Vec<String> {
     args
 }
 
+/// The lab as a DaemonSet without hostPID sees it: the agent in PID and
+/// mount namespaces of its own, the host's procfs mounted for it, the
+/// lab's namespaces held by pause processes (user 65535) and named by no
+/// path it sees (as with a runtime that pins none under /var/run/netns).
+fn daemonset_lab(tag: &str) -> (Lab, [Pause; 2], HostProc) {
+    let lab = Lab::new(tag);
+    let pauses = [
+        Pause::start(lab.ns(Where::ControlPlane)),
+        Pause::start(lab.ns(Where::Pod)),
+    ];
+    (lab, pauses, HostProc::mount())
+}
+
 /// The agent with each overlay's capabilities and nothing else does its
 /// job: observing, it loads, attaches, pins and counts; enforcing, it also
 /// blocks and resets.
 #[test]
 fn the_daemonset_capabilities_are_enough() {
-    let lab = Lab::new("t-caps");
+    let (lab, _pauses, host_proc) = daemonset_lab("t-caps");
     let pod = |port| SocketAddr::new(addrs::POD4.into(), port);
     for overlay in ["observe", "enforce"] {
         let (_, docs) = render(overlay);
         let caps = capabilities(&docs);
-        let args = agent_args(&docs);
-        let agent = Agent::start_with_caps(&caps, &args);
+        let args = agent_args(&docs, &host_proc);
+        let agent =
+            Agent::try_start_without_host_pid(Some(&caps), &args).unwrap_or_else(|e| panic!("{e}"));
         let plain = traffic::http_get(lab.ns(Where::ControlPlane), pod(8080));
         // A request line the signatures do not list is plaintext too.
         let unlisted = traffic::raw(
@@ -206,14 +222,14 @@ fn lacks_permission(stderr: &str) -> bool {
 /// blocked connection (the failure is counted).
 #[test]
 fn each_daemonset_capability_is_needed() {
-    let lab = Lab::new("t-capmin");
+    let (lab, _pauses, host_proc) = daemonset_lab("t-capmin");
     for overlay in ["observe", "enforce"] {
         let (_, docs) = render(overlay);
         let caps = capabilities(&docs);
-        let args = agent_args(&docs);
+        let args = agent_args(&docs, &host_proc);
         for missing in &caps {
             let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
-            let agent = match Agent::try_start_with_caps(&fewer, &args) {
+            let agent = match Agent::try_start_without_host_pid(Some(&fewer), &args) {
                 Ok(agent) => agent,
                 // Refused to start for want of a permission: needed. Any
                 // other failure is not this test's to excuse.

@@ -34,6 +34,9 @@ pub struct Agent {
     stderr: Arc<Mutex<String>>,
     /// The network namespace it runs in (`None`: ours).
     ns: Option<String>,
+    /// Runs as PID 1 of a PID namespace of its own under `unshare`
+    /// (which blocks SIGTERM): signals go to `unshare`'s child.
+    own_pid_ns: bool,
 }
 
 /// An agent that exited before serving `/healthz`.
@@ -77,6 +80,22 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("loopback port")
         .port()
+}
+
+/// How to start the agent: all empty is [`Agent::start`]'s way.
+#[derive(Clone, Copy, Default)]
+struct Launch<'a> {
+    /// The network namespace to run in (the host's if `None`).
+    ns: Option<&'a str>,
+    /// The only capabilities left in its bounding set.
+    caps: Option<&'a [String]>,
+    /// A command line the agent's is appended to (`unshare ...`, which
+    /// must make the agent its only child).
+    wrapper: Option<&'a [&'a str]>,
+    /// Added to its environment.
+    env: &'a [(&'a str, &'a str)],
+    /// Its soft limit of open descriptors.
+    nofile: Option<u64>,
 }
 
 impl Agent {
@@ -125,41 +144,97 @@ impl Agent {
     /// stays ours), as container runtimes that start processes with a soft
     /// limit of 1024 do.
     pub fn start_with(env: &[(&str, &str)], nofile: Option<u64>, args: &[String]) -> Self {
-        Self::started(Self::spawn_with(None, None, env, nofile, args))
+        Self::started(Self::launch(
+            &Launch {
+                env,
+                nofile,
+                ..Launch::default()
+            },
+            args,
+        ))
+    }
+
+    /// Like [`Self::start`], with the agent as a DaemonSet without
+    /// `hostPID` runs it: PID 1 of a PID namespace of its own, its `/proc`
+    /// showing only itself, and (in a mount namespace of its own) nothing
+    /// under `/run/netns`: the host's processes and their namespaces are
+    /// only visible through what `args` point it at (`--host-proc`).
+    pub fn start_without_host_pid(args: &[String]) -> Self {
+        Self::started(Self::try_start_without_host_pid(None, args))
+    }
+
+    /// [`Self::start_without_host_pid`], with only `caps` if given (as
+    /// [`Self::start_with_caps`]), returning how the agent exited if it
+    /// did before serving `/healthz`.
+    pub fn try_start_without_host_pid(
+        caps: Option<&[String]>,
+        args: &[String],
+    ) -> Result<Self, Exited> {
+        Self::launch(
+            &Launch {
+                caps,
+                wrapper: Some(&[
+                    "unshare",
+                    "--pid",
+                    "--fork",
+                    "--mount-proc",
+                    "--",
+                    "sh",
+                    "-c",
+                    "mount -t tmpfs none /run/netns && exec \"$0\" \"$@\"",
+                ]),
+                ..Launch::default()
+            },
+            args,
+        )
     }
 
     /// Starts the agent and waits for `/healthz`.
     fn spawn(ns: Option<&str>, caps: Option<&[String]>, args: &[String]) -> Result<Self, Exited> {
-        Self::spawn_with(ns, caps, &[], None, args)
+        Self::launch(
+            &Launch {
+                ns,
+                caps,
+                ..Launch::default()
+            },
+            args,
+        )
     }
 
-    fn spawn_with(
-        ns: Option<&str>,
-        caps: Option<&[String]>,
-        env: &[(&str, &str)],
-        nofile: Option<u64>,
-        args: &[String],
-    ) -> Result<Self, Exited> {
+    /// Starts the agent as `how` says and waits for `/healthz`.
+    fn launch(how: &Launch<'_>, args: &[String]) -> Result<Self, Exited> {
+        let Launch {
+            ns,
+            caps,
+            wrapper,
+            env,
+            nofile,
+        } = *how;
         let metrics_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let mut cmd = match caps {
-            Some(caps) => {
-                let set: String = caps
-                    .iter()
-                    .map(|c| format!(",+{}", c.to_lowercase()))
-                    .collect();
-                let mut c = Command::new("setpriv");
-                c.args([
+        // The wrapper (which may need every capability) runs setpriv,
+        // which drops them for the agent.
+        let mut line: Vec<std::ffi::OsString> =
+            wrapper.unwrap_or_default().iter().map(Into::into).collect();
+        if let Some(caps) = caps {
+            let set: String = caps
+                .iter()
+                .map(|c| format!(",+{}", c.to_lowercase()))
+                .collect();
+            line.extend(
+                [
+                    "setpriv",
                     "--bounding-set",
                     &format!("-all{set}"),
                     "--inh-caps",
                     "-all",
                     "--",
-                ])
-                .arg(binary());
-                c
-            }
-            None => Command::new(binary()),
-        };
+                ]
+                .map(Into::into),
+            );
+        }
+        line.push(binary().into());
+        let mut cmd = Command::new(&line[0]);
+        cmd.args(&line[1..]);
         // Enter `ns` for the network only (not `ip netns exec`, which also
         // remounts /sys and would hide the cgroup v2 mount).
         let netns = ns.map(|n| {
@@ -244,6 +319,7 @@ impl Agent {
             stdout,
             stderr,
             ns: ns.map(str::to_owned),
+            own_pid_ns: wrapper.is_some(),
         };
         let stderr = agent.stderr.clone();
         let serving = crate::eventually(
@@ -405,8 +481,18 @@ impl Agent {
         if let Some(status) = self.child.try_wait().expect("wait on the agent") {
             return status;
         }
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let pid = if self.own_pid_ns {
+            // `unshare` blocks SIGTERM: signal the agent, its only child.
+            let id = self.child.id();
+            std::fs::read_to_string(format!("/proc/{id}/task/{id}/children"))
+                .ok()
+                .and_then(|c| c.split_whitespace().next()?.parse().ok())
+                .unwrap_or(id)
+        } else {
+            self.child.id()
+        };
+        // SAFETY: signalling our own child (or its only child).
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         let deadline = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().expect("wait on the agent") {
@@ -414,6 +500,8 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // SAFETY: as above; the wrapper's child would outlive it.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         let _ = self.child.kill();
         self.child.wait().expect("wait on the agent")
     }
@@ -444,6 +532,78 @@ fn dechunk(body: &str) -> String {
         }
         out.push_str(&after[..n]);
         rest = after[n..].trim_start_matches("\r\n");
+    }
+}
+
+/// A procfs of the host's PID namespace mounted at a path of its own, as
+/// the DaemonSet's hostPath volume of `/proc` gives it (pass
+/// [`HostProc::flag`]); unmounted on drop.
+#[derive(Debug)]
+pub struct HostProc(PathBuf);
+
+impl HostProc {
+    /// Mounts it (read-only) under the temporary directory.
+    pub fn mount() -> Self {
+        let dir = std::env::temp_dir().join(format!("cpo-host-proc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a mount point");
+        let ok = Command::new("mount")
+            .args(["-t", "proc", "-o", "ro", "proc"])
+            .arg(&dir)
+            .status()
+            .expect("mount runs")
+            .success();
+        assert!(ok, "cannot mount procfs at {}", dir.display());
+        Self(dir)
+    }
+
+    /// `--host-proc PATH`.
+    pub fn flag(&self) -> [String; 2] {
+        [
+            "--host-proc".to_owned(),
+            self.0.to_string_lossy().into_owned(),
+        ]
+    }
+}
+
+impl Drop for HostProc {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A process that holds a network namespace as a pod's pause container
+/// does, and like it runs as user 65535 without capabilities: the host's
+/// procfs shows the namespace only through it. Killed on drop.
+#[derive(Debug)]
+pub struct Pause(Child);
+
+impl Pause {
+    /// Starts one in the lab namespace `ns`.
+    pub fn start(ns: &crate::cluster::netns::NetNs) -> Self {
+        Self(
+            Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", ns.name()))
+                .args([
+                    "setpriv",
+                    "--reuid=65535",
+                    "--regid=65535",
+                    "--clear-groups",
+                    "--inh-caps=-all",
+                    "--bounding-set=-all",
+                    "sleep",
+                    "600",
+                ])
+                .spawn()
+                .expect("nsenter runs"),
+        )
+    }
+}
+
+impl Drop for Pause {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
