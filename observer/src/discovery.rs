@@ -150,6 +150,16 @@ pub fn node_of(n: &Node) -> (Vec<IpAddr>, Vec<Cidr>) {
 }
 
 /// A pod's IPs.
+/// False for a pod that has ended (`Succeeded`, `Failed`, e.g. evicted):
+/// it keeps its `podIP` in the API until garbage-collected, while the
+/// network plugin gives the address to another pod.
+pub fn running(p: &Pod) -> bool {
+    !matches!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
 pub fn pod_ips(p: &Pod) -> Vec<IpAddr> {
     let Some(status) = &p.status else {
         return Vec::new();
@@ -248,7 +258,8 @@ impl Cluster {
 /// (deprecated since Kubernetes 1.33; older clusters lack v1 slices).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndpointSource {
-    /// EndpointSlices labelled `kubernetes.io/service-name=kubernetes`.
+    /// The EndpointSlice `default/kubernetes` (labelled
+    /// `kubernetes.io/service-name=kubernetes`), which the apiserver writes.
     Slices,
     /// The `default/kubernetes` Endpoints object.
     Endpoints,
@@ -409,6 +420,7 @@ impl Stores {
             .konnectivity
             .state()
             .iter()
+            .filter(|p| running(p))
             .flat_map(|p| pod_ips(p))
             .collect();
         konnectivity_agents.sort();
@@ -469,7 +481,10 @@ pub async fn run(
         EndpointSource::Slices => {
             let (store, task) = reflect(
                 Api::<EndpointSlice>::namespaced(client.clone(), "default"),
-                watcher::Config::default().labels(&format!("{SERVICE_NAME_LABEL}=kubernetes")),
+                // The one slice the apiserver writes is named after the
+                // Service: a label alone is what anyone who may create
+                // EndpointSlices in `default` can copy.
+                by_name("kubernetes").labels(&format!("{SERVICE_NAME_LABEL}=kubernetes")),
                 "EndpointSlices",
                 &status,
                 &changed,
@@ -621,6 +636,23 @@ mod tests {
                 vec!["10.244.1.0/24".parse().unwrap()]
             )
         );
+    }
+
+    /// An evicted konnectivity agent keeps its `podIP` in the API while
+    /// the address goes to another pod: it is no longer an agent.
+    #[test]
+    fn ended_pods_are_not_running() {
+        let pod = |phase: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "konnectivity-agent-x", "namespace": "kube-system"},
+                "status": {"phase": phase, "podIP": "10.244.1.7"}
+            }))
+            .unwrap()
+        };
+        assert!(running(&pod("Running")));
+        assert!(running(&pod("Pending")));
+        assert!(!running(&pod("Failed")));
+        assert!(!running(&pod("Succeeded")));
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //!
 //! The limits (README, "Metrics"): at most [`MAX_CONNECTIONS`] open
 //! connections (one beyond is closed at once and counted in
-//! `cp_observer_metrics_connections_rejected_total`), [`HEADER_TIMEOUT`] to
+//! `cp_observer_metrics_connections_rejected_total`; [`LOCAL_CONNECTIONS`]
+//! more are kept for the node itself, so that whoever fills the others
+//! cannot fail the kubelet's probes and have the agent restarted), [`HEADER_TIMEOUT`] to
 //! send a request's headers (also how long a kept-alive connection may
 //! idle), [`CONNECTION_LIFETIME`] for a whole connection, headers of at most
 //! [`MAX_HEADER_BYTES`] in at most [`MAX_HEADERS`] fields, request bodies of
@@ -43,6 +45,11 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// Open connections at most. Far below any RLIMIT_NOFILE the agent runs
 /// with, so that the enforcer always has descriptors left.
 pub const MAX_CONNECTIONS: usize = 256;
+/// Connections beyond [`MAX_CONNECTIONS`] kept for the node itself: a
+/// peer at the listening address (the kubelet probing the node's address
+/// from the host network, or loopback probing loopback). A pod reaching
+/// the node's address comes from its own address, never this one.
+pub const LOCAL_CONNECTIONS: usize = 16;
 /// Time to send a request's headers, counted from the connection's start or
 /// the previous response: the header and the keep-alive idle timeout.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -136,13 +143,14 @@ async fn serve(
         .max_buf_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS);
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let local_permits = Arc::new(Semaphore::new(LOCAL_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = &mut stopped => return,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of descriptors, or a connection reset before it was
                 // accepted: wait a little rather than spin.
@@ -152,7 +160,17 @@ async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let from_here = stream
+            .local_addr()
+            .is_ok_and(|local| local.ip() == peer.ip());
+        let permit = permits.clone().try_acquire_owned().or_else(|e| {
+            if from_here {
+                local_permits.clone().try_acquire_owned()
+            } else {
+                Err(e)
+            }
+        });
+        let Ok(permit) = permit else {
             let n = counters
                 .metrics_connections_rejected
                 .fetch_add(1, Ordering::Relaxed);
@@ -179,5 +197,69 @@ async fn serve(
             }
             drop(permit);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read as _, Write as _},
+        net::{SocketAddr, TcpStream},
+    };
+
+    use super::*;
+
+    /// Connects to `to` from `from` (any port).
+    fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::from((from, 0)).into()).unwrap();
+        s.connect(&to.into()).unwrap();
+        s.into()
+    }
+
+    /// Whoever holds every ordinary slot (a pod reaching the node's
+    /// address comes from another address), a probe from the listening
+    /// address itself is still answered.
+    #[test]
+    fn a_probe_from_the_node_is_answered_while_others_hold_every_slot() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counters = Arc::new(AgentCounters::default());
+        let running = spawn(
+            listener,
+            router(Arc::new(Registry::default()), Arc::new(Health::default())),
+            counters.clone(),
+        )
+        .unwrap();
+        let held: Vec<TcpStream> = (0..MAX_CONNECTIONS + 8)
+            .map(|_| connect_from([127, 0, 0, 2], addr))
+            .collect();
+        // The server has taken them all in (the extra ones closed).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while counters
+            .metrics_connections_rejected
+            .load(Ordering::Relaxed)
+            < 8
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server never filled up"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut probe = connect_from([127, 0, 0, 1], addr);
+        probe
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        probe
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        probe.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        drop(held);
+        drop(running.stop);
+        running.thread.join().unwrap();
     }
 }
