@@ -18,7 +18,7 @@ use lab::{
     cluster::agent::{self, Agent},
     cluster::scenario::Lab,
     cluster::topology::{Topology, addrs},
-    eventually, later,
+    eventually,
 };
 use observer_common::flow::{Flow, FlowKey};
 
@@ -44,19 +44,6 @@ fn args(dir: &Path) -> Vec<String> {
     args
 }
 
-/// Waits for the kernel to free the programs of an agent that exited.
-fn programs_settle_at(n: usize) {
-    let what = later(|| {
-        format!(
-            "{} cp-observer programs loaded, want {n}",
-            agent::loaded_observer_programs()
-        )
-    });
-    eventually(Duration::from_secs(5), what, || {
-        agent::loaded_observer_programs() == n
-    });
-}
-
 /// Starts the agent with `args`, which must make it refuse to start: it
 /// exits non-zero, its last line names each of `wanted` and says what to
 /// do, and no program stays loaded. Returns that line.
@@ -76,7 +63,7 @@ fn refused(args: &[String], wanted: &[&str]) -> String {
     for w in wanted.iter().chain(&["cp-observer cleanup"]) {
         assert!(last.contains(w), "the refusal should name {w:?}: {last}");
     }
-    programs_settle_at(before);
+    agent::programs_settle_at(before);
     last
 }
 
@@ -203,7 +190,7 @@ fn a_pinned_link_on_another_cgroup_is_refused() {
     refused(&args(&dir), &["link-ingress", "not a link"]);
 
     assert!(cleanup(&dir).status.success());
-    programs_settle_at(before);
+    agent::programs_settle_at(before);
     std::fs::remove_dir(&other).expect("remove the test cgroup");
 }
 

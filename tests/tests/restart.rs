@@ -15,7 +15,7 @@ use lab::{
     cluster::agent::{self, Agent},
     cluster::scenario::{Lab, Where},
     cluster::topology::{Topology, addrs},
-    eventually, later,
+    eventually,
     traffic::{self, is_reset},
 };
 
@@ -47,19 +47,6 @@ fn alerted_http(agent: &Agent) -> f64 {
     agent
         .scrape()
         .sum(C, &[("protocol", "http"), ("verdict", "alerted")])
-}
-
-/// Waits for the kernel to free replaced programs (released asynchronously).
-fn programs_settle_at(n: usize) {
-    let what = later(|| {
-        format!(
-            "{} cp-observer programs loaded, want {n}",
-            agent::loaded_observer_programs()
-        )
-    });
-    eventually(Duration::from_secs(5), what, || {
-        agent::loaded_observer_programs() == n
-    });
 }
 
 #[test]
@@ -111,7 +98,7 @@ fn pins_outlive_the_agent_and_a_restart_adopts_them() {
         Vec::<String>::new(),
         "no plaintext request reached the pod"
     );
-    programs_settle_at(baseline + agent::PROGRAMS_PER_AGENT);
+    agent::programs_settle_at(baseline + agent::PROGRAMS_PER_AGENT);
     let m = second.scrape();
     assert_eq!(
         m.sum(C, &[("protocol", "http"), ("verdict", "blocked")]),
@@ -143,7 +130,7 @@ fn pins_outlive_the_agent_and_a_restart_adopts_them() {
         "SIGTERM with pins leaves the programs attached"
     );
     let third = start(None);
-    programs_settle_at(baseline + agent::PROGRAMS_PER_AGENT);
+    agent::programs_settle_at(baseline + agent::PROGRAMS_PER_AGENT);
     let ok = traffic::http_get(cp, pod(8080)).expect("no longer blocked");
     assert!(ok.status.contains("200"));
     assert_eq!(alerted_http(&third), 1.0);
@@ -155,7 +142,7 @@ fn pins_outlive_the_agent_and_a_restart_adopts_them() {
         "cleanup: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    programs_settle_at(baseline);
+    agent::programs_settle_at(baseline);
     assert!(
         !Path::new(PIN_DIR).exists(),
         "cleanup removes the pin directory"

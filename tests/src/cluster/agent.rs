@@ -625,3 +625,17 @@ pub fn loaded_observer_programs() -> usize {
         })
         .count()
 }
+
+/// Waits until [`loaded_observer_programs`] is `n`: the kernel frees the
+/// programs of an agent that exited, or replaced ones, asynchronously.
+pub fn programs_settle_at(n: usize) {
+    let what = crate::later(|| {
+        format!(
+            "{} cp-observer programs loaded, want {n}",
+            loaded_observer_programs()
+        )
+    });
+    crate::eventually(Duration::from_secs(5), what, || {
+        loaded_observer_programs() == n
+    });
+}
