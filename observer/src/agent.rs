@@ -90,7 +90,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         KernelLog::Off => None,
         KernelLog::Debug => Some(datapath.trace(kernel_log::Forward)?),
     };
-    let how = datapath.attach(&cgroup)?;
+    // With discovery, the previous agent's view stays until this one's
+    // first: the maps are fresh, and the old programs are replaced now.
+    let how = datapath.attach(&cgroup, discovery.is_some().then_some(&mut addresses))?;
     info!(
         cgroup = %cgroup.display(),
         pins = ?settings.pin_dir,

@@ -320,7 +320,17 @@ impl Datapath {
     /// Every pinned link is checked before any is used: one that is not a
     /// cgroup link of its program's hook on `cgroup` is refused
     /// ([`pin::check_link`]), and nothing is attached.
-    pub fn attach(&mut self, cgroup: &Path) -> Result<Attachment, DatapathError> {
+    ///
+    /// With `carry`, the address view of the programs in the pinned links
+    /// (the previous agent's, which discovery wrote) is copied into
+    /// `carry`'s maps before the new programs replace them: until
+    /// discovery's first view, addresses only discovery knows stay on
+    /// their paths ([`Addresses::carry_over`]).
+    pub fn attach(
+        &mut self,
+        cgroup: &Path,
+        carry: Option<&mut Addresses>,
+    ) -> Result<Attachment, DatapathError> {
         let file = File::open(cgroup).map_err(|source| DatapathError::Cgroup {
             path: cgroup.display().to_string(),
             source,
@@ -331,6 +341,15 @@ impl Datapath {
                 Some(dir) => pin::check_link(dir, name, hook.attach_type(), &file, cgroup)?,
                 None => None,
             });
+        }
+        if let (Some(addresses), Some(link)) = (carry, pinned.iter().flatten().next()) {
+            match previous_view(link) {
+                Ok(view) => addresses.carry_over(&view),
+                // Not a reason to stop: discovery writes its view soon.
+                Err(e) => tracing::warn!(
+                    "cannot read the previous programs' addresses ({e}): until discovery's first view, only the configured addresses are on their paths"
+                ),
+            }
         }
         let mut how = Attachment::New;
         for ((name, hook), link) in PROGRAMS.into_iter().zip(pinned) {
@@ -663,7 +682,88 @@ fn sync<T: Table>(
     shortfall
 }
 
+/// The address maps' contents of the programs running in a pinned link.
+#[derive(Debug, Default)]
+pub struct View {
+    roles: Vec<((u32, observer_common::config::Addr), u32)>,
+    endpoints: Vec<(Endpoint, u32)>,
+}
+
+/// Reads `ROLES` and `APISERVERS` of the program `link` runs (the link was
+/// checked: [`pin::check_link`]).
+fn previous_view(link: &OwnedFd) -> Result<View, String> {
+    let info = crate::sys::link_info(link.as_fd()).map_err(|e| format!("link info: {e}"))?;
+    let program = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == info.prog_id)
+        .ok_or_else(|| format!("program {} is gone", info.prog_id))?;
+    let ids = program
+        .map_ids()
+        .map_err(|e| format!("map ids of program {}: {e}", info.prog_id))?
+        .unwrap_or_default();
+    let mut view = View::default();
+    for id in ids {
+        let named = aya::maps::MapInfo::from_id(id)
+            .map_err(|e| format!("map {id}: {e}"))?
+            .name_as_str()
+            .map(str::to_owned);
+        let open = || {
+            MapData::from_id(id)
+                .and_then(aya::maps::Map::from_map_data)
+                .map_err(|e| format!("map {id}: {e}"))
+        };
+        match named.as_deref() {
+            Some("ROLES") => {
+                let trie: LpmTrie<_, observer_common::config::Addr, u32> =
+                    LpmTrie::try_from(open()?).map_err(|e| format!("ROLES: {e}"))?;
+                for entry in trie.iter() {
+                    let (key, roles) = entry.map_err(|e| format!("ROLES: {e}"))?;
+                    view.roles.push(((key.prefix_len(), key.data()), roles));
+                }
+            }
+            Some("APISERVERS") => {
+                let map: HashMap<_, Endpoint, u32> =
+                    HashMap::try_from(open()?).map_err(|e| format!("APISERVERS: {e}"))?;
+                for entry in map.iter() {
+                    view.endpoints
+                        .push(entry.map_err(|e| format!("APISERVERS: {e}"))?);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(view)
+}
+
 impl Addresses {
+    /// Adds the entries of `previous` that the maps lack (what is
+    /// configured wins), as entries the next [`Self::apply`] removes if
+    /// its view no longer has them.
+    pub fn carry_over(&mut self, previous: &View) {
+        let (mut roles, mut endpoints) = (0, 0);
+        for (key, value) in &previous.roles {
+            if !self.current_roles.contains(key)
+                && Table::insert(&mut self.roles, key, *value).is_ok()
+            {
+                self.current_roles.push(*key);
+                roles += 1;
+            }
+        }
+        for (key, value) in &previous.endpoints {
+            if !self.current_endpoints.contains(key)
+                && Table::insert(&mut self.endpoints, key, *value).is_ok()
+            {
+                self.current_endpoints.push(*key);
+                endpoints += 1;
+            }
+        }
+        tracing::info!(
+            roles,
+            endpoints,
+            "carried over the previous programs' addresses until discovery's first view"
+        );
+    }
+
     fn take(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
         Ok(Self {
             roles: take(ebpf, "ROLES")?,

@@ -446,3 +446,73 @@ fn a_relist_forgets_pods_deleted_while_the_watch_was_cut() {
         2.0
     );
 }
+
+/// A restart while the apiserver is unreachable: the new agent's programs
+/// replace the old ones at once, and their address maps start from the
+/// flags alone, which here name nothing (discovery only, as the shipped
+/// DaemonSet runs). The previous agent's view, discovery's, is carried
+/// over, so the proxy path stays enforced until the new agent's discovery
+/// reaches the apiserver. Before, plaintext from the control plane reached
+/// the pod from the moment of the swap until then.
+#[test]
+fn a_restart_keeps_the_learned_addresses_until_discovery_is_back() {
+    const PIN_DIR: &str = "/sys/fs/bpf/cp-observer-test-carry";
+    let cleanup = || {
+        std::process::Command::new(lab::cluster::agent::binary())
+            .args(["cleanup", "--pin-dir", PIN_DIR])
+            .output()
+            .expect("cleanup runs")
+    };
+    let _ = cleanup(); // a killed earlier run
+    let lab = Lab::for_real_control_plane("t-carry");
+    let mut cp = ControlPlane::start(&lab.topo.cp);
+    cp.register_lab_objects();
+    cp.add_konnectivity_agent(&lab.topo.pod);
+    let mut args = cp.discovery_args();
+    args.extend(
+        [
+            "--policy",
+            "apiserver-proxy-to-pod:plaintext=block",
+            "--pin-dir",
+            PIN_DIR,
+        ]
+        .map(str::to_owned),
+    );
+    let first = Agent::start_in(Some(lab.topo.node.name()), &args);
+    first.wait_for_complete_discovery();
+    cp.stop_apiserver();
+    first.stop();
+
+    let second = Agent::start_in(Some(lab.topo.node.name()), &args);
+    use lab::{
+        cluster::scenario::Where,
+        cluster::topology::addrs,
+        traffic::{self, is_reset},
+    };
+    let pod = std::net::SocketAddr::new(addrs::POD4.into(), 8080);
+    let plain = traffic::http_get(lab.ns(Where::ControlPlane), pod);
+    assert!(
+        plain.as_ref().is_err_and(is_reset),
+        "plaintext from the control plane to the pod is still blocked: {plain:?}"
+    );
+    assert_eq!(
+        lab.server(8080).requests(),
+        Vec::<String>::new(),
+        "the pod never saw the request"
+    );
+    let m = second.scrape();
+    assert_eq!(
+        m.sum(
+            C,
+            &[
+                ("path", "apiserver-proxy-to-pod"),
+                ("protocol", "http"),
+                ("verdict", "blocked")
+            ]
+        ),
+        1.0
+    );
+    drop(second);
+    let out = cleanup();
+    assert!(out.status.success(), "cleanup: {out:?}");
+}
