@@ -457,12 +457,7 @@ fn a_relist_forgets_pods_deleted_while_the_watch_was_cut() {
 #[test]
 fn a_restart_keeps_the_learned_addresses_until_discovery_is_back() {
     const PIN_DIR: &str = "/sys/fs/bpf/cp-observer-test-carry";
-    let cleanup = || {
-        std::process::Command::new(lab::cluster::agent::binary())
-            .args(["cleanup", "--pin-dir", PIN_DIR])
-            .output()
-            .expect("cleanup runs")
-    };
+    let cleanup = || lab::cluster::agent::cleanup_pins(std::path::Path::new(PIN_DIR));
     let _ = cleanup(); // a killed earlier run
     let lab = Lab::for_real_control_plane("t-carry");
     let mut cp = ControlPlane::start(&lab.topo.cp);

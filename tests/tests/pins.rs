@@ -9,7 +9,6 @@ use std::{
     net::SocketAddr,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
@@ -25,17 +24,8 @@ use observer_common::flow::{Flow, FlowKey};
 /// A pin directory of this test file's own (`tag` keeps tests apart).
 fn pin_dir(tag: &str) -> PathBuf {
     let dir = PathBuf::from(format!("/sys/fs/bpf/cp-observer-test-pins-{tag}"));
-    cleanup(&dir); // a killed earlier run
+    agent::cleanup_pins(&dir); // a killed earlier run
     dir
-}
-
-fn cleanup(dir: &Path) -> std::process::Output {
-    Command::new(agent::binary())
-        .arg("cleanup")
-        .arg("--pin-dir")
-        .arg(dir)
-        .output()
-        .expect("cleanup runs")
 }
 
 fn args(dir: &Path) -> Vec<String> {
@@ -144,7 +134,7 @@ fn a_pinned_map_of_another_shape_is_refused_or_recreated() {
     assert_ne!(now.id(), old_id, "the planted FLOWS is not adopted");
     assert_eq!(now.value_size(), expected_value);
     assert!(running.stop().success());
-    assert!(cleanup(&dir).status.success());
+    assert!(agent::cleanup_pins(&dir).status.success());
 }
 
 #[test]
@@ -181,7 +171,7 @@ fn a_pinned_link_on_another_cgroup_is_refused() {
     );
 
     // A map pinned where a link belongs.
-    assert!(cleanup(&dir).status.success());
+    assert!(agent::cleanup_pins(&dir).status.success());
     pin_state_maps(&dir);
     let planted: Array<MapData, u64> = Array::create(1, 0).expect("create an array");
     planted
@@ -189,7 +179,7 @@ fn a_pinned_link_on_another_cgroup_is_refused() {
         .expect("plant link-ingress");
     refused(&args(&dir), &["link-ingress", "not a link"]);
 
-    assert!(cleanup(&dir).status.success());
+    assert!(agent::cleanup_pins(&dir).status.success());
     agent::programs_settle_at(before);
     std::fs::remove_dir(&other).expect("remove the test cgroup");
 }
@@ -202,7 +192,7 @@ fn cleanup_does_not_follow_a_symbolic_link() {
     pin_state_maps(&target);
     std::os::unix::fs::symlink(&target, &link).expect("plant a symbolic link");
 
-    let out = cleanup(&link);
+    let out = agent::cleanup_pins(&link);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         target.join("FLOWS").exists(),
@@ -214,7 +204,7 @@ fn cleanup_does_not_follow_a_symbolic_link() {
         "{stderr}"
     );
     std::fs::remove_file(&link).expect("remove the link");
-    assert!(cleanup(&target).status.success());
+    assert!(agent::cleanup_pins(&target).status.success());
 }
 
 /// Entries of the pinned `FLOWS` now.
@@ -266,5 +256,5 @@ fn the_flow_table_gauge_is_the_table_after_a_restart() {
     assert_eq!(gauge(&third), 2.0, "and after another");
     drop((idle, live));
     assert!(third.stop().success());
-    assert!(cleanup(&dir).status.success());
+    assert!(agent::cleanup_pins(&dir).status.success());
 }

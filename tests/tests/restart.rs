@@ -7,7 +7,6 @@ use std::{
     io,
     net::SocketAddr,
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -36,10 +35,7 @@ fn start(policy: Option<&str>) -> Agent {
 }
 
 fn cleanup() -> std::process::Output {
-    Command::new(agent::binary())
-        .args(["cleanup", "--pin-dir", PIN_DIR])
-        .output()
-        .expect("cleanup runs")
+    agent::cleanup_pins(Path::new(PIN_DIR))
 }
 
 /// Plaintext HTTP connections `agent` counted as alerted.

@@ -639,3 +639,14 @@ pub fn programs_settle_at(n: usize) {
         loaded_observer_programs() == n
     });
 }
+
+/// Runs `cp-observer cleanup --pin-dir dir`: detaches pinned programs and
+/// removes the pins a test (or a killed earlier run of it) left.
+pub fn cleanup_pins(dir: &std::path::Path) -> std::process::Output {
+    Command::new(binary())
+        .arg("cleanup")
+        .arg("--pin-dir")
+        .arg(dir)
+        .output()
+        .expect("cleanup runs")
+}
