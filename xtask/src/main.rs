@@ -67,6 +67,8 @@ enum Command {
         /// Kernel series to boot; all when none is named.
         series: Vec<String>,
     },
+    /// Build (once) the Kubernetes binaries the tests and the real node use.
+    KubeBuild,
 }
 
 fn main() -> std::process::ExitCode {
@@ -126,6 +128,11 @@ fn run(command: Command) -> Result<()> {
             if let Some(series) = kernels {
                 kernels::run(&series)?;
             }
+        }
+        Command::KubeBuild => {
+            require_root("installing the build tools")?;
+            let kube = kube::ensure()?;
+            println!("{}", kube.dir.display());
         }
         Command::Kernels { series } => {
             require_root("the kernel matrix (BPF, network namespaces, VMs)")?;
