@@ -23,6 +23,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod kernel;
+pub mod node;
 pub mod traffic;
 
 use std::{
