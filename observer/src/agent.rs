@@ -34,12 +34,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let cgroup = cgroup::resolve(settings.cgroup.as_deref())?;
     enforce::check_host_proc(&settings.host_proc)?;
     features::check()?;
-    if settings.control_plane.is_empty()
+    // With discovery on, the apiserver fills these in (found on a real
+    // node: the warning named a state that lasted milliseconds).
+    if settings.discovery.is_none()
+        && settings.control_plane.is_empty()
         && settings.apiservers.is_empty()
         && settings.apiserver_vips.is_empty()
     {
         tracing::warn!(
-            "no --control-plane, --apiserver or --apiserver-vip: only kubelet-read-only can be seen"
+            "no --control-plane, --apiserver or --apiserver-vip, and --no-discovery: only kubelet-read-only can be seen"
         );
     }
     let agent_counters = Arc::new(AgentCounters::default());
@@ -306,10 +309,25 @@ fn discovery_target(
 }
 
 /// `cp-observer cleanup`: detaches the pinned programs and removes the pins.
-pub fn cleanup(pin_dir: &Path) -> anyhow::Result<()> {
+///
+/// With `then_wait`, it then waits for SIGTERM or SIGINT: run by the
+/// `deploy/cleanup` DaemonSet, a pod that is Running has cleaned its node.
+pub fn cleanup(pin_dir: &Path, then_wait: bool) -> anyhow::Result<()> {
     let n = pin::cleanup(pin_dir)
         .with_context(|| format!("cannot clean up --pin-dir {}", pin_dir.display()))?;
     info!(pins = n, dir = %pin_dir.display(), "removed; pinned programs detached");
+    if then_wait {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start a runtime to wait for SIGTERM")?;
+        runtime.block_on(async {
+            let mut signals = Signals::install()?;
+            info!("cleaned; waiting for SIGTERM");
+            signals.recv().await;
+            anyhow::Ok(())
+        })?;
+    }
     Ok(())
 }
 

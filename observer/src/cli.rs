@@ -33,6 +33,10 @@ pub struct CleanupArgs {
     /// The directory `run` pinned to.
     #[arg(long, value_name = "PATH", default_value = crate::pin::DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
+    /// Once cleaned, wait for SIGTERM instead of exiting (for the
+    /// `deploy/cleanup` DaemonSet: a Running pod has cleaned its node).
+    #[arg(long)]
+    pub then_wait: bool,
 }
 
 #[cfg(test)]

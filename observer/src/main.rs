@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => observer::agent::run(args),
-        Command::Cleanup(args) => observer::agent::cleanup(&args.pin_dir),
+        Command::Cleanup(args) => observer::agent::cleanup(&args.pin_dir, args.then_wait),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,7 +15,8 @@
 //!    through kube-proxy's DNAT `pod-to-apiserver/tls`;
 //! 4. a rolling update to a second image, with plaintext proxy requests
 //!    throughout: not one reaches the pod;
-//! 5. `kubectl delete -k` and the documented cleanup leave nothing of
+//! 5. `kubectl delete -k`, then the documented cleanup (`deploy/cleanup`,
+//!    a DaemonSet running `cp-observer cleanup`) leave nothing of
 //!    cp-observer attached or pinned.
 
 use std::{
@@ -97,7 +98,7 @@ fn plan(mode: Mode) {
     let repo = repo("");
 
     // 1. The observe overlay, discovery from the service account.
-    node.deploy(&repo, "observe", &images.agent)
+    node.deploy(&repo, "overlays/observe", &images.agent)
         .unwrap_or_else(|e| panic!("{e:#}"));
     let agent = AgentPod::new(node);
     agent.wait_discovery();
@@ -123,7 +124,7 @@ fn plan(mode: Mode) {
     node_paths(node, &agent);
 
     // 2 again, enforced.
-    node.deploy(&repo, "enforce", &images.agent)
+    node.deploy(&repo, "overlays/enforce", &images.agent)
         .unwrap_or_else(|e| panic!("{e:#}"));
     let agent = AgentPod::new(node);
     agent.wait_discovery();
@@ -149,7 +150,7 @@ fn plan(mode: Mode) {
     // 4. A rolling update with plaintext throughout.
     let (requests, answered) = during(
         || {
-            node.deploy(&repo, "enforce", &images.agent_next)
+            node.deploy(&repo, "overlays/enforce", &images.agent_next)
                 .unwrap_or_else(|e| panic!("{e:#}"))
         },
         || {
@@ -171,24 +172,22 @@ fn plan(mode: Mode) {
         "the web pod's server saw a request during the update"
     );
 
-    // 5. Uninstall.
-    node.undeploy(&repo, "enforce", &images.agent_next)
+    // 5. Uninstall as the README says: the overlay, then deploy/cleanup.
+    node.undeploy(&repo, "overlays/enforce", &images.agent_next)
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(
         Path::new(PIN_DIR).exists(),
         "the pins outlive the DaemonSet (by design)"
     );
-    let out = agent::cleanup_pins(Path::new(PIN_DIR));
-    assert!(
-        out.status.success(),
-        "cleanup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    node.deploy(&repo, "cleanup", &images.agent_next)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(
         !Path::new(PIN_DIR).exists(),
-        "{PIN_DIR} remains after cleanup"
+        "{PIN_DIR} remains after the cleanup DaemonSet ran"
     );
     agent::programs_settle_at(0);
+    node.undeploy(&repo, "cleanup", &images.agent_next)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     // Without the agent, plaintext passes again: nothing was left behind.
     node.kubectl_ok(&["get", "--raw", PROXY_HTTP], None)
         .expect("plain proxy passes once cp-observer is gone");

@@ -53,7 +53,7 @@ fn run(command: Command) -> Result<()> {
             let images = Images::from_env()?;
             let node = Node::up(mode, binaries, &images)?;
             if overlay != "none" {
-                node.deploy(&repo(), &overlay, &images.agent)?;
+                node.deploy(&repo(), &format!("overlays/{overlay}"), &images.agent)?;
                 eprintln!("cluster: deploy/overlays/{overlay} is running on the node");
             }
             print!("{}", node.status());

@@ -223,8 +223,8 @@ impl Node {
     /// The node that is up, if any (its mode from the state folder).
     pub fn existing(binaries: Binaries) -> Result<Option<Self>> {
         let mode = match std::fs::read_to_string(Path::new(STATE).join("mode")) {
-            Ok(m) if m == "remote" => Mode::Remote,
-            Ok(m) if m == "local" => Mode::Local,
+            Ok(m) if m.trim() == "remote" => Mode::Remote,
+            Ok(m) if m.trim() == "local" => Mode::Local,
             Ok(m) => bail!("{STATE}/mode says `{m}`: neither remote nor local"),
             Err(_) => return Ok(None),
         };
@@ -524,84 +524,83 @@ impl Node {
             .context("cannot run ctr")?)
     }
 
-    /// `kubectl apply -k` of `deploy/overlays/<overlay>` of the repository at
-    /// `repo`, with its image set to `image` (a kustomization of our own
-    /// beside the state, whose only change is `images:`), then waits until
-    /// the DaemonSet's pods run `image` and are ready.
-    pub fn deploy(&self, repo: &Path, overlay: &str, image: &str) -> Result<()> {
-        let dir = self.kustomization(repo, overlay, image)?;
-        self.kubectl_ok(&["apply", "-k", &dir.to_string_lossy()], None)?;
-        self.wait_agent(image)
+    /// `kubectl apply -k` of `deploy/<dir>` of the repository at `repo`
+    /// (`overlays/observe`, `overlays/enforce`, `cleanup`), with its image
+    /// set to `image` (a kustomization of our own beside the state, whose
+    /// only change is `images:`), then waits until the DaemonSet's pod runs
+    /// `image` and is ready.
+    pub fn deploy(&self, repo: &Path, dir: &str, image: &str) -> Result<()> {
+        let kustomization = self.kustomization(repo, dir, image)?;
+        self.kubectl_ok(&["apply", "-k", &kustomization.to_string_lossy()], None)?;
+        self.wait_daemonset(app(dir), image)
     }
 
     /// `kubectl delete -k` of what [`Self::deploy`] applied, waiting until
-    /// the agent's pods are gone.
-    pub fn undeploy(&self, repo: &Path, overlay: &str, image: &str) -> Result<()> {
-        let dir = self.kustomization(repo, overlay, image)?;
+    /// its pods are gone.
+    pub fn undeploy(&self, repo: &Path, dir: &str, image: &str) -> Result<()> {
+        let kustomization = self.kustomization(repo, dir, image)?;
         self.kubectl_ok(
             &[
                 "delete",
                 "-k",
-                &dir.to_string_lossy(),
+                &kustomization.to_string_lossy(),
                 "--wait=true",
                 "--timeout=120s",
             ],
             None,
         )?;
+        let selector = format!("app.kubernetes.io/name={}", app(dir));
         self.wait(
-            "the agent's pods are gone",
+            &format!("the pods of {dir} are gone"),
             Duration::from_secs(120),
             || {
-                let out = self.kubectl_ok(
-                    &[
-                        "get",
-                        "pods",
-                        "-A",
-                        "-l",
-                        "app.kubernetes.io/name=cp-observer",
-                        "-o",
-                        "name",
-                    ],
-                    None,
-                )?;
+                let out =
+                    self.kubectl_ok(&["get", "pods", "-A", "-l", &selector, "-o", "name"], None)?;
                 Ok(out.trim().is_empty())
             },
         )
     }
 
-    fn kustomization(&self, repo: &Path, overlay: &str, image: &str) -> Result<PathBuf> {
-        let overlay_dir = repo.join("deploy/overlays").join(overlay);
-        let overlay_dir = overlay_dir
+    fn kustomization(&self, repo: &Path, dir: &str, image: &str) -> Result<PathBuf> {
+        let source = repo.join("deploy").join(dir);
+        let source = source
             .canonicalize()
-            .with_context(|| format!("no overlay {}", overlay_dir.display()))?;
+            .with_context(|| format!("no kustomization {}", source.display()))?;
         let (name, tag) = image
             .rsplit_once(':')
             .with_context(|| format!("image `{image}` has no tag"))?;
-        let dir = Path::new(STATE).join("deploy").join(overlay);
-        std::fs::create_dir_all(&dir)?;
+        let ours = Path::new(STATE).join("deploy").join(dir);
+        std::fs::create_dir_all(&ours)?;
+        // kustomize takes only relative paths to other kustomizations.
+        let up = "../".repeat(ours.components().count() - 1);
+        let source = format!(
+            "{up}{}",
+            source.display().to_string().trim_start_matches('/')
+        );
         std::fs::write(
-            dir.join("kustomization.yaml"),
+            ours.join("kustomization.yaml"),
             format!(
-                "# Written by cp-observer's `cluster`: the overlay, with the image built here.\n\
+                "# Written by cp-observer's `cluster`: deploy/{dir}, with the image built here.\n\
                  apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-                 resources:\n  - {}\nimages:\n  - name: cp-observer\n    newName: {name}\n    newTag: \"{tag}\"\n",
-                overlay_dir.display()
+                 resources:\n  - {source}\nimages:\n  - name: cp-observer\n    newName: {name}\n    newTag: \"{tag}\"\n",
             ),
         )?;
-        Ok(dir)
+        Ok(ours)
     }
 
-    /// Waits until every pod of the agent runs `image` and is ready.
-    pub fn wait_agent(&self, image: &str) -> Result<()> {
-        self.wait(&format!("the cp-observer DaemonSet runs {image}, ready"), Duration::from_secs(180), || {
+    /// Waits until the one pod of DaemonSet `app` (in namespace `app`)
+    /// runs `image` and is ready, and no other is left.
+    pub fn wait_daemonset(&self, app: &str, image: &str) -> Result<()> {
+        let selector = format!("app.kubernetes.io/name={app}");
+        self.wait(&format!("the {app} DaemonSet runs {image}, ready"), Duration::from_secs(180), || {
             let out = self.kubectl_ok(
                 &[
                     "-n",
-                    "cp-observer",
+                    app,
                     "get",
                     "pods",
                     "-l",
-                    "app.kubernetes.io/name=cp-observer",
+                    &selector,
                     "-o",
                     "jsonpath={range .items[*]}{.metadata.deletionTimestamp}|{.spec.containers[0].image}|{.status.containerStatuses[0].ready}{\"\\n\"}{end}",
                 ],
@@ -693,9 +692,7 @@ impl Node {
             note(self.remove_containers());
         }
         self.daemons.stop("containerd", Duration::from_secs(10));
-        note(run_quiet(
-            Command::new(self.binaries.kube("kube-proxy")).arg("--cleanup"),
-        ));
+        note(remove_kube_chains());
         for name in CONTROL_PLANE.iter().rev() {
             self.daemons.stop(name, Duration::from_secs(10));
         }
@@ -736,6 +733,15 @@ impl Node {
     }
 }
 
+/// The DaemonSet (and its namespace) of `deploy/<dir>`.
+fn app(dir: &str) -> &'static str {
+    if dir == "cleanup" {
+        "cp-observer-cleanup"
+    } else {
+        "cp-observer"
+    }
+}
+
 /// The control plane's namespace (with its veth pair), the pods' network
 /// namespaces the CNI left (`cni-*`), and the bridge.
 fn remove_networks() -> Result<()> {
@@ -749,6 +755,48 @@ fn remove_networks() -> Result<()> {
     for link in [BRIDGE, VETH] {
         if Path::new("/sys/class/net").join(link).exists() {
             run(Command::new("ip").args(["link", "delete", link]))?;
+        }
+    }
+    Ok(())
+}
+
+/// The iptables chains of kube-proxy and the kubelet (`KUBE-*`) and the
+/// rules that jump to them, in every table, IPv4 and IPv6. (`kube-proxy
+/// --cleanup` leaves the kubelet's, and fails without `ipset`.)
+fn remove_kube_chains() -> Result<()> {
+    for (save, restore) in [
+        ("iptables-save", "iptables-restore"),
+        ("ip6tables-save", "ip6tables-restore"),
+    ] {
+        let out = Command::new(save)
+            .output()
+            .with_context(|| format!("cannot run {save}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !text.contains("KUBE-") {
+            continue;
+        }
+        let kept: String = text
+            .lines()
+            .filter(|l| !(l.starts_with(":KUBE-") || (l.starts_with("-A ") && l.contains("KUBE-"))))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        use std::io::Write as _;
+        let mut child = Command::new(restore)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run {restore}"))?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(kept.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "{restore} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
     }
     Ok(())
@@ -815,20 +863,6 @@ fn run(cmd: &mut Command) -> Result<()> {
             "{cmd:?} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
-    }
-    Ok(())
-}
-
-/// Like [`run`], but only its exit status counts (for commands that talk a lot).
-fn run_quiet(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed with {status}");
     }
     Ok(())
 }
