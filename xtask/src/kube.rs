@@ -161,7 +161,13 @@ fn build(dir: &Path, out: &Path) -> Result<()> {
     // The sandbox container's one process, as the Kubernetes image builds it.
     run_checked(
         Command::new("gcc")
-            .args(["-Os", "-Wall", "-Werror", "-static", "-DVERSION=v3.4-cp-observer"])
+            .args([
+                "-Os",
+                "-Wall",
+                "-Werror",
+                "-static",
+                "-DVERSION=v3.4-cp-observer",
+            ])
             .arg("-o")
             .arg(out.join("pause"))
             .arg(src.join("build/pause/linux/pause.c")),
@@ -179,12 +185,7 @@ fn fix_reflect2(src: &Path) -> Result<()> {
     let vendored = src.join("vendor/github.com/modern-go/reflect2");
     std::fs::remove_dir_all(&vendored)
         .with_context(|| format!("cannot remove {}", vendored.display()))?;
-    run_checked(
-        Command::new("cp")
-            .arg("-rL")
-            .arg(REFLECT2)
-            .arg(&vendored),
-    )?;
+    run_checked(Command::new("cp").arg("-rL").arg(REFLECT2).arg(&vendored))?;
     let _ = std::fs::remove_file(vendored.join("go.mod"));
     for file in ["go.mod", "vendor/modules.txt"] {
         let path = src.join(file);
@@ -192,10 +193,16 @@ fn fix_reflect2(src: &Path) -> Result<()> {
             .with_context(|| format!("cannot read {}", path.display()))?;
         let old = "github.com/modern-go/reflect2 v1.0.1";
         if !text.contains(old) {
-            bail!("{} does not name `{old}`: the recipe needs a look", path.display());
+            bail!(
+                "{} does not name `{old}`: the recipe needs a look",
+                path.display()
+            );
         }
-        std::fs::write(&path, text.replace(old, "github.com/modern-go/reflect2 v1.0.2"))
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(
+            &path,
+            text.replace(old, "github.com/modern-go/reflect2 v1.0.2"),
+        )
+        .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }
