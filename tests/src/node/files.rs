@@ -135,8 +135,8 @@ state = "{RUN}/containerd"
     )?;
 
     let kubelet_config = state.join("kubelet.yaml");
-    // Eviction thresholds near zero: this machine's disk may be fuller than
-    // the defaults allow, and a node under DiskPressure runs no new pod.
+    // No disk-based eviction: this machine's disk may be fuller than the
+    // defaults allow, and a node under DiskPressure runs no new pod.
     write_file(
         &kubelet_config,
         &format!(
@@ -151,7 +151,8 @@ authentication:
   x509: {{ clientCAFile: {ca} }}
 authorization:
   mode: AlwaysAllow
-evictionHard: {{ "memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%" }}
+evictionHard: {{ "memory.available": "100Mi", "nodefs.available": "0%", "imagefs.available": "0%" }}
+evictionPressureTransitionPeriod: 10s
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 resolvConf: /etc/resolv.conf
