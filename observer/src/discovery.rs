@@ -58,12 +58,28 @@ pub struct Cluster {
 impl Cluster {
     /// `settings` with what the flags left empty filled from the cluster:
     /// without `--control-plane`, the apiserver endpoints' hosts are the
-    /// control plane; the konnectivity agents always join it (they carry
-    /// the apiserver's traffic to the node).
+    /// control plane, except this node's own addresses; the konnectivity
+    /// agents always join it (they carry the apiserver's traffic to the
+    /// node).
+    ///
+    /// An apiserver on this node (a control-plane node) shares the node's
+    /// addresses with every process of the node: the kubelet's probes and
+    /// its calls to the apiserver would all be taken for the control
+    /// plane's (seen on a real node: `node-to-apiserver` counted as
+    /// `apiserver-proxy-to-node`). Its own connections are recognised by
+    /// the process instead (see the README, "An apiserver on the node").
     pub fn fill(&self, settings: &Settings) -> Settings {
         let mut s = settings.clone();
+        if s.node_ips.is_empty() {
+            s.node_ips.clone_from(&self.node_ips);
+        }
         if s.control_plane.is_empty() {
-            let mut hosts: Vec<IpAddr> = self.apiservers.iter().map(SocketAddr::ip).collect();
+            let mut hosts: Vec<IpAddr> = self
+                .apiservers
+                .iter()
+                .map(SocketAddr::ip)
+                .filter(|ip| !s.node_ips.contains(ip))
+                .collect();
             hosts.sort();
             hosts.dedup();
             s.control_plane
@@ -74,9 +90,6 @@ impl Cluster {
         }
         if s.apiserver_vips.is_empty() {
             s.apiserver_vips.clone_from(&self.vips);
-        }
-        if s.node_ips.is_empty() {
-            s.node_ips.clone_from(&self.node_ips);
         }
         if s.pod_cidrs.is_empty() {
             s.pod_cidrs.clone_from(&self.pod_cidrs);
@@ -693,6 +706,30 @@ mod tests {
             "unready endpoints, FQDN slices and portless ports are left out"
         );
         assert_eq!(endpoints_of_slices([]), Vec::<SocketAddr>::new());
+    }
+
+    #[test]
+    fn an_apiserver_on_this_node_does_not_make_the_node_control_plane() {
+        let node: IpAddr = "198.51.100.1".parse().unwrap();
+        let cluster = Cluster {
+            apiservers: vec![
+                SocketAddr::new(node, 6443),
+                "198.51.100.9:6443".parse().unwrap(),
+            ],
+            vips: vec![],
+            node_ips: vec![node],
+            pod_cidrs: vec![],
+            konnectivity_agents: vec![],
+        };
+        let flags = Settings::from_args(&crate::config::RunArgs {
+            no_pin: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let s = cluster.fill(&flags);
+        assert_eq!(s.control_plane, vec!["198.51.100.9/32".parse().unwrap()]);
+        // The endpoint itself stays an apiserver endpoint.
+        assert_eq!(s.apiservers, cluster.apiservers);
     }
 
     #[test]
