@@ -2,12 +2,10 @@
 //! and a real Prometheus scraping the real agent in the lab evaluates every
 //! dashboard query and every alert expression without error, each naming
 //! only metrics the agent exports; the plaintext alert fires on plaintext.
-//! Needs root and Debian's `prometheus` (`cargo xtask test` installs it).
-//!
-//! Not checked here: a server-side dry run of the PodMonitor and
-//! PrometheusRule. The only apiserver these machines can build (v1.20.2 from
-//! Debian's source, compiled with Go 1.19) dies with "fatal error: fault"
-//! when it serves custom resources, so their CRDs cannot be exercised.
+//! A real kube-apiserver with the Prometheus Operator's CRDs takes the
+//! PodMonitor and PrometheusRule (`kubectl apply --dry-run=server`) and
+//! refuses broken ones. Needs root and Debian's `prometheus` (`cargo xtask
+//! test` installs it, and assembles the CRDs: `CP_OBSERVER_PROMETHEUS_CRDS`).
 
 use std::{
     collections::BTreeSet,
@@ -20,7 +18,8 @@ use std::{
 
 use lab::{
     cluster::agent::{Agent, free_port},
-    cluster::manifests::{kustomize, repo},
+    cluster::kube::ControlPlane,
+    cluster::manifests::{find, kustomize, repo},
     cluster::scenario::{Lab, Where},
     cluster::topology::{Topology, addrs},
     eventually, later, traffic,
@@ -278,4 +277,75 @@ fn prometheus_evaluates_every_dashboard_query_and_alert_on_the_real_agent() {
         alerts().contains("CpObserverPlaintextApiserverProxy")
     });
     let _ = std::fs::remove_file(rules);
+}
+
+/// `kubectl apply --dry-run=server` of `text`, with kubectl's own
+/// validation off: whatever is refused, the apiserver refused.
+fn server_dry_run(cp: &ControlPlane, text: &str) -> std::process::Output {
+    cp.kubectl_stdin(
+        &["apply", "--validate=false", "--dry-run=server", "-f", "-"],
+        Some(text),
+    )
+}
+
+/// The PodMonitor and PrometheusRule as the operator's CRDs define them: a
+/// real apiserver with the CRDs installed takes them, and refuses a
+/// PodMonitor with a wrongly typed field and a PrometheusRule with a rule
+/// missing its `expr`, so the schemas are really checked.
+#[test]
+fn a_real_apiserver_with_the_operator_crds_accepts_the_monitoring_objects() {
+    let crds = std::env::var("CP_OBSERVER_PROMETHEUS_CRDS").expect(
+        "CP_OBSERVER_PROMETHEUS_CRDS is not set: run the tests with `cargo xtask test` (it assembles the CRDs)",
+    );
+    let list: Json = serde_json::from_str(
+        &std::fs::read_to_string(&crds).unwrap_or_else(|e| panic!("{crds}: {e}")),
+    )
+    .unwrap_or_else(|e| panic!("{crds}: {e}"));
+    let names: Vec<String> = list["items"]
+        .as_array()
+        .expect("a List of CRDs")
+        .iter()
+        .map(|c| format!("crd/{}", c["metadata"]["name"].as_str().expect("a name")))
+        .collect();
+    assert_eq!(names.len(), 2, "PodMonitor's and PrometheusRule's");
+
+    let lab = Lab::for_real_control_plane("t-crds");
+    let cp = ControlPlane::start(&lab.topo.cp);
+    cp.kubectl_ok(&["apply", "-f", &crds], None);
+    let mut wait = vec!["wait", "--for=condition=established", "--timeout=60s"];
+    wait.extend(names.iter().map(String::as_str));
+    cp.kubectl_ok(&wait, None);
+    // Namespaced objects are checked against their namespace: create it.
+    cp.create_namespace("cp-observer");
+
+    let (text, docs) = kustomize("deploy/monitoring");
+    let out = server_dry_run(&cp, &text);
+    assert!(
+        out.status.success(),
+        "the apiserver refused deploy/monitoring: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut monitor = find(&docs, "PodMonitor").clone();
+    monitor["spec"]["podMetricsEndpoints"][0]["interval"] = 30.into();
+    let mut rule = find(&docs, "PrometheusRule").clone();
+    rule["spec"]["groups"][0]["rules"][0]
+        .as_mapping_mut()
+        .expect("a rule")
+        .remove("expr");
+    for (broken, refusal) in [
+        (
+            monitor,
+            "spec.podMetricsEndpoints.interval in body must be of type string",
+        ),
+        (rule, "spec.groups.rules.expr: Required value"),
+    ] {
+        let out = server_dry_run(&cp, &serde_yaml::to_string(&broken).expect("YAML"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(refusal),
+            "a broken {} must be refused with `{refusal}`: {stderr}",
+            broken["kind"].as_str().unwrap_or_default()
+        );
+    }
 }

@@ -15,6 +15,7 @@
 
 mod cargo;
 mod command;
+mod crds;
 mod kernels;
 mod kube;
 mod toolchain;
@@ -124,7 +125,13 @@ fn run(command: Command) -> Result<()> {
             toolchain::ensure_debian_packages(&["iptables"])?;
             // A real Prometheus (and promtool) for the monitoring tests.
             toolchain::ensure_debian_packages(&["prometheus"])?;
-            cargo::test(&agent, kube.env(), &args)?;
+            // The Prometheus Operator's CRDs for the monitoring tests.
+            let crds = crds::ensure()?;
+            cargo::test(
+                &agent,
+                kube.env().into_iter().chain([(crds::ENV, crds.as_path())]),
+                &args,
+            )?;
             if let Some(series) = kernels {
                 kernels::run(&series)?;
             }
