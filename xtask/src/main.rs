@@ -12,10 +12,12 @@
 //!   with `--kernels`, then the kernel matrix too.
 //! - `kernels`: only the kernel matrix: the kernel tests and the enforcing
 //!   lab plan on the host's kernel and in VMs booted from Debian's kernels.
+//! - `image`: build the agent's container image and the test images.
 
 mod cargo;
 mod command;
 mod crds;
+mod image;
 mod kernels;
 mod kube;
 mod toolchain;
@@ -70,6 +72,13 @@ enum Command {
     },
     /// Build (once) the Kubernetes binaries the tests and the real node use.
     KubeBuild,
+    /// Build the agent's container image (deploy/Dockerfile, buildah) and
+    /// the test images as docker-archive tarballs (root).
+    Image {
+        /// The sandbox binary (default: the `pause` of `kube-build`).
+        #[arg(long)]
+        pause: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -140,6 +149,14 @@ fn run(command: Command) -> Result<()> {
             require_root("installing the build tools")?;
             let kube = kube::ensure()?;
             println!("{}", kube.dir.display());
+        }
+        Command::Image { pause } => {
+            require_root("buildah and mmdebstrap")?;
+            let pause = match pause {
+                Some(pause) => pause,
+                None => kube::ensure()?.bin("pause"),
+            };
+            print!("{}", image::ensure(&pause)?);
         }
         Command::Kernels { series } => {
             require_root("the kernel matrix (BPF, network namespaces, VMs)")?;
