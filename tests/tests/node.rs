@@ -108,7 +108,7 @@ fn plan(mode: Mode) {
         .kubectl_ok(&["get", "--raw", PROXY_HTTP], None)
         .expect("plain proxy passes");
     assert!(
-        page.contains("cp-observer web"),
+        page.contains("cp-observer test web"),
         "the web pod's page: {page}"
     );
     agent.wait_count("apiserver-proxy-to-pod", "http", "alerted", 1);
@@ -301,7 +301,7 @@ fn port_forward(node: &Node) {
         .expect("kubectl port-forward");
     let got = node.wait("port-forward answers", Duration::from_secs(30), || {
         Ok(http_get(&format!("127.0.0.1:{port}"), "/")
-            .is_some_and(|b| b.contains("cp-observer web")))
+            .is_some_and(|b| b.contains("cp-observer test web")))
     });
     let _ = child.kill();
     let _ = child.wait();

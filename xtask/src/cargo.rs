@@ -104,11 +104,15 @@ fn executable(messages: &[u8], name: &str) -> Option<PathBuf> {
 /// crate, which only builds for BPF) with `CP_OBSERVER_BIN` pointing at the
 /// agent and `env` set (where the tests find their tools). Privileged tests
 /// share the machine's cgroup root and kernel, so they run one at a time.
-pub fn test<'a>(
+pub fn test<K, V>(
     agent: &std::path::Path,
-    env: impl IntoIterator<Item = (&'a str, &'a std::path::Path)>,
+    env: impl IntoIterator<Item = (K, V)>,
     extra: &[String],
-) -> Result<()> {
+) -> Result<()>
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
     let mut cmd = cargo();
     cmd.arg("test").env("CP_OBSERVER_BIN", agent).envs(env);
     // Test-binary arguments go after a single `--`, ours and the caller's.

@@ -13,8 +13,12 @@
 //! - `kernels`: only the kernel matrix: the kernel tests and the enforcing
 //!   lab plan on the host's kernel and in VMs booted from Debian's kernels.
 //! - `image`: build the agent's container image and the test images.
+//! - `cluster up|down|status`: a real node on this machine (kubelet on
+//!   containerd, bridge CNI, kube-proxy, a control plane) with the
+//!   DaemonSet built from `deploy/` on it.
 
 mod cargo;
+mod cluster;
 mod command;
 mod crds;
 mod image;
@@ -70,14 +74,20 @@ enum Command {
         /// Kernel series to boot; all when none is named.
         series: Vec<String>,
     },
-    /// Build (once) the Kubernetes binaries the tests and the real node use.
-    KubeBuild,
     /// Build the agent's container image (deploy/Dockerfile, buildah) and
     /// the test images as docker-archive tarballs (root).
     Image {
         /// The sandbox binary (default: the `pause` of `kube-build`).
         #[arg(long)]
         pause: Option<std::path::PathBuf>,
+    },
+    /// A real node on this machine with cp-observer on it (root): `up
+    /// [--mode remote|local] [--overlay observe|enforce|none]`, `down`,
+    /// `status`. Builds Kubernetes and the images first (cached).
+    Cluster {
+        /// Arguments for `cp-observer-cluster` (see `--help` there).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
@@ -129,26 +139,25 @@ fn run(command: Command) -> Result<()> {
             toolchain::ensure()?;
             toolchain::ensure_lab_tools()?;
             let agent = cargo::build_test_agent()?;
-            let kube = kube::ensure()?;
+            // The real node's binaries and images (the apiserver and etcd
+            // of the end-to-end tests among them).
+            let env = cluster::ensure()?;
             // iptables: the tests translate the `kubernetes` VIP as kube-proxy does.
             toolchain::ensure_debian_packages(&["iptables"])?;
             // A real Prometheus (and promtool) for the monitoring tests.
             toolchain::ensure_debian_packages(&["prometheus"])?;
             // The Prometheus Operator's CRDs for the monitoring tests.
             let crds = crds::ensure()?;
-            cargo::test(
-                &agent,
-                kube.env().into_iter().chain([(crds::ENV, crds.as_path())]),
-                &args,
-            )?;
+            let mut env = env;
+            env.push((crds::ENV.to_owned(), crds.display().to_string()));
+            cargo::test(&agent, env, &args)?;
             if let Some(series) = kernels {
                 kernels::run(&series)?;
             }
         }
-        Command::KubeBuild => {
-            require_root("installing the build tools")?;
-            let kube = kube::ensure()?;
-            println!("{}", kube.dir.display());
+        Command::Cluster { args } => {
+            require_root("the node (containerd, kubelet, network namespaces)")?;
+            cluster::run(&args)?;
         }
         Command::Image { pause } => {
             require_root("buildah and mmdebstrap")?;
