@@ -39,8 +39,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install the eBPF toolchain if missing and build the kernel programs.
-    BuildEbpf,
+    /// Install the eBPF toolchain if missing and build the agent with its
+    /// kernel programs.
+    BuildEbpf {
+        /// Build the agent optimised (`target/release/cp-observer`), as the
+        /// container image ships it.
+        #[arg(long)]
+        release: bool,
+    },
     /// Run the lab (root): simulated node and control plane, real agent, real
     /// traffic. `--enforce` blocks plaintext proxy requests; `--kube` runs a
     /// real kube-apiserver and lets the agent learn everything from it.
@@ -103,9 +109,9 @@ fn main() -> std::process::ExitCode {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::BuildEbpf => {
+        Command::BuildEbpf { release } => {
             toolchain::ensure()?;
-            cargo::build_agent(false)?;
+            cargo::build_agent(release)?;
         }
         Command::Lab { args } => {
             require_root("the lab")?;
