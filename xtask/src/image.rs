@@ -312,7 +312,10 @@ fn remove_old_tags(name: &str, key: &str) {
 /// The stand-in for `rust:1-bookworm`.
 fn build_base() -> Result<Base> {
     let sysroot = stdout_checked(Command::new("rustc").args(["--print", "sysroot"]))?;
-    let sysroot = PathBuf::from(sysroot.trim());
+    // Canonical: a toolchain reached through a link (`1.95.0-...` ->
+    // `stable-...`) is copied as the folder, not the link.
+    let sysroot = fs::canonicalize(sysroot.trim())
+        .with_context(|| format!("cannot resolve the sysroot {}", sysroot.trim()))?;
     let (Some(toolchains), Some(name)) = (
         sysroot.parent().filter(|p| p.ends_with("toolchains")),
         sysroot.file_name().and_then(|n| n.to_str()),
