@@ -15,9 +15,10 @@
 //!   time zones, `/etc/passwd`; no shell.
 //!
 //! Each is keyed by a hash of its recipe (the options below, the sources,
-//! the versions of what it copies from the host), kept as a docker-archive
-//! under `~/.cache/cp-observer/images/bases/` and imported into buildah's
-//! storage as `localhost/cp-observer-{build,runtime}-base:<key>`.
+//! the versions of what it copies from the host), written as a
+//! docker-archive under `~/.cache/cp-observer/images/bases/` and imported
+//! into buildah's storage as `localhost/cp-observer-{build,runtime}-base:<key>`,
+//! which is its cache from then on (the archive is removed).
 //!
 //! The agent is built every time by `buildah bud --layers`: unchanged
 //! sources hit its layer cache (seconds); changed ones recompile with the
@@ -264,6 +265,9 @@ fn ensure_base(dir: &Path, sources: &Sources, base: &Base) -> Result<String> {
             archive.display()
         );
     }
+    // buildah's storage is the cache from now on; the archive of the build
+    // base would be 2.6 GB more on disks that run short.
+    remove_if_there(&archive)?;
     remove_old_tags(base.name, &key);
     Ok(reference)
 }
@@ -308,7 +312,10 @@ fn remove_old_tags(name: &str, key: &str) {
 /// The stand-in for `rust:1-bookworm`.
 fn build_base() -> Result<Base> {
     let sysroot = stdout_checked(Command::new("rustc").args(["--print", "sysroot"]))?;
-    let sysroot = PathBuf::from(sysroot.trim());
+    // Canonical: a toolchain reached through a link (`1.95.0-...` ->
+    // `stable-...`) is copied as the folder, not the link.
+    let sysroot = fs::canonicalize(sysroot.trim())
+        .with_context(|| format!("cannot resolve the sysroot {}", sysroot.trim()))?;
     let (Some(toolchains), Some(name)) = (
         sysroot.parent().filter(|p| p.ends_with("toolchains")),
         sysroot.file_name().and_then(|n| n.to_str()),

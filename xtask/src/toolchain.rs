@@ -24,7 +24,7 @@ use crate::command::run_checked;
 const LINKED: &str = "cp-observer-bpf";
 /// Debian's library source, needed for `-Z build-std=core`.
 const DEBIAN_RUST_SRC: &str = "/usr/lib/rustlib/src/rust/library";
-pub const DEBIAN_LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+const DEBIAN_LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 /// Debian packages of route 2: the compiler, its source, and what
 /// bpf-linker needs to build against LLVM 22.
 pub const DEBIAN_PACKAGES: &[&str] = &[
@@ -37,7 +37,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "zlib1g-dev",
 ];
 /// bpf-linker release known to work with rustc 1.96 / LLVM 22.
-pub const BPF_LINKER_VERSION: &str = "0.13.0";
+const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Ensures one route is complete.
 pub fn ensure() -> Result<()> {
