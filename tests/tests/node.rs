@@ -77,7 +77,13 @@ impl Drop for Up {
             if std::thread::panicking() {
                 eprintln!("{}\n{}", node.status(), node.agent_diagnosis());
                 for daemon in ["kube-apiserver", "kubelet", "containerd"] {
-                    eprintln!("--- {daemon}:\n{}", node.daemons().tail(daemon, 30));
+                    let tail: String = node
+                        .daemons()
+                        .tail(daemon, 15)
+                        .lines()
+                        .map(|l| format!("{}\n", l.chars().take(300).collect::<String>()))
+                        .collect();
+                    eprintln!("--- {daemon}:\n{tail}");
                 }
             }
             if let Err(e) = node.down() {
