@@ -18,6 +18,7 @@
 //! - [`flows`]: the flow table seen from userspace, and idle expiry;
 //! - [`events`]: violation events from the kernel to stdout as JSON;
 //! - [`enforce`]: resetting both ends of blocked connections;
+//! - [`sock_diag`]: the sock_diag netlink requests (destroy a socket);
 //! - [`kubelet`]: checking the kubelet's serving certificate against the cluster CA;
 //! - [`policy`]: `--policy` rules resolved into the kernel's table;
 //! - [`agent_counters`]: what the agent itself counts;
@@ -46,5 +47,6 @@ pub mod pin;
 pub mod policy;
 pub mod roles;
 pub mod server;
+pub mod sock_diag;
 pub mod supervise;
 pub mod sys;
