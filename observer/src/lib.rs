@@ -18,7 +18,8 @@
 //! - [`flows`]: the flow table seen from userspace, and idle expiry;
 //! - [`events`]: violation events from the kernel to stdout as JSON;
 //! - [`enforce`]: resetting both ends of blocked connections;
-//! - [`sock_diag`]: the sock_diag netlink requests (destroy a socket);
+//! - [`local_apiserver`]: recognising an apiserver that runs on this node by the listener its process holds;
+//! - [`sock_diag`]: the sock_diag netlink requests (destroy a socket, list listeners);
 //! - [`kubelet`]: checking the kubelet's serving certificate against the cluster CA;
 //! - [`policy`]: `--policy` rules resolved into the kernel's table;
 //! - [`agent_counters`]: what the agent itself counts;
@@ -40,6 +41,7 @@ pub mod features;
 pub mod flows;
 pub mod kernel_log;
 pub mod kubelet;
+pub mod local_apiserver;
 pub mod mapped;
 pub mod metrics;
 pub mod net;

@@ -1,12 +1,13 @@
 //! sock_diag netlink (linux/sock_diag.h, linux/inet_diag.h), by hand: the
 //! few requests the agent makes, each in the network namespace its socket
 //! was created in. The enforcer destroys blocked connections' sockets with
-//! it (`SOCK_DESTROY`, [`Diag::destroy`]).
+//! it (`SOCK_DESTROY`, [`Diag::destroy`]); the local apiserver is found
+//! among the listening sockets it dumps ([`Diag::listeners`]).
 
 use std::{
     io,
     mem::offset_of,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::Duration,
 };
@@ -18,6 +19,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const SOCK_DESTROY: u16 = 21;
 const NLMSG_ERROR: u16 = libc::NLMSG_ERROR as u16;
+const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
 
 /// `struct inet_diag_sockid` (linux/inet_diag.h).
 #[repr(C)]
@@ -280,6 +282,121 @@ impl Diag {
             }
         }
     }
+
+    /// Every listening TCP socket of this socket's namespace, IPv4 and IPv6.
+    pub(crate) fn listeners(&mut self) -> io::Result<Vec<Listener>> {
+        let mut out = Vec::new();
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            self.dump_listeners(family as u8, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Adds the listening TCP sockets of `family` to `out`: one dump, its
+    /// answer in as many datagrams as it takes, up to `NLMSG_DONE`.
+    fn dump_listeners(&mut self, family: u8, out: &mut Vec<Listener>) -> io::Result<()> {
+        const TCP_LISTEN: u32 = 10;
+        let mut req = Request {
+            hdr: libc::nlmsghdr {
+                nlmsg_len: size_of::<Request>() as u32,
+                nlmsg_type: SOCK_DIAG_BY_FAMILY,
+                nlmsg_flags: (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+                nlmsg_seq: 0,
+                nlmsg_pid: 0,
+            },
+            req: InetDiagReqV2 {
+                family,
+                protocol: libc::IPPROTO_TCP as u8,
+                ext: 0,
+                pad: 0,
+                states: 1 << TCP_LISTEN,
+                id: InetDiagSockId {
+                    sport: [0; 2],
+                    dport: [0; 2],
+                    src: [0; 16],
+                    dst: [0; 16],
+                    ifindex: 0,
+                    cookie: [u32::MAX; 2], // INET_DIAG_NOCOOKIE
+                },
+            },
+        };
+        self.send(&mut req)?;
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let n = self.receive(&mut buf)?;
+            let mut off = 0;
+            while let Some(hdr) = read_at::<libc::nlmsghdr>(&buf[..n], off) {
+                let len = hdr.nlmsg_len as usize;
+                let Some(msg) = buf[..n].get(off..off + len).filter(|_| len >= NLMSG_HDRLEN) else {
+                    return Err(io::Error::other("truncated sock_diag answer"));
+                };
+                // Late parts of an earlier request's answer are skipped.
+                if hdr.nlmsg_seq == self.seq {
+                    match hdr.nlmsg_type {
+                        NLMSG_DONE => return Ok(()),
+                        NLMSG_ERROR => return Err(io::Error::from_raw_os_error(errno(msg)?)),
+                        SOCK_DIAG_BY_FAMILY => out.extend(listener(msg)),
+                        _ => {}
+                    }
+                }
+                off += align(len);
+            }
+        }
+    }
+}
+
+/// A listening TCP socket, as a sock_diag dump gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Listener {
+    /// Where it is bound (an unspecified address: every address).
+    pub addr: SocketAddr,
+    /// `IPV6_V6ONLY`, for an IPv6 socket: without it, one bound to `::`
+    /// also takes IPv4 connections. (Always false for IPv4 sockets.)
+    pub v6only: bool,
+    /// Its inode number, as `/proc/<pid>/fd/*` links name it (`socket:[N]`).
+    pub inode: u32,
+}
+
+/// The listener a `SOCK_DIAG_BY_FAMILY` message describes, with its
+/// attributes (`INET_DIAG_SKV6ONLY`; the kernel puts it in every IPv6
+/// socket's message, so an IPv6 socket without it is taken as v6only, the
+/// answer that never widens what it serves).
+fn listener(msg: &[u8]) -> Option<Listener> {
+    const INET_DIAG_SKV6ONLY: u16 = 11;
+    let m = read_at::<InetDiagMsg>(msg, NLMSG_HDRLEN)?;
+    let ip = match i32::from(m.family) {
+        libc::AF_INET => IpAddr::V4(Ipv4Addr::new(
+            m.id.src[0],
+            m.id.src[1],
+            m.id.src[2],
+            m.id.src[3],
+        )),
+        libc::AF_INET6 => IpAddr::V6(Ipv6Addr::from(m.id.src)),
+        _ => return None,
+    };
+    let mut v6only = ip.is_ipv6();
+    // `struct rtattr` (u16 length, u16 type) and its payload, aligned.
+    let mut off = NLMSG_HDRLEN + align(size_of::<InetDiagMsg>());
+    while let Some([len, ty]) = read_at::<[u16; 2]>(msg, off) {
+        let len = usize::from(len);
+        if len < 4 {
+            break;
+        }
+        if ty == INET_DIAG_SKV6ONLY {
+            v6only = read_at::<u8>(msg, off + 4).is_none_or(|v| v != 0);
+        }
+        off += align(len);
+    }
+    Some(Listener {
+        addr: SocketAddr::new(ip, u16::from_be_bytes(m.id.sport)),
+        v6only,
+        inode: m.inode,
+    })
+}
+
+/// `len` rounded up to netlink's alignment (4 bytes).
+const fn align(len: usize) -> usize {
+    (len + 3) & !3
 }
 
 /// A socket cookie as `inet_diag_sockid.idiag_cookie` holds it: the low
@@ -467,6 +584,54 @@ mod tests {
             );
             let err = newer.write_all(b"x").unwrap_err();
             assert_eq!(err.raw_os_error(), Some(libc::ECONNABORTED), "{err}");
+        });
+    }
+
+    /// The inode a `/proc/self/fd` link names for `fd` (`socket:[N]`).
+    fn inode_of(fd: &impl std::os::fd::AsRawFd) -> u32 {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+        let link = link.to_string_lossy();
+        link.strip_prefix("socket:[")
+            .and_then(|l| l.strip_suffix(']'))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not a socket link: {link}"))
+    }
+
+    /// An IPv6 listener on `addr`, `IPV6_V6ONLY` as given.
+    fn listen6(addr: &str, v6only: bool) -> socket2::Socket {
+        let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
+        s.set_only_v6(v6only).unwrap();
+        s.bind(&addr.parse::<SocketAddr>().unwrap().into()).unwrap();
+        s.listen(1).unwrap();
+        s
+    }
+
+    /// A dump lists every listener of the namespace and nothing else, each
+    /// with where it is bound, whether an IPv6 one takes IPv4 too, and the
+    /// inode its holders' fd links name.
+    #[test]
+    fn listeners_are_dumped_with_their_inodes() {
+        in_new_netns(|| {
+            let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
+            let dual = listen6("[::]:0", false);
+            let only6 = listen6("[::1]:0", true);
+            let _not_a_listener = TcpStream::connect(v4.local_addr().unwrap()).unwrap();
+            let found = Diag::new().unwrap().listeners().unwrap();
+            let addr6 = |s: &socket2::Socket| s.local_addr().unwrap().as_socket().unwrap();
+            let want = [
+                (v4.local_addr().unwrap(), false, inode_of(&v4)),
+                (addr6(&dual), false, inode_of(&dual)),
+                (addr6(&only6), true, inode_of(&only6)),
+            ];
+            assert_eq!(found.len(), want.len(), "{found:?}");
+            for (addr, v6only, inode) in want {
+                let l = Listener {
+                    addr,
+                    v6only,
+                    inode,
+                };
+                assert!(found.contains(&l), "{l:?} in {found:?}");
+            }
         });
     }
 
