@@ -58,12 +58,23 @@ pub struct Cluster {
 impl Cluster {
     /// `settings` with what the flags left empty filled from the cluster:
     /// without `--control-plane`, the apiserver endpoints' hosts are the
-    /// control plane; the konnectivity agents always join it (they carry
-    /// the apiserver's traffic to the node).
+    /// control plane, except this node's own addresses (an apiserver
+    /// running on this node is recognised by its process, see
+    /// [`crate::local_apiserver`]: as an address, every process of the node
+    /// would be the control plane); the konnectivity agents always join it
+    /// (they carry the apiserver's traffic to the node).
     pub fn fill(&self, settings: &Settings) -> Settings {
         let mut s = settings.clone();
+        if s.node_ips.is_empty() {
+            s.node_ips.clone_from(&self.node_ips);
+        }
         if s.control_plane.is_empty() {
-            let mut hosts: Vec<IpAddr> = self.apiservers.iter().map(SocketAddr::ip).collect();
+            let mut hosts: Vec<IpAddr> = self
+                .apiservers
+                .iter()
+                .map(|ep| ep.ip().to_canonical())
+                .filter(|ip| !s.node_ips.iter().any(|n| n.to_canonical() == *ip))
+                .collect();
             hosts.sort();
             hosts.dedup();
             s.control_plane
@@ -74,9 +85,6 @@ impl Cluster {
         }
         if s.apiserver_vips.is_empty() {
             s.apiserver_vips.clone_from(&self.vips);
-        }
-        if s.node_ips.is_empty() {
-            s.node_ips.clone_from(&self.node_ips);
         }
         if s.pod_cidrs.is_empty() {
             s.pod_cidrs.clone_from(&self.pod_cidrs);
@@ -734,5 +742,28 @@ mod tests {
             ],
             "the flag wins; konnectivity agents are added"
         );
+    }
+
+    /// On a control-plane node the apiserver's endpoint is the node's own
+    /// address: as control plane, every process of the node would be.
+    /// The other apiservers' hosts still are.
+    #[test]
+    fn an_apiserver_on_this_node_does_not_make_its_address_control_plane() {
+        let flags = Settings::from_args(&crate::config::RunArgs {
+            no_pin: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let cluster = Cluster {
+            apiservers: vec![
+                "10.0.1.5:6443".parse().unwrap(),
+                "10.0.1.6:6443".parse().unwrap(),
+            ],
+            node_ips: vec!["10.0.1.5".parse().unwrap()],
+            ..Cluster::default()
+        };
+        let s = cluster.fill(&flags);
+        assert_eq!(s.control_plane, vec!["10.0.1.6/32".parse().unwrap()]);
+        assert_eq!(s.apiservers, cluster.apiservers, "still the endpoints");
     }
 }
