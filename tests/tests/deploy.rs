@@ -96,6 +96,11 @@ fn overlays_render_and_carry_a_valid_config() {
         };
         assert_eq!(caps, want, "{overlay}");
         let s = settings(&docs);
+        assert_eq!(
+            s.host_proc,
+            std::path::Path::new("/host/proc"),
+            "{overlay}: the DaemonSet's mount of the host's /proc, not the container's"
+        );
         let blocks = s.policy.action(Path::ApiserverProxyToPod, Protocol::Http) == Action::Block;
         assert_eq!(blocks, overlay == "enforce", "{overlay}");
     }
