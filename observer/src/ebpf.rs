@@ -692,7 +692,8 @@ impl std::fmt::Debug for ApiserverTasks {
 }
 
 impl ApiserverTasks {
-    /// Makes the map hold exactly `tgids`, as far as it can (see [`sync`]).
+    /// Makes the map hold exactly `tgids`, as far as it can: the stale
+    /// entries leave first, a failed write is counted in the result.
     pub fn sync(&mut self, tgids: &std::collections::BTreeSet<u32>) -> Shortfall {
         let wanted: Vec<(u32, u8)> = tgids.iter().map(|t| (*t, 1)).collect();
         sync(&mut self.map, &mut self.current, &wanted)

@@ -1,8 +1,8 @@
 //! sock_diag netlink (linux/sock_diag.h, linux/inet_diag.h), by hand: the
 //! few requests the agent makes, each in the network namespace its socket
 //! was created in. The enforcer destroys blocked connections' sockets with
-//! it (`SOCK_DESTROY`, [`Diag::destroy`]); the local apiserver is found
-//! among the listening sockets it dumps ([`Diag::listeners`]).
+//! it (`SOCK_DESTROY`, `Diag::destroy`); the local apiserver is found
+//! among the listening sockets it dumps (`Diag::listeners`).
 
 use std::{
     io,
