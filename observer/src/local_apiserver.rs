@@ -147,8 +147,9 @@ pub struct Holders {
     pub held: Held,
     /// Processes whose descriptors could not be read (permission: the
     /// agent needs `CAP_SYS_PTRACE` for other users' processes and for
-    /// those with capabilities it lacks).
-    pub unreadable: usize,
+    /// those with capabilities it lacks; an LSM, or a process of a more
+    /// privileged user namespace, may refuse even so).
+    pub unreadable: Vec<u32>,
 }
 
 /// The socket inode a `/proc/<pid>/fd/<n>` link names (`socket:[N]`).
@@ -174,33 +175,44 @@ pub fn holders(proc: &Path, inodes: &BTreeSet<u32>) -> io::Result<Holders> {
         else {
             continue;
         };
-        let fds = match std::fs::read_dir(entry.path().join("fd")) {
-            Ok(fds) => fds,
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                out.unreadable += 1;
-                continue;
+        match sockets_of(&entry.path(), inodes) {
+            Ok(fds) if !fds.is_empty() => {
+                out.held.insert(pid, fds);
             }
-            Err(_) => continue, // exited, or a kernel thread's
-        };
-        for fd in fds.flatten() {
-            let Some(n) = fd.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                continue;
-            };
-            match std::fs::read_link(fd.path()) {
-                Ok(link) => {
-                    if let Some(inode) = socket_inode(&link).filter(|i| inodes.contains(i)) {
-                        out.held.entry(pid).or_default().push((n, inode));
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                    out.unreadable += 1;
-                    break;
-                }
-                Err(_) => {} // closed meanwhile
-            }
+            Ok(_) => {}
+            Err(()) => out.unreadable.push(pid),
         }
     }
     Ok(out)
+}
+
+/// The descriptors of the process at `dir` (`<proc>/<pid>`) that are one
+/// of the sockets `inodes`, as (fd, inode); `Err` when the process's
+/// descriptors may not be read (permission). A process that is gone, or a
+/// descriptor closed meanwhile, has none.
+fn sockets_of(dir: &Path, inodes: &BTreeSet<u32>) -> Result<Vec<(u32, u32)>, ()> {
+    let denied = |e: &io::Error| e.kind() == io::ErrorKind::PermissionDenied;
+    let fds = match std::fs::read_dir(dir.join("fd")) {
+        Ok(fds) => fds,
+        Err(e) if denied(&e) => return Err(()),
+        Err(_) => return Ok(Vec::new()), // exited
+    };
+    let mut found = Vec::new();
+    for fd in fds.flatten() {
+        let Some(n) = fd.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        match std::fs::read_link(fd.path()) {
+            Ok(link) => {
+                if let Some(inode) = socket_inode(&link).filter(|i| inodes.contains(i)) {
+                    found.push((n, inode));
+                }
+            }
+            Err(e) if denied(&e) => return Err(()),
+            Err(_) => {} // closed meanwhile
+        }
+    }
+    Ok(found)
 }
 
 /// Whether every process in `held` still holds those descriptors.
@@ -237,9 +249,9 @@ pub struct LocalApiserver {
     /// The listeners' inodes and their holders at the last look.
     inodes: BTreeSet<u32>,
     held: Held,
-    /// When every process was last read, and how many could not be.
+    /// When every process was last read, and which could not be.
     scanned: Option<Instant>,
-    unreadable: usize,
+    unreadable: Vec<u32>,
     /// The processes last written, for the log.
     recognised: BTreeSet<u32>,
     /// The last failure logged: logged again only when it changes.
@@ -273,7 +285,7 @@ impl LocalApiserver {
             inodes: BTreeSet::new(),
             held: Held::new(),
             scanned: None,
-            unreadable: 0,
+            unreadable: Vec::new(),
             recognised: BTreeSet::new(),
             failure: None,
         })
@@ -379,7 +391,7 @@ impl LocalApiserver {
         if inodes.is_empty() {
             self.inodes.clear();
             self.held.clear();
-            self.unreadable = 0;
+            self.unreadable.clear();
             return Ok((BTreeSet::new(), None));
         }
         let fresh = inodes == self.inodes
@@ -402,19 +414,23 @@ impl LocalApiserver {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", ");
-        let (proc, unreadable) = (self.proc.display(), self.unreadable);
+        let proc = self.proc.display();
+        let unreadable = match self.unreadable.as_slice() {
+            [] => "none".to_owned(),
+            [pid] => format!("process {pid}"),
+            [pid, more @ ..] => format!("process {pid} and {} more", more.len()),
+        };
         let failure = if tgids.is_empty() {
             Some(format!(
                 "a socket listens on the apiserver endpoint {endpoints} of this node, but no \
-                 process in {proc} holds it that the agent can see ({unreadable} processes' \
-                 descriptors unreadable: the agent needs CAP_SYS_PTRACE, and --host-proc \
-                 without hostPID)"
+                 process in {proc} that the agent can read holds it (unreadable: {unreadable}; \
+                 the agent needs CAP_SYS_PTRACE, and --host-proc without hostPID)"
             ))
-        } else if unreadable > 0 {
+        } else if !self.unreadable.is_empty() {
             Some(format!(
-                "the descriptors of {unreadable} processes in {proc} cannot be read (the agent \
-                 needs CAP_SYS_PTRACE): other processes than those found may hold the \
-                 apiserver's listener on {endpoints}"
+                "the descriptors of {unreadable} in {proc} cannot be read (the agent needs \
+                 CAP_SYS_PTRACE): other processes than those found may hold the apiserver's \
+                 listener on {endpoints}"
             ))
         } else {
             None
@@ -543,7 +559,7 @@ mod tests {
             found,
             Holders {
                 held: Held::from([(1, vec![(3, 777)]), (42, vec![(9, 777)])]),
-                unreadable: 0,
+                unreadable: Vec::new(),
             }
         );
         assert!(still_held(&proc, &found.held));
