@@ -449,7 +449,9 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("local-apiserver".into())
         .spawn(move || {
-            let mut next = Instant::now() + REFRESH_INTERVAL;
+            // A first look at once: the programs were attached since the
+            // last (and may have carried processes over).
+            let mut next = Instant::now();
             loop {
                 match endpoints.recv_timeout(next.saturating_duration_since(Instant::now())) {
                     Ok(new) => {

@@ -200,3 +200,70 @@ fn enforce_blocks_the_apiservers_plaintext_to_pods_and_not_the_nodes() {
     assert_eq!(lab.server(8080).requests().len(), 1);
     assert_eq!(agent.scrape().sum(CONNECTIONS, &labels), 1.0);
 }
+
+/// A restart with discovery while the apiserver cannot be reached: the
+/// new agent's programs replace the old ones at once and do not know the
+/// endpoints yet (discovery only), so the processes the previous programs
+/// took for the apiserver are carried over until they are known, and the
+/// apiserver's proxy requests stay on their path meanwhile.
+#[test]
+fn a_restart_keeps_the_apiservers_processes_until_the_endpoints_are_known() {
+    const PIN_DIR: &str = "/sys/fs/bpf/cp-observer-test-apinode";
+    let cleanup = || lab::cluster::agent::cleanup_pins(std::path::Path::new(PIN_DIR));
+    let _ = cleanup(); // a killed earlier run
+    let lab = Lab::new("t-apinode-carry");
+    let mut api = apiserver(&lab);
+    let first = agent(&lab, &["--pin-dir", PIN_DIR]);
+    assert_eq!(first.scrape().sum(RECOGNISED, &[]), 1.0);
+    first.stop();
+
+    // The flags without any endpoint, and discovery of an apiserver that
+    // does not answer (nothing listens there).
+    let dir = std::env::temp_dir().join(format!("cpo-apinode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster:\n    server: https://127.0.0.1:1\n    insecure-skip-tls-verify: true\n\
+         users:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: gone\n  context:\n    cluster: gone\n    user: u\n\
+         current-context: gone\n",
+    )
+    .expect("a kubeconfig");
+    let mut args: Vec<String> = Vec::new();
+    let flags = Topology::agent_args();
+    for pair in flags.chunks(2) {
+        if pair[0] != "--apiserver" {
+            args.extend_from_slice(pair);
+        }
+    }
+    args.extend(
+        [
+            "--kubeconfig",
+            &kubeconfig.to_string_lossy(),
+            "--node-name",
+            "lab-node",
+            "--pin-dir",
+            PIN_DIR,
+        ]
+        .map(str::to_owned),
+    );
+    let second = Agent::start_in(Some(lab.topo.node.name()), &args);
+    wait_recognised(&second, 1.0);
+    let before = second.scrape();
+    api.http_get(pod(8080))
+        .expect("the apiserver's proxy request");
+    assert_eq!(
+        grew(
+            &before,
+            &second.scrape(),
+            Path::ApiserverProxyToPod,
+            Protocol::Http
+        ),
+        1.0,
+        "still the apiserver's after the restart"
+    );
+    drop(second);
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = cleanup();
+    assert!(out.status.success(), "cleanup: {out:?}");
+}
