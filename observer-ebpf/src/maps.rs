@@ -74,6 +74,14 @@ pub static ROLES: LpmTrie<Addr, u32> = LpmTrie::with_max_entries(4096, 0);
 #[map]
 pub static APISERVERS: HashMap<Endpoint, u32> = HashMap::with_max_entries(256, 0);
 
+/// Processes (tgids) that are the apiserver running on this node: they
+/// hold a listener on its endpoint, a local address (the agent looks:
+/// `observer/src/local_apiserver.rs`). A connection one of them
+/// `connect()`s gets the control-plane role at its client's end, whatever
+/// its source address. The value is unused (1).
+#[map]
+pub static APISERVER_TASKS: HashMap<u32, u8> = HashMap::with_max_entries(64, 0);
+
 /// Port numbers, one entry.
 #[map]
 pub static PORTS: Array<Ports> = Array::with_max_entries(1, 0);

@@ -3,7 +3,10 @@
 //! down to what a verdict on the first bytes needs; README, "Threat model",
 //! lists the attacks each rule answers.
 //!
-//! 1. A SYN classifies the new connection (`observer_common::path::classify`).
+//! 1. A SYN classifies the new connection (`observer_common::path::classify`)
+//!    from the roles of its ends' addresses and, for a local client, from
+//!    the process that `connect()`ed: the apiserver running on this node
+//!    (`APISERVER_TASKS`) is the control plane whatever its source address.
 //!    Untracked connections stop here. A connection on a path opens a
 //!    *half-open* entry in `HALF_OPEN`, a least-recently-used table: SYNs
 //!    nobody completes (a spoofed flood) push out only each other and never
@@ -43,7 +46,7 @@ use observer_common::{
     config::{Addr, Endpoint, Roles},
     counters::{Direction, DropReason, Stat, byte_index, connection_index},
     event::{self, Event},
-    flow::{C2S, Flow, FlowKey, Place, S2C, UNDECIDED, filter_slot},
+    flow::{C2S, Connect, Flow, FlowKey, Place, S2C, UNDECIDED, filter_slot},
     path::{End, Path, classify},
     policy::{self, Action, SLOT_ANY_ENFORCED, Verdict, policy_index, violation_index},
     protocol::{Detection, Prefix, Protocol, detect},
@@ -52,8 +55,8 @@ use observer_common::{
 use crate::{
     DROP, PASS,
     maps::{
-        self, APISERVERS, BYTES, CLOCK, CONNECTIONS, CONNECTS, EVENTS, FLOWS, HALF_OPEN, POLICY,
-        POLICY_SLOT, PORTS, ROLES, STATS, VIOLATIONS,
+        self, APISERVER_TASKS, APISERVERS, BYTES, CLOCK, CONNECTIONS, CONNECTS, EVENTS, FLOWS,
+        HALF_OPEN, POLICY, POLICY_SLOT, PORTS, ROLES, STATS, VIOLATIONS,
     },
     origin::{self, Origin, client_stream_start, origin, state},
     packet::{self, ACK, FIN, Parsed, RST, SYN, Segment, URG},
@@ -296,16 +299,18 @@ fn classify_syn(ctx: &SkBuffContext, seg: &Segment) -> Option<(Path, u64)> {
         return None;
     }
     let ports = PORTS.get(0)?;
+    // A SYN a local process sends follows its connect(): the destination it
+    // asked for may be a VIP that was translated since, and the process may
+    // be the apiserver.
+    // SAFETY: a plain helper call on the context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+    let connect = CONNECTS.get_ptr(&cookie);
     let client = End {
-        roles: roles_of(seg.src),
+        roles: client_roles(seg.src, connect),
         port: seg.sport,
         apiserver: false,
     };
-    // A SYN a local process sends follows its connect(): the destination it
-    // asked for may be a VIP that was translated since.
-    // SAFETY: a plain helper call on the context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
-    let asked = CONNECTS.get_ptr(&cookie).map(|c| {
+    let asked = connect.map(|c| {
         // SAFETY: a map value pointer, valid for this run.
         let c = unsafe { &*c };
         Endpoint {
@@ -603,7 +608,8 @@ fn pick_up(ctx: &SkBuffContext, hook: Hook, seg: &Segment) -> Promotion {
 fn pick_up_path(ctx: &SkBuffContext, hook: Hook, seg: &Segment) -> Option<(Path, u64)> {
     // SAFETY: a plain helper call on the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
-    if CONNECTS.get_ptr(&cookie).is_some() != (hook == Hook::Egress) {
+    let connect = CONNECTS.get_ptr(&cookie);
+    if connect.is_some() != (hook == Hook::Egress) {
         return None;
     }
     let ports = PORTS.get(0)?;
@@ -616,7 +622,13 @@ fn pick_up_path(ctx: &SkBuffContext, hook: Hook, seg: &Segment) -> Option<(Path,
             _pad: 0,
         }),
     };
-    let path = classify(&end(seg.src, seg.sport), &end(seg.dst, seg.dport), ports)?;
+    // The segment's source is the client: at egress, the local socket
+    // that connect()ed.
+    let client = End {
+        roles: client_roles(seg.src, connect),
+        ..end(seg.src, seg.sport)
+    };
+    let path = classify(&client, &end(seg.dst, seg.dport), ports)?;
     path_enforced(path as u8).then_some((path, if hook == Hook::Egress { cookie } else { 0 }))
 }
 
@@ -664,6 +676,27 @@ fn now() -> u64 {
 #[inline(always)]
 fn is_apiserver(ep: &Endpoint) -> bool {
     APISERVERS.get_ptr(ep).is_some()
+}
+
+/// The roles of a connection's client at `addr`: its address's, and the
+/// control plane's when `connect` (its `CONNECTS` entry, if it is a local
+/// process's socket) was made by the apiserver running on this node
+/// (`APISERVER_TASKS`): its connections come from the node's addresses.
+#[inline(always)]
+fn client_roles(addr: Addr, connect: Option<*const Connect>) -> Roles {
+    let roles = roles_of(addr);
+    // SAFETY: a map value pointer, valid for this run; the key is read
+    // from it in place.
+    let apiserver = connect.is_some_and(|c| {
+        APISERVER_TASKS
+            .get_ptr(unsafe { &(*c).caller.pid })
+            .is_some()
+    });
+    if apiserver {
+        roles.union(Roles::CONTROL_PLANE)
+    } else {
+        roles
+    }
 }
 
 #[inline(always)]

@@ -20,8 +20,10 @@ use crate::{
     cgroup,
     config::{KernelLog, RunArgs, Settings},
     discovery,
-    ebpf::{Attachment, Datapath, Loaded},
-    enforce, events, features, flows, kernel_log, kubelet, metrics, pin, server,
+    ebpf::{Attachment, Carry, Datapath, Loaded},
+    enforce, events, features, flows, kernel_log, kubelet,
+    local_apiserver::{self, LocalApiserver},
+    metrics, pin, server,
     supervise::{Health, Watched},
 };
 use observer_common::policy::Verdict;
@@ -88,14 +90,34 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         mut flows,
         events,
         mut addresses,
+        apiserver_tasks,
     } = Datapath::load(&settings)?;
+    // The apiserver running on this node, if any: known before the
+    // programs are attached when its endpoints are (the flags, or no
+    // discovery to wait for); else at discovery's first view.
+    let endpoints = (discovery.is_none() || !settings.apiservers.is_empty())
+        .then(|| settings.apiservers.clone());
+    let mut local_apiserver = LocalApiserver::new(
+        apiserver_tasks,
+        settings.host_proc.clone(),
+        endpoints,
+        agent_counters.clone(),
+    )
+    .context("cannot open a sock_diag socket to find the local apiserver")?;
+    local_apiserver.refresh();
     let trace = match settings.kernel_log {
         KernelLog::Off => None,
         KernelLog::Debug => Some(datapath.trace(kernel_log::Forward)?),
     };
     // With discovery, the previous agent's view stays until this one's
     // first: the maps are fresh, and the old programs are replaced now.
-    let how = datapath.attach(&cgroup, discovery.is_some().then_some(&mut addresses))?;
+    let how = datapath.attach(
+        &cgroup,
+        discovery.is_some().then_some(Carry {
+            addresses: &mut addresses,
+            tasks: local_apiserver.tasks_mut(),
+        }),
+    )?;
     info!(
         cgroup = %cgroup.display(),
         pins = ?settings.pin_dir,
@@ -129,6 +151,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     watched.thread(Component::FlowExpiry, expiry);
     watched.thread(Component::Enforcer, enforcer);
+    let (apiserver_endpoints, endpoints_rx) = std::sync::mpsc::channel();
+    let local_thread = local_apiserver::spawn(local_apiserver, endpoints_rx)
+        .context("cannot start the local apiserver's watch")?;
+    watched.thread(Component::LocalApiserver, local_thread);
     // Connections blocked while no agent ran were dropped by the kernel but
     // not reset: reset them now.
     for (key, flow) in flows_snapshot {
@@ -195,6 +221,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         if let Some((client, target)) = discovery {
             let flags = settings.clone();
+            let apiserver_endpoints = apiserver_endpoints.clone();
+            let counters = agent_counters.clone();
             let watcher = discovery::run(
                 client,
                 target,
@@ -206,6 +234,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                         .node_ips
                         .first()
                         .map(|ip| SocketAddr::new(*ip, effective.ports.kubelet));
+                    if apiserver_endpoints
+                        .send(effective.apiservers.clone())
+                        .is_err()
+                    {
+                        // Its thread is gone: supervision reports why.
+                        counters.error(Component::LocalApiserver);
+                        tracing::warn!(
+                            "local apiserver: its watch is gone, new endpoints not passed"
+                        );
+                    }
                     addresses.apply(&effective)
                 },
             );
@@ -241,9 +279,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     watched.join(Component::FlowExpiry, &agent_counters);
     drop(stop_check);
     watched.join(Component::KubeletCheck, &agent_counters);
-    // The event reader (and its sender to the enforcer) goes with the runtime.
+    // The event reader (and its sender to the enforcer) goes with the
+    // runtime, as does discovery's sender of apiserver endpoints.
     drop(runtime);
     watched.join(Component::Enforcer, &agent_counters);
+    drop(apiserver_endpoints);
+    watched.join(Component::LocalApiserver, &agent_counters);
     // Last, so that /healthz tells why until the end.
     drop(server.stop);
     watched.join(Component::MetricsServer, &agent_counters);

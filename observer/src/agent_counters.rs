@@ -21,6 +21,10 @@ pub struct AgentCounters {
     /// Connections to the metrics server closed at once because
     /// `server::MAX_CONNECTIONS` were open.
     pub metrics_connections_rejected: AtomicU64,
+    /// Processes the kernel programs take for the apiserver running on
+    /// this node (`APISERVER_TASKS`), a gauge
+    /// (`cp_observer_local_apiserver_processes`).
+    pub local_apiserver_processes: AtomicU64,
 }
 
 impl AgentCounters {
@@ -62,6 +66,8 @@ pub enum Component {
     MetricsServer,
     /// Reads the kernel maps for a scrape.
     Metrics,
+    /// Finds the processes of an apiserver running on this node.
+    LocalApiserver,
 }
 
 impl Component {
@@ -69,7 +75,7 @@ impl Component {
     pub const COUNT: usize = Self::ALL.len();
 
     /// Every component, in label order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::EventReader,
         Self::KernelLog,
         Self::Discovery,
@@ -78,6 +84,7 @@ impl Component {
         Self::KubeletCheck,
         Self::MetricsServer,
         Self::Metrics,
+        Self::LocalApiserver,
     ];
 
     /// The label value and the name in logs and `/healthz`.
@@ -91,6 +98,7 @@ impl Component {
             Self::KubeletCheck => "kubelet-check",
             Self::MetricsServer => "metrics-server",
             Self::Metrics => "metrics",
+            Self::LocalApiserver => "local-apiserver",
         }
     }
 }

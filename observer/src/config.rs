@@ -67,7 +67,9 @@ pub struct RunArgs {
     #[arg(long = "pod-cidr", value_name = "CIDR")]
     #[serde(deserialize_with = "parsed_list")]
     pub pod_cidr: Vec<Cidr>,
-    /// Apiserver endpoints.
+    /// Apiserver endpoints. One that is an address of this node (the
+    /// apiserver runs on it) also makes the processes holding its listener
+    /// the control plane, whatever address they connect from.
     #[arg(long = "apiserver", value_name = "IP:PORT")]
     #[serde(deserialize_with = "parsed_list")]
     pub apiserver: Vec<SocketAddr>,
@@ -112,7 +114,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_pin: bool,
     /// The host's procfs, where the enforcer finds the network namespaces
-    /// of the node's processes (a read-only hostPath mount in a pod
+    /// of the node's processes and the agent finds the processes of an
+    /// apiserver running on the node (a read-only hostPath mount in a pod
     /// without hostPID) [default: /proc].
     #[arg(long, value_name = "PATH")]
     pub host_proc: Option<PathBuf>,

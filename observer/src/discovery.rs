@@ -58,16 +58,11 @@ pub struct Cluster {
 impl Cluster {
     /// `settings` with what the flags left empty filled from the cluster:
     /// without `--control-plane`, the apiserver endpoints' hosts are the
-    /// control plane, except this node's own addresses; the konnectivity
-    /// agents always join it (they carry the apiserver's traffic to the
-    /// node).
-    ///
-    /// An apiserver on this node (a control-plane node) shares the node's
-    /// addresses with every process of the node: the kubelet's probes and
-    /// its calls to the apiserver would all be taken for the control
-    /// plane's (seen on a real node: `node-to-apiserver` counted as
-    /// `apiserver-proxy-to-node`). Its own connections are recognised by
-    /// the process instead (see the README, "An apiserver on the node").
+    /// control plane, except this node's own addresses (an apiserver
+    /// running on this node is recognised by its process, see
+    /// [`crate::local_apiserver`]: as an address, every process of the node
+    /// would be the control plane); the konnectivity agents always join it
+    /// (they carry the apiserver's traffic to the node).
     pub fn fill(&self, settings: &Settings) -> Settings {
         let mut s = settings.clone();
         if s.node_ips.is_empty() {
@@ -77,8 +72,8 @@ impl Cluster {
             let mut hosts: Vec<IpAddr> = self
                 .apiservers
                 .iter()
-                .map(SocketAddr::ip)
-                .filter(|ip| !s.node_ips.contains(ip))
+                .map(|ep| ep.ip().to_canonical())
+                .filter(|ip| !s.node_ips.iter().any(|n| n.to_canonical() == *ip))
                 .collect();
             hosts.sort();
             hosts.dedup();
@@ -709,30 +704,6 @@ mod tests {
     }
 
     #[test]
-    fn an_apiserver_on_this_node_does_not_make_the_node_control_plane() {
-        let node: IpAddr = "198.51.100.1".parse().unwrap();
-        let cluster = Cluster {
-            apiservers: vec![
-                SocketAddr::new(node, 6443),
-                "198.51.100.9:6443".parse().unwrap(),
-            ],
-            vips: vec![],
-            node_ips: vec![node],
-            pod_cidrs: vec![],
-            konnectivity_agents: vec![],
-        };
-        let flags = Settings::from_args(&crate::config::RunArgs {
-            no_pin: true,
-            ..Default::default()
-        })
-        .unwrap();
-        let s = cluster.fill(&flags);
-        assert_eq!(s.control_plane, vec!["198.51.100.9/32".parse().unwrap()]);
-        // The endpoint itself stays an apiserver endpoint.
-        assert_eq!(s.apiservers, cluster.apiservers);
-    }
-
-    #[test]
     fn flags_win_and_konnectivity_agents_join_the_control_plane() {
         let flags = Settings::from_args(&crate::config::RunArgs {
             node_ip: vec!["192.0.2.9".parse().unwrap()],
@@ -771,5 +742,28 @@ mod tests {
             ],
             "the flag wins; konnectivity agents are added"
         );
+    }
+
+    /// On a control-plane node the apiserver's endpoint is the node's own
+    /// address: as control plane, every process of the node would be.
+    /// The other apiservers' hosts still are.
+    #[test]
+    fn an_apiserver_on_this_node_does_not_make_its_address_control_plane() {
+        let flags = Settings::from_args(&crate::config::RunArgs {
+            no_pin: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let cluster = Cluster {
+            apiservers: vec![
+                "10.0.1.5:6443".parse().unwrap(),
+                "10.0.1.6:6443".parse().unwrap(),
+            ],
+            node_ips: vec!["10.0.1.5".parse().unwrap()],
+            ..Cluster::default()
+        };
+        let s = cluster.fill(&flags);
+        assert_eq!(s.control_plane, vec!["10.0.1.6/32".parse().unwrap()]);
+        assert_eq!(s.apiservers, cluster.apiservers, "still the endpoints");
     }
 }

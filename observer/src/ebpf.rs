@@ -200,6 +200,9 @@ pub struct Loaded {
     pub events: RingBuf<MapData>,
     /// The address maps, for discovery.
     pub addresses: Addresses,
+    /// The processes of the apiserver running on this node, for
+    /// [`crate::local_apiserver`].
+    pub apiserver_tasks: ApiserverTasks,
 }
 
 /// The counter maps, shared with the metrics endpoint.
@@ -300,6 +303,10 @@ impl Datapath {
             settings.flow_table_capacity,
         );
         let events = take(&mut ebpf, "EVENTS")?;
+        let apiserver_tasks = ApiserverTasks {
+            map: take(&mut ebpf, "APISERVER_TASKS")?,
+            current: Vec::new(),
+        };
         Ok(Loaded {
             datapath: Self {
                 ebpf,
@@ -310,6 +317,7 @@ impl Datapath {
             flows,
             events,
             addresses,
+            apiserver_tasks,
         })
     }
 
@@ -322,14 +330,16 @@ impl Datapath {
     /// ([`pin::check_link`]), and nothing is attached.
     ///
     /// With `carry`, the address view of the programs in the pinned links
-    /// (the previous agent's, which discovery wrote) is copied into
-    /// `carry`'s maps before the new programs replace them: until
-    /// discovery's first view, addresses only discovery knows stay on
-    /// their paths ([`Addresses::carry_over`]).
+    /// (the previous agent's, which discovery wrote) and the processes
+    /// they took for the local apiserver are copied into `carry`'s maps
+    /// before the new programs replace them: until discovery's first view,
+    /// addresses only discovery knows stay on their paths, and the local
+    /// apiserver stays the control plane ([`Addresses::carry_over`],
+    /// [`ApiserverTasks::carry_over`]).
     pub fn attach(
         &mut self,
         cgroup: &Path,
-        carry: Option<&mut Addresses>,
+        carry: Option<Carry<'_>>,
     ) -> Result<Attachment, DatapathError> {
         let file = File::open(cgroup).map_err(|source| DatapathError::Cgroup {
             path: cgroup.display().to_string(),
@@ -342,9 +352,12 @@ impl Datapath {
                 None => None,
             });
         }
-        if let (Some(addresses), Some(link)) = (carry, pinned.iter().flatten().next()) {
+        if let (Some(carry), Some(link)) = (carry, pinned.iter().flatten().next()) {
             match previous_view(link) {
-                Ok(view) => addresses.carry_over(&view),
+                Ok(view) => {
+                    carry.addresses.carry_over(&view);
+                    carry.tasks.carry_over(&view);
+                }
                 // Not a reason to stop: discovery writes its view soon.
                 Err(e) => tracing::warn!(
                     "cannot read the previous programs' addresses ({e}): until discovery's first view, only the configured addresses are on their paths"
@@ -651,6 +664,79 @@ impl Table for HashMap<MapData, Endpoint, u32> {
     }
 }
 
+impl Table for HashMap<MapData, u32, u8> {
+    type Key = u32;
+    type Value = u8;
+    fn insert(&mut self, key: &u32, value: u8) -> Result<(), MapError> {
+        HashMap::insert(self, key, value, 0)
+    }
+    fn remove(&mut self, key: &u32) -> Result<(), MapError> {
+        HashMap::remove(self, key)
+    }
+}
+
+/// `APISERVER_TASKS`: the processes (tgids) the kernel programs take for
+/// the apiserver running on this node, whose connections are the control
+/// plane's (see [`crate::local_apiserver`]).
+pub struct ApiserverTasks {
+    map: HashMap<MapData, u32, u8>,
+    current: Vec<u32>,
+}
+
+impl std::fmt::Debug for ApiserverTasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiserverTasks")
+            .field("current", &self.current)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiserverTasks {
+    /// Makes the map hold exactly `tgids`, as far as it can: the stale
+    /// entries leave first, a failed write is counted in the result.
+    pub fn sync(&mut self, tgids: &std::collections::BTreeSet<u32>) -> Shortfall {
+        let wanted: Vec<(u32, u8)> = tgids.iter().map(|t| (*t, 1)).collect();
+        sync(&mut self.map, &mut self.current, &wanted)
+    }
+
+    /// How many processes the map holds.
+    pub fn len(&self) -> usize {
+        self.current.len()
+    }
+
+    /// Whether the map holds none.
+    pub fn is_empty(&self) -> bool {
+        self.current.is_empty()
+    }
+
+    /// Adds the processes of `previous` that the map lacks, as entries the
+    /// next [`Self::sync`] removes if they are not the apiserver's then.
+    pub fn carry_over(&mut self, previous: &View) {
+        let mut carried = 0;
+        for (tgid, value) in &previous.tasks {
+            if self.current.contains(tgid) {
+                continue;
+            }
+            match Table::insert(&mut self.map, tgid, *value) {
+                Ok(()) => {
+                    self.current.push(*tgid);
+                    carried += 1;
+                }
+                Err(e) => tracing::warn!(
+                    tgid,
+                    "cannot carry a local apiserver process over into map APISERVER_TASKS: {e}"
+                ),
+            }
+        }
+        if carried > 0 {
+            tracing::info!(
+                processes = ?self.current,
+                "carried over the previous programs' local apiserver processes until the endpoints are known"
+            );
+        }
+    }
+}
+
 /// Makes `table` hold `wanted` as far as it can, never stopping half-way:
 /// first the stale entries (in `current`, not wanted) are removed, which
 /// makes room; then every wanted entry is written, in the order given (most
@@ -682,15 +768,26 @@ fn sync<T: Table>(
     shortfall
 }
 
-/// The address maps' contents of the programs running in a pinned link.
+/// The address maps' contents of the programs running in a pinned link,
+/// and the processes they took for the local apiserver.
 #[derive(Debug, Default)]
 pub struct View {
     roles: Vec<((u32, observer_common::config::Addr), u32)>,
     endpoints: Vec<(Endpoint, u32)>,
+    tasks: Vec<(u32, u8)>,
 }
 
-/// Reads `ROLES` and `APISERVERS` of the program `link` runs (the link was
-/// checked: [`pin::check_link`]).
+/// What [`Datapath::attach`] fills from the programs it replaces.
+#[derive(Debug)]
+pub struct Carry<'a> {
+    /// The address maps.
+    pub addresses: &'a mut Addresses,
+    /// The local apiserver's processes.
+    pub tasks: &'a mut ApiserverTasks,
+}
+
+/// Reads `ROLES`, `APISERVERS` and `APISERVER_TASKS` of the program `link`
+/// runs (the link was checked: [`pin::check_link`]).
 fn previous_view(link: &OwnedFd) -> Result<View, String> {
     let info = crate::sys::link_info(link.as_fd()).map_err(|e| format!("link info: {e}"))?;
     let program = aya::programs::loaded_programs()
@@ -727,6 +824,15 @@ fn previous_view(link: &OwnedFd) -> Result<View, String> {
                 for entry in map.iter() {
                     view.endpoints
                         .push(entry.map_err(|e| format!("APISERVERS: {e}"))?);
+                }
+            }
+            // Programs from before the local apiserver have none.
+            Some("APISERVER_TASKS") => {
+                let map: HashMap<_, u32, u8> =
+                    HashMap::try_from(open()?).map_err(|e| format!("APISERVER_TASKS: {e}"))?;
+                for entry in map.iter() {
+                    view.tasks
+                        .push(entry.map_err(|e| format!("APISERVER_TASKS: {e}"))?);
                 }
             }
             _ => {}

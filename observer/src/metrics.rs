@@ -174,6 +174,20 @@ impl Collector for DatapathCollector {
             )
             .encode(m.encode_family(&[reason.label()])?)?;
         }
+        ConstGauge::new(
+            i64::try_from(
+                self.agent
+                    .local_apiserver_processes
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )
+            .unwrap_or(i64::MAX),
+        )
+        .encode(encoder.encode_descriptor(
+            "cp_observer_local_apiserver_processes",
+            "Processes taken for the apiserver running on this node (they hold its listener on a node address): their connections are the control plane's.",
+            None,
+            MetricType::Gauge,
+        )?)?;
         let mut m = encoder.encode_descriptor(
             "cp_observer_agent_errors",
             "Errors of the agent's own parts, by component (each is also a log line); a part that died makes /healthz fail and the agent exit.",

@@ -92,10 +92,15 @@ fn overlays_render_and_carry_a_valid_config() {
         let want: &[&str] = if overlay == "enforce" {
             &["NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"]
         } else {
-            &["BPF", "PERFMON", "NET_ADMIN"]
+            &["BPF", "PERFMON", "NET_ADMIN", "SYS_PTRACE"]
         };
         assert_eq!(caps, want, "{overlay}");
         let s = settings(&docs);
+        assert_eq!(
+            s.host_proc,
+            std::path::Path::new("/host/proc"),
+            "{overlay}: the DaemonSet's mount of the host's /proc, not the container's"
+        );
         let blocks = s.policy.action(Path::ApiserverProxyToPod, Protocol::Http) == Action::Block;
         assert_eq!(blocks, overlay == "enforce", "{overlay}");
     }
@@ -228,6 +233,14 @@ fn each_daemonset_capability_is_needed() {
         let caps = capabilities(&docs);
         let args = agent_args(&docs, &host_proc);
         for missing in &caps {
+            if overlay == "observe" && missing == "SYS_PTRACE" {
+                // Needed only where the apiserver runs on the node, to read
+                // its /proc/<pid>/fd: tests/tests/node.rs shows it on a
+                // real control-plane node (without it, the apiserver's
+                // proxy request there is on no path). Not checked here.
+                eprintln!("observe without SYS_PTRACE: checked by tests/tests/node.rs, not here");
+                continue;
+            }
             let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
             let agent = match Agent::try_start_without_host_pid(Some(&fewer), &args) {
                 Ok(agent) => agent,

@@ -1,14 +1,16 @@
 //! The simulated cluster: network namespaces wired as a node, its pod and
 //! the control plane ([`topology`], the lab's one address plan), the real
 //! agent as a child process ([`agent`]) and its metrics, a real
-//! kube-apiserver ([`kube`]), the deployment files ([`manifests`]), and the
-//! lab's plan of one connection per path ([`scenario`]).
+//! kube-apiserver ([`kube`]), the deployment files ([`manifests`]), a
+//! process of its own on a lab host ([`process`]), and the lab's plan of
+//! one connection per path ([`scenario`]).
 
 pub mod agent;
 pub mod kube;
 pub mod manifests;
 pub mod metrics;
 pub mod netns;
+pub mod process;
 pub mod scenario;
 pub mod signals;
 pub mod topology;
