@@ -511,7 +511,7 @@ impl Node {
 
     /// `ctr` against the node's containerd, in the `k8s.io` namespace.
     pub fn ctr(&self, args: &[&str]) -> Result<Output> {
-        Ok(Command::new("ctr")
+        Command::new("ctr")
             .args([
                 "--address",
                 &format!("{RUN}/containerd.sock"),
@@ -521,7 +521,7 @@ impl Node {
             .args(args)
             .stdin(Stdio::null())
             .output()
-            .context("cannot run ctr")?)
+            .context("cannot run ctr")
     }
 
     /// `kubectl apply -k` of `deploy/<dir>` of the repository at `repo`
