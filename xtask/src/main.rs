@@ -83,7 +83,7 @@ enum Command {
     /// Build the agent's container image (deploy/Dockerfile, buildah) and
     /// the test images as docker-archive tarballs (root).
     Image {
-        /// The sandbox binary (default: the `pause` of `kube-build`).
+        /// The sandbox binary (default: the `pause` of the cached Kubernetes build).
         #[arg(long)]
         pause: Option<std::path::PathBuf>,
     },
