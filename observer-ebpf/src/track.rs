@@ -369,6 +369,10 @@ fn open(ctx: &SkBuffContext, hook: Hook, seg: &Segment, path: Path, cookie: u64)
     }
     let (key, src_is_lo) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
     let slot = key.filter_slot();
+    // The filter says which of the lookups below can find anything: a
+    // tracked entry is counted in its slot before it exists, and a slot's
+    // half-open mark stays while a half-open entry hashes to it.
+    let (flows, syn_ns) = maps::filter(slot);
     // Data in a SYN on a path without a block rule is counted out: the
     // prefix starts after it.
     let Some(flow) = maps::scratch(Flow {
@@ -387,10 +391,14 @@ fn open(ctx: &SkBuffContext, hook: Hook, seg: &Segment, path: Path, cookie: u64)
     // when a new local socket connects and the old one was closed or its
     // client was local too (not a socket bound to a remote client's
     // address, IP_TRANSPARENT): forget it, so the new one is judged afresh.
-    let forget = FLOWS
-        .get_ptr(&key)
-        // SAFETY: a map value pointer, valid for this run.
-        .map(|f| unsafe { (*f).client_cookie != 0 || (*f).closed() });
+    let forget = if flows != 0 {
+        FLOWS
+            .get_ptr(&key)
+            // SAFETY: a map value pointer, valid for this run.
+            .map(|f| unsafe { (*f).client_cookie != 0 || (*f).closed() })
+    } else {
+        None
+    };
     if forget.is_some_and(|over| hook == Hook::Ingress || over) && FLOWS.remove(&key).is_ok() {
         maps::count_flow(slot, false);
         maps::count_stat(Stat::FlowsClosed);
@@ -401,30 +409,35 @@ fn open(ctx: &SkBuffContext, hook: Hook, seg: &Segment, path: Path, cookie: u64)
     // (Nor does a local socket's SYN rewrite a remote client's entry: a
     // socket bound to that client's address, IP_TRANSPARENT.)
     let remote_client = || {
-        HALF_OPEN
-            .get_ptr(&key)
-            // SAFETY: a map value pointer, valid for this run.
-            .is_some_and(|h| unsafe { (*h).client_cookie } == 0)
+        syn_ns != 0
+            && HALF_OPEN
+                .get_ptr(&key)
+                // SAFETY: a map value pointer, valid for this run.
+                .is_some_and(|h| unsafe { (*h).client_cookie } == 0)
     };
     let flags = if hook == Hook::Egress && !remote_client() {
         0
     } else {
         u64::from(BPF_NOEXIST)
     };
+    // Marked before the entry exists (as a flow is counted, see
+    // `insert_flow`): no CPU finds the slot unmarked with the entry there.
+    maps::mark_half_open(slot, now());
     if HALF_OPEN.insert(&key, flow, flags).is_ok() {
         maps::count_stat(Stat::HalfOpen);
     }
-    maps::mark_half_open(slot, now());
     PASS
 }
 
 /// A SYN-ACK: the server's ISN, for the half-open entry it answers.
 #[inline(never)]
 fn answer(ctx: &SkBuffContext, hook: Hook, seg: &Segment) {
-    if !origin(ctx).is_tcp() {
+    let (key, src_is_lo) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
+    // Every connection's SYN-ACK comes here: an unmarked slot (no half-open
+    // entry hashes to it) spares the untracked ones the lookups.
+    if maps::filter(key.filter_slot()).1 == 0 || !origin(ctx).is_tcp() {
         return;
     }
-    let (key, src_is_lo) = FlowKey::new(seg.src, seg.sport, seg.dst, seg.dport);
     let Some(half) = HALF_OPEN.get_ptr_mut(&key) else {
         return;
     };

@@ -90,9 +90,9 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
     };
     // node-to-apiserver/tls: allowed, no event.
     let apiserver = sa(CP4, addrs::APISERVER_PORT);
-    let [syn, promote, first_tls] = fresh(NODE4.into(), apiserver, TLS_CLIENT_HELLO);
+    let [syn, promote, first_tls, second_tls] = fresh(NODE4.into(), apiserver, TLS_CLIENT_HELLO);
     // apiserver-proxy-to-pod/http: alerted by default, one event each.
-    let [_, _, first_http] = fresh(CP4.into(), pod, get);
+    let [_, _, first_http, _] = fresh(CP4.into(), pod, get);
     // The floor of the rows above: one run costs more than one of many
     // (the kernel reads the clock around each batch).
     let noop_once = median(
@@ -112,7 +112,7 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
         ..
     } = kernel::load(|args| args.kernel_log = Some(observer::config::KernelLog::Debug));
     let mut records = traced.trace(Discard).expect("the trace's ring buffer");
-    let [traced_syn, _, traced_http] =
+    let [traced_syn, _, traced_http, _] =
         self::fresh(&traced, CP4.into(), pod, get, new_flows, || records.flush());
     vec![
         Row {
@@ -164,6 +164,18 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
             target_ns: None,
         },
         Row {
+            what: "second payload packet of a new flow (TLS, decided), one run: a tracked packet's floor in one run",
+            program: "egress",
+            ns: second_tls,
+            target_ns: None,
+        },
+        Row {
+            what: "first payload packet of a new flow (TLS), its own cost: detection and decision (first − second)",
+            program: "egress",
+            ns: first_tls - second_tls,
+            target_ns: None,
+        },
+        Row {
             what: "first payload packet of a new flow (HTTP, alert event), one run",
             program: "egress",
             ns: first_http,
@@ -199,7 +211,9 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
 /// One run per fresh connection of `client` to `server`, for what happens
 /// once per connection: its SYN (a half-open entry), the ACK that completes
 /// its handshake (into the flow table), and its first payload (detection,
-/// decision); the medians over `new_flows` connections. `after_each` runs
+/// decision); then its second payload, the same work as any tracked
+/// packet's, measured the same way (one run, as cold); the medians over
+/// `new_flows` connections. `after_each` runs
 /// after each connection, outside the measurements.
 fn fresh(
     d: &Datapath,
@@ -208,8 +222,8 @@ fn fresh(
     payload: &[u8],
     new_flows: u16,
     mut after_each: impl FnMut(),
-) -> [f64; 3] {
-    let mut times = [Vec::new(), Vec::new(), Vec::new()];
+) -> [f64; 4] {
+    let mut times = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     for i in 0..new_flows {
         let c = SocketAddr::new(client, 20000 + i);
         let [syn, syn_ack, ack] = handshake(c, server, 1000);
@@ -218,7 +232,10 @@ fn fresh(
         times[1].push(kernel::time(d, "egress", &ack.build(), 1));
         let pkt = Tcp::new(c, server).seq(1001).payload(payload).build();
         times[2].push(kernel::time(d, "egress", &pkt, 1));
-        let end = 1001 + payload.len() as u32;
+        let second = 1001 + payload.len() as u32;
+        let pkt = Tcp::new(c, server).seq(second).payload(payload).build();
+        times[3].push(kernel::time(d, "egress", &pkt, 1));
+        let end = second + payload.len() as u32;
         kernel::run(d, "egress", &Tcp::new(c, server).seq(end).rst().build());
         after_each();
     }
