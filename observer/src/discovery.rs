@@ -210,6 +210,9 @@ pub struct Status {
     pub updates: AtomicU64,
     /// Sizes of the last view, by [`Cluster::KINDS`].
     pub found: [AtomicU64; 5],
+    /// Addresses of this node's pods that events can name (the size of the
+    /// [`PodIndex`]).
+    pub pods: AtomicU64,
     /// Entries of a view that did not fit in the kernel's maps, summed over
     /// views, by [`Unwritten::MAPS`].
     pub overflow: [AtomicU64; 2],
@@ -557,7 +560,9 @@ pub async fn run(
     let mut last: Option<Cluster> = None;
     loop {
         changed.notified().await;
-        *pods_index.write().expect("lock") = stores.pod_index();
+        let index = stores.pod_index();
+        status.pods.store(index.len() as u64, Ordering::Relaxed);
+        *pods_index.write().expect("lock") = index;
         let cluster = stores.cluster();
         if last.as_ref() != Some(&cluster) {
             let unwritten = apply(&cluster);

@@ -5,8 +5,8 @@
 //! - `lab`: build, then run the lab: a simulated node and control plane in
 //!   network namespaces, with the real agent watching real traffic.
 //! - `bench`: measure the kernel programs per packet, the network workloads
-//!   with and without the agent, and the agent under load; write
-//!   BENCHMARKS.md.
+//!   with and without the agent, the agent under load, and the agent
+//!   against a large cluster (a real apiserver); write BENCHMARKS.md.
 //! - `test`: build, then run every test, privileged ones included (root),
 //!   the end-to-end ones against a real kube-apiserver (built once, cached);
 //!   with `--kernels`, then the kernel matrix too.
@@ -133,9 +133,12 @@ fn run(command: Command) -> Result<()> {
             // The A/B and load benchmarks measure the agent as shipped.
             let agent = cargo::build_agent(true)?;
             let bench = cargo::build_release_bin("cp-observer-tests", "cp-observer-bench")?;
+            // The large-cluster benchmark runs the tests' apiserver and etcd.
+            let kube = kube::ensure()?;
             command::run_checked(
                 std::process::Command::new(bench)
                     .env("CP_OBSERVER_BIN", agent)
+                    .envs(kube.env())
                     .arg(cargo::workspace_root().join("BENCHMARKS.md"))
                     .args(kernel.then_some("--kernel")),
             )?;
