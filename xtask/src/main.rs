@@ -57,11 +57,15 @@ enum Command {
     },
     /// Benchmark the kernel programs, the network workloads with and without
     /// the agent, and the agent under load (root); write BENCHMARKS.md.
-    /// `--kernel`: only the kernel programs' rows, printed.
+    /// `--kernel`: only the kernel programs' rows, printed; `--cluster`:
+    /// only the agent against a large cluster, printed.
     Bench {
         /// Only the per-packet rows of the kernel programs, printed; nothing written.
         #[arg(long)]
         kernel: bool,
+        /// Only the agent against a large cluster, printed; nothing written.
+        #[arg(long, conflicts_with = "kernel")]
+        cluster: bool,
     },
     /// Run every test (root): unit, kernel (BPF_PROG_TEST_RUN) and integration.
     Test {
@@ -126,7 +130,7 @@ fn run(command: Command) -> Result<()> {
             }
             command::run_checked(cmd.arg("--agent").arg(agent).args(args))?;
         }
-        Command::Bench { kernel } => {
+        Command::Bench { kernel, cluster } => {
             require_root("the benchmarks (BPF and network namespaces)")?;
             toolchain::ensure()?;
             toolchain::ensure_lab_tools()?;
@@ -140,7 +144,8 @@ fn run(command: Command) -> Result<()> {
                     .env("CP_OBSERVER_BIN", agent)
                     .envs(kube.env())
                     .arg(cargo::workspace_root().join("BENCHMARKS.md"))
-                    .args(kernel.then_some("--kernel")),
+                    .args(kernel.then_some("--kernel"))
+                    .args(cluster.then_some("--cluster")),
             )?;
         }
         Command::Test { kernels, args } => {

@@ -20,6 +20,14 @@ fn main() {
         .cloned()
         .unwrap_or_else(|| "BENCHMARKS.md".to_owned());
     let started = Instant::now();
+    // `--cluster`: the large-cluster rows only, printed, nothing written.
+    if args.iter().any(|a| a == "--cluster") {
+        println!(
+            "{}",
+            discovery::markdown(&discovery::run(&discovery::Plan::FULL))
+        );
+        return;
+    }
 
     let rows = lab::bench::kernel::kernel(200_000, 7, 2000);
     let kernel_table = lab::bench::kernel::markdown(&rows);
