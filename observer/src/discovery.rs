@@ -363,6 +363,15 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (store, writer) = reflector::store();
+    // Lists are served from the apiserver's watch cache
+    // (`resourceVersion=0`), as the kubelet's are: a quorum read goes to
+    // etcd, and for this node's pods (a field selector etcd cannot
+    // apply) the apiserver would read and decode every pod of the
+    // cluster, ~16 s of its CPU per agent start at 150,000 pods. kube-rs
+    // sends `resourceVersion=0` only on an unpaged list (the cache does
+    // not page anyway), and every list here selects a few objects.
+    let mut config = config.any_semantic();
+    config.page_size = None;
     let stream = watcher(api, config).default_backoff().reflect(writer);
     let (status, changed) = (status.clone(), changed.clone());
     let task = tokio::spawn(async move {

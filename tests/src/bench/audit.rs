@@ -62,14 +62,19 @@ impl Request {
     }
 
     /// The URI without the parts that change from one request to the
-    /// next (`resourceVersion`, `timeoutSeconds`, `continue`), to group
-    /// repeated requests.
+    /// next (a `resourceVersion` other than `0`, which asks for the
+    /// apiserver's cache; `timeoutSeconds`, `continue`), to group repeated
+    /// requests.
     pub fn shape(&self) -> String {
         let Some((path, query)) = self.uri.split_once('?') else {
             return self.uri.clone();
         };
         let kept: Vec<String> = form_urlencoded::parse(query.as_bytes())
-            .filter(|(k, _)| !matches!(&**k, "resourceVersion" | "timeoutSeconds" | "continue"))
+            .filter(|(k, v)| match &**k {
+                "resourceVersion" => v == "0",
+                "timeoutSeconds" | "continue" => false,
+                _ => true,
+            })
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         if kept.is_empty() {
@@ -146,7 +151,7 @@ pub fn markdown(requests: &[Request]) -> String {
         *groups.entry((r.verb.clone(), r.shape())).or_default() += 1;
     }
     let mut out = String::from(
-        "| verb | request (resourceVersion, timeoutSeconds, continue left out) | count |\n|---|---|---:|\n",
+        "| verb | request (resourceVersion but 0, timeoutSeconds, continue left out) | count |\n|---|---|---:|\n",
     );
     for ((verb, shape), n) in groups {
         let _ = writeln!(out, "| {verb} | `{shape}` | {n} |");
