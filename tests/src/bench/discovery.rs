@@ -50,6 +50,9 @@ pub const MAX_COMPLETE: Duration = Duration::from_secs(30);
 /// The version of the population recipe: a change to the objects made
 /// must change it, so that an old cache is never taken for a new one.
 pub const RECIPE: &str = "1-kube-v1.20.2";
+/// Pods created on other nodes after the quiet period, whose traffic to
+/// the agent's node is counted (none should reach it).
+pub const CHURN_PODS: usize = 200;
 /// Writes in flight while populating.
 const CONCURRENCY: usize = 64;
 /// Tenant namespaces the pods are spread over.
@@ -431,6 +434,30 @@ async fn populate(client: Client, from: usize, to: usize) -> usize {
     writes + 2 * (to - from) + 2 * (from..to).map(pods_on).sum::<usize>()
 }
 
+/// Creates [`CHURN_PODS`] pods on the nodes other than the agent's.
+async fn churn(client: Client, nodes: usize) {
+    let pods = futures::stream::iter(0..CHURN_PODS).map(|k| {
+        let i = 1 + k % (nodes - 1).max(1);
+        let p = PodSpec {
+            namespace: "team-0".to_owned(),
+            name: format!("churn-{k}"),
+            labels: serde_json::json!({"app": "churn"}),
+            host_network: false,
+            ip: [10, (i >> 8) as u8, (i & 255) as u8, 200].into(),
+        };
+        create_with_status::<Pod>(
+            Api::namespaced(client.clone(), &p.namespace),
+            p.name.clone(),
+            pod_object(i, &p),
+            pod_status(i, &p),
+        )
+    });
+    pods.buffer_unordered(CONCURRENCY)
+        .try_collect::<()>()
+        .await
+        .unwrap_or_else(|e| panic!("creating churn pods: {e}"));
+}
+
 /// Waits until the apiserver serves the agent's reads from its watch
 /// cache (`resourceVersion=0`, which waits for the cache to be filled):
 /// as on a cluster that has been up for a while.
@@ -586,6 +613,9 @@ pub struct Row {
     pub bytes_to_complete: u64,
     /// Bytes it received during the quiet period after.
     pub bytes_quiet: u64,
+    /// Bytes it received while [`CHURN_PODS`] pods were created (and
+    /// their status set) on the other nodes, after the quiet period.
+    pub bytes_churn: u64,
     /// The agent's requests, from the audit log.
     pub requests: Vec<audit::Request>,
 }
@@ -745,8 +775,10 @@ fn measure(
     let (bytes1, cpu1, agent_cpu) = (received(), cp_cpu(), agent.usage().1);
     std::thread::sleep(plan.quiet);
     let bytes2 = received();
-    let (peak_rss_kib, _) = agent.usage();
     let steady_rss_kib = status_kib(agent.pid(), "VmRSS:");
+    with_client(&topo.cp, &cp, async |c: Client| churn(c, nodes).await);
+    let bytes3 = received();
+    let (peak_rss_kib, _) = agent.usage();
     agent.stop();
     drop(cp);
     let log = std::fs::read_to_string(audit_log)
@@ -776,6 +808,7 @@ fn measure(
         steady_rss_kib,
         bytes_to_complete: bytes1 - bytes0,
         bytes_quiet: bytes2 - bytes1,
+        bytes_churn: bytes3 - bytes2,
         requests,
     }
 }
@@ -884,6 +917,9 @@ pub fn charts(r: &Report) -> Vec<Chart> {
                 line("during the quiet period", &|row| {
                     row.bytes_quiet as f64 / 1024.0
                 }),
+                line("while pods were created on other nodes", &|row| {
+                    row.bytes_churn as f64 / 1024.0
+                }),
             ],
         },
     ]
@@ -910,15 +946,17 @@ pub fn markdown(r: &Report) -> String {
         p.seconds,
         r.elapsed.as_secs_f64(),
     );
-    out.push_str(
+    let _ = write!(
+        out,
         "| nodes | pods | konnectivity agents | control plane up, s | complete view, s | agent CPU, s \
          | apiserver + etcd CPU, s | peak RSS, MiB | steady RSS, MiB | received until complete, KiB \
-         | received in quiet period, B | requests |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | received in quiet period, B | received while {CHURN_PODS} pods were created elsewhere, B \
+         | requests |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for row in &r.rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {} | {} |",
+            "| {} | {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
             row.nodes,
             row.pods,
             row.konnectivity_agents,
@@ -930,6 +968,7 @@ pub fn markdown(r: &Report) -> String {
             mib(row.steady_rss_kib),
             row.bytes_to_complete as f64 / 1024.0,
             row.bytes_quiet,
+            row.bytes_churn,
             row.requests.len(),
         );
     }

@@ -100,7 +100,8 @@ fn main() {
          every pod address of its node; time and CPU are counted from the agent's start. Received \
          bytes are the node namespace's interface counter towards the control plane (only the agent \
          talks there; TCP/IP, TLS and HTTP included), until the complete view and during {:.0} s of \
-         quiet after. The apiserver's audit log lists the agent's requests (from the node's address); \
+         quiet after, and while {} pods are created (and their status set) on the other nodes. \
+         The apiserver's audit log lists the agent's requests (from the node's address); \
          the run fails if one lists or watches the pods or nodes of the whole cluster.\n\n{cluster_table}",
         kernel.trim(),
         ab_plan.duration.as_secs_f64(),
@@ -117,6 +118,7 @@ fn main() {
         discovery::NODES_PER_KONNECTIVITY_AGENT,
         discovery::TEAMS,
         cluster_plan.quiet.as_secs_f64(),
+        discovery::CHURN_PODS,
     );
     std::fs::write(&out, doc).unwrap_or_else(|e| panic!("cannot write {out}: {e}"));
     eprintln!("wrote {out} in {:.0} s", started.elapsed().as_secs_f64());
