@@ -250,13 +250,19 @@ impl Collector for DatapathCollector {
 
         let mut m = encoder.encode_descriptor(
             "cp_observer_discovered",
-            "What discovery found in its last view of the cluster (0 without discovery).",
+            "What discovery found in its last view of the cluster, and the addresses of this node's pods that events can name (kind `pods`); 0 without discovery.",
             None,
             MetricType::Gauge,
         )?;
-        for (kind, n) in crate::discovery::Cluster::KINDS.iter().zip(&d.found) {
+        let pods = [("pods", &d.pods)];
+        for (kind, n) in crate::discovery::Cluster::KINDS
+            .iter()
+            .copied()
+            .zip(&d.found)
+            .chain(pods)
+        {
             let n = i64::try_from(n.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX);
-            ConstGauge::new(n).encode(m.encode_family(&[("kind", *kind)])?)?;
+            ConstGauge::new(n).encode(m.encode_family(&[("kind", kind)])?)?;
         }
 
         let k = &self.kubelet;

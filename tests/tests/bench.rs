@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use lab::bench::{ab, load};
+use lab::bench::{ab, discovery, load};
 
 #[test]
 fn the_kernel_benchmark_harness_measures_every_row() {
@@ -53,6 +53,36 @@ fn under_load_every_connection_is_one_event_and_none_is_lost() {
     assert_eq!(r.lost, 0.0, "{r:?}");
     assert!(r.peak_rss_kib > 0, "{r:?}");
     assert_numbers(&load::markdown(&r));
+}
+
+#[test]
+fn against_a_real_apiserver_the_agent_reaches_its_complete_view_reading_only_its_own() {
+    let plan = discovery::Plan {
+        sizes: &[2, 5],
+        quiet: Duration::from_secs(1),
+        cache: false,
+        tag: "dsmoke",
+    };
+    // `run` waits for the complete view (every pod address of the node,
+    // every konnectivity agent) and fails on an audit-logged request for
+    // all pods or nodes.
+    let r = discovery::run(&plan);
+    assert_eq!(r.population.pods, discovery::pods(5), "{r:?}");
+    assert_eq!(r.rows.len(), plan.sizes.len(), "{r:?}");
+    for row in &r.rows {
+        assert!(row.complete > Duration::ZERO, "{row:?}");
+        assert!(row.peak_rss_kib > 0 && row.steady_rss_kib > 0, "{row:?}");
+        assert!(row.bytes_to_complete > 0, "{row:?}");
+        let node = discovery::node_name(0);
+        assert!(
+            row.requests.iter().any(|q| q.resource == "pods"
+                && q.verb == "watch"
+                && q.uri.contains(&format!("spec.nodeName%3D{node}"))),
+            "the audit log shows the watch of the node's pods: {:?}",
+            row.requests
+        );
+    }
+    assert_numbers(&discovery::markdown(&r));
 }
 
 /// Every figure of a table is a number: no measurement came out empty

@@ -5,8 +5,8 @@
 //! - `lab`: build, then run the lab: a simulated node and control plane in
 //!   network namespaces, with the real agent watching real traffic.
 //! - `bench`: measure the kernel programs per packet, the network workloads
-//!   with and without the agent, and the agent under load; write
-//!   BENCHMARKS.md.
+//!   with and without the agent, the agent under load, and the agent
+//!   against a large cluster (a real apiserver); write BENCHMARKS.md.
 //! - `test`: build, then run every test, privileged ones included (root),
 //!   the end-to-end ones against a real kube-apiserver (built once, cached);
 //!   with `--kernels`, then the kernel matrix too.
@@ -57,11 +57,15 @@ enum Command {
     },
     /// Benchmark the kernel programs, the network workloads with and without
     /// the agent, and the agent under load (root); write BENCHMARKS.md.
-    /// `--kernel`: only the kernel programs' rows, printed.
+    /// `--kernel`: only the kernel programs' rows, printed; `--cluster`:
+    /// only the agent against a large cluster, printed.
     Bench {
         /// Only the per-packet rows of the kernel programs, printed; nothing written.
         #[arg(long)]
         kernel: bool,
+        /// Only the agent against a large cluster, printed; nothing written.
+        #[arg(long, conflicts_with = "kernel")]
+        cluster: bool,
     },
     /// Run every test (root): unit, kernel (BPF_PROG_TEST_RUN) and integration.
     Test {
@@ -126,18 +130,22 @@ fn run(command: Command) -> Result<()> {
             }
             command::run_checked(cmd.arg("--agent").arg(agent).args(args))?;
         }
-        Command::Bench { kernel } => {
+        Command::Bench { kernel, cluster } => {
             require_root("the benchmarks (BPF and network namespaces)")?;
             toolchain::ensure()?;
             toolchain::ensure_lab_tools()?;
             // The A/B and load benchmarks measure the agent as shipped.
             let agent = cargo::build_agent(true)?;
             let bench = cargo::build_release_bin("cp-observer-tests", "cp-observer-bench")?;
+            // The large-cluster benchmark runs the tests' apiserver and etcd.
+            let kube = kube::ensure()?;
             command::run_checked(
                 std::process::Command::new(bench)
                     .env("CP_OBSERVER_BIN", agent)
+                    .envs(kube.env())
                     .arg(cargo::workspace_root().join("BENCHMARKS.md"))
-                    .args(kernel.then_some("--kernel")),
+                    .args(kernel.then_some("--kernel"))
+                    .args(cluster.then_some("--cluster")),
             )?;
         }
         Command::Test { kernels, args } => {

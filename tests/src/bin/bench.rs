@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use lab::bench::{ab, load, workload};
+use lab::bench::{ab, discovery, load, workload};
 
 fn main() {
     lab::cluster::signals::cleanup_on_signals("bench");
@@ -20,6 +20,14 @@ fn main() {
         .cloned()
         .unwrap_or_else(|| "BENCHMARKS.md".to_owned());
     let started = Instant::now();
+    // `--cluster`: the large-cluster rows only, printed, nothing written.
+    if args.iter().any(|a| a == "--cluster") {
+        println!(
+            "{}",
+            discovery::markdown(&discovery::run(&discovery::Plan::FULL))
+        );
+        return;
+    }
 
     let rows = lab::bench::kernel::kernel(200_000, 7, 2000);
     let kernel_table = lab::bench::kernel::markdown(&rows);
@@ -37,6 +45,11 @@ fn main() {
     let report = load::run(&load_plan);
     let load_table = load::markdown(&report);
     println!("{load_table}");
+
+    let cluster_plan = discovery::Plan::FULL;
+    let cluster = discovery::run(&cluster_plan);
+    let cluster_table = discovery::markdown(&cluster);
+    println!("{cluster_table}");
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -73,7 +86,23 @@ fn main() {
          1-byte request and answer, close), with the policy `{}` so that each is one JSON event; the \
          agent's CPU is utime + stime from /proc/PID/stat from the first connection until its last \
          event was printed, over the length of the load, its peak RSS is VmHWM from \
-         /proc/PID/status, and the events are the lines on its stdout.\n\n{load_table}",
+         /proc/PID/status, and the events are the lines on its stdout.\n\n{load_table}\n\
+         ## The agent against a large cluster\n\n\
+         The tests' kube-apiserver (v1.20.2, on etcd, in the lab's control-plane namespace) holding \
+         Nodes and Pods created through its API (no kubelets: each object created, then its status \
+         set, as a kubelet would: addresses, pod IPs, container statuses), {} pods on every node but \
+         the agent's, which has {}, one konnectivity agent pod in `kube-system` per {} nodes, the \
+         tenants' pods in {} namespaces. At each size the control plane starts on a copy of the \
+         populated etcd data (cached under `~/.cache/cp-observer/bench-cluster/`) and serves from \
+         its watch cache before the release agent starts in the node namespace with only \
+         `--kubeconfig` and `--node-name`. Complete view: `cp_observer_discovered` shows the \
+         apiserver endpoint, the VIP, the node's address and pod CIDR, every konnectivity agent and \
+         every pod address of its node; time and CPU are counted from the agent's start. Received \
+         bytes are the node namespace's interface counter towards the control plane (only the agent \
+         talks there; TCP/IP, TLS and HTTP included), until the complete view and during {:.0} s of \
+         quiet after, and while {} pods are created (and their status set) on the other nodes. \
+         The apiserver's audit log lists the agent's requests (from the node's address); \
+         the run fails if one lists or watches the pods or nodes of the whole cluster.\n\n{cluster_table}",
         kernel.trim(),
         ab_plan.duration.as_secs_f64(),
         ab::AB_POLICY,
@@ -84,6 +113,12 @@ fn main() {
         load_plan.rate,
         load_plan.duration.as_secs_f64(),
         load::LOAD_POLICY,
+        discovery::PODS_PER_NODE,
+        discovery::NODE_PODS,
+        discovery::NODES_PER_KONNECTIVITY_AGENT,
+        discovery::TEAMS,
+        cluster_plan.quiet.as_secs_f64(),
+        discovery::CHURN_PODS,
     );
     std::fs::write(&out, doc).unwrap_or_else(|e| panic!("cannot write {out}: {e}"));
     eprintln!("wrote {out} in {:.0} s", started.elapsed().as_secs_f64());

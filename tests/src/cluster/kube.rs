@@ -22,6 +22,17 @@ fn binary(var: &str) -> PathBuf {
     })
 }
 
+/// How to start a control plane: the default is [`ControlPlane::start`]'s
+/// way (an empty etcd, the apiserver's usual flags).
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// An etcd data directory to start from: copied, the original is left
+    /// as it is.
+    pub etcd_data: Option<PathBuf>,
+    /// Flags added to kube-apiserver's.
+    pub apiserver_args: Vec<String>,
+}
+
 /// etcd + kube-apiserver; both are killed on drop.
 #[derive(Debug)]
 pub struct ControlPlane {
@@ -29,6 +40,7 @@ pub struct ControlPlane {
     apiserver: Child,
     dir: PathBuf,
     ns: String,
+    apiserver_args: Vec<String>,
     /// kubeconfig for the apiserver (reachable from the control-plane and
     /// node namespaces).
     pub kubeconfig: PathBuf,
@@ -38,6 +50,11 @@ impl ControlPlane {
     /// Starts etcd and the apiserver inside `cp` and waits until the
     /// apiserver answers `/readyz` (bounded).
     pub fn start(cp: &NetNs) -> Self {
+        Self::start_with(cp, Options::default())
+    }
+
+    /// Like [`Self::start`], as `options` say.
+    pub fn start_with(cp: &NetNs, options: Options) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "cp-observer-kube-{}-{}",
             cp.name(),
@@ -64,29 +81,17 @@ impl ControlPlane {
             ),
         )
         .expect("kubeconfig");
-        let log = |name: &str| std::fs::File::create(dir.join(name)).expect("log file");
-        let etcd = Command::new("ip")
-            .args(["netns", "exec", cp.name()])
-            .arg(binary("CP_OBSERVER_ETCD"))
-            .arg("--data-dir")
-            .arg(dir.join("etcd"))
-            .args([
-                "--listen-client-urls",
-                "http://127.0.0.1:2379",
-                "--advertise-client-urls",
-                "http://127.0.0.1:2379",
-            ])
-            .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
-            .stdout(Stdio::null())
-            .stderr(log("etcd.log"))
-            .spawn()
-            .expect("etcd starts");
-        let apiserver = spawn_apiserver(&dir, cp.name());
+        if let Some(data) = &options.etcd_data {
+            crate::cluster::checked(Command::new("cp").arg("-a").arg(data).arg(dir.join("etcd")));
+        }
+        let etcd = spawn_etcd(&dir, cp.name());
+        let apiserver = spawn_apiserver(&dir, cp.name(), &options.apiserver_args);
         let mut cp_plane = Self {
             etcd,
             apiserver,
             dir,
             ns: cp.name().to_owned(),
+            apiserver_args: options.apiserver_args,
             kubeconfig,
         };
         cp_plane.wait_ready();
@@ -122,8 +127,36 @@ impl ControlPlane {
     /// again. Waits until the new one is ready.
     pub fn restart_apiserver(&mut self) {
         self.stop_apiserver();
-        self.apiserver = spawn_apiserver(&self.dir, &self.ns);
+        self.apiserver = spawn_apiserver(&self.dir, &self.ns, &self.apiserver_args);
         self.wait_ready();
+    }
+
+    /// Stops the apiserver, then etcd, and starts both again on the same
+    /// data; waits until the apiserver is ready. `between` runs while both
+    /// are stopped (with etcd's data directory, e.g. to copy it).
+    pub fn restart_all(&mut self, between: impl FnOnce(&std::path::Path)) {
+        self.stop_apiserver();
+        let _ = self.etcd.kill();
+        let _ = self.etcd.wait();
+        between(&self.dir.join("etcd"));
+        self.etcd = spawn_etcd(&self.dir, &self.ns);
+        self.apiserver = spawn_apiserver(&self.dir, &self.ns, &self.apiserver_args);
+        self.wait_ready();
+    }
+
+    /// The folder of its files (logs, certificates, etcd's data).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The apiserver's process id (`ip netns exec` execs it).
+    pub fn apiserver_pid(&self) -> u32 {
+        self.apiserver.id()
+    }
+
+    /// etcd's process id.
+    pub fn etcd_pid(&self) -> u32 {
+        self.etcd.id()
     }
 
     /// Stops the apiserver (the cluster stops answering); etcd stays.
@@ -312,15 +345,39 @@ impl ControlPlane {
     }
 }
 
-/// Starts kube-apiserver in namespace `ns` with the files in `dir` (its log
-/// is appended to `dir/apiserver.log`).
-fn spawn_apiserver(dir: &std::path::Path, ns: &str) -> Child {
-    let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
-    let log = std::fs::OpenOptions::new()
+/// Starts etcd in namespace `ns` on `dir/etcd` (its log is appended to
+/// `dir/etcd.log`).
+fn spawn_etcd(dir: &std::path::Path, ns: &str) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(binary("CP_OBSERVER_ETCD"))
+        .arg("--data-dir")
+        .arg(dir.join("etcd"))
+        .args([
+            "--listen-client-urls",
+            "http://127.0.0.1:2379",
+            "--advertise-client-urls",
+            "http://127.0.0.1:2379",
+        ])
+        .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
+        .stdout(Stdio::null())
+        .stderr(append_log(dir, "etcd.log"))
+        .spawn()
+        .expect("etcd starts")
+}
+
+fn append_log(dir: &std::path::Path, name: &str) -> std::fs::File {
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join("apiserver.log"))
-        .expect("log file");
+        .open(dir.join(name))
+        .expect("log file")
+}
+
+/// Starts kube-apiserver in namespace `ns` with the files in `dir` and
+/// `extra` flags (its log is appended to `dir/apiserver.log`).
+fn spawn_apiserver(dir: &std::path::Path, ns: &str, extra: &[String]) -> Child {
+    let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
     Command::new("ip")
         .args(["netns", "exec", ns])
         .arg(binary("CP_OBSERVER_KUBE_APISERVER"))
@@ -341,8 +398,9 @@ fn spawn_apiserver(dir: &std::path::Path, ns: &str) -> Child {
             "--kubelet-preferred-address-types=InternalIP",
             "--enable-priority-and-fairness=false",
         ])
+        .args(extra)
         .stdout(Stdio::null())
-        .stderr(log)
+        .stderr(append_log(dir, "apiserver.log"))
         .spawn()
         .expect("kube-apiserver starts")
 }
