@@ -153,6 +153,7 @@ pub async fn run(
         while let Some(item) = ring.next() {
             let Some(event) = decode(&item) else {
                 tracing::warn!(len = item.len(), "short event in ring buffer EVENTS");
+                unprinted(&counters, 1);
                 continue;
             };
             if event.verdict == Verdict::Blocked as u8 {
@@ -165,7 +166,10 @@ pub async fn run(
                         .expect("a Violation serialises");
                     batch.put_u8(b'\n');
                 }
-                None => tracing::warn!(?event, "event with unknown values"),
+                None => {
+                    tracing::warn!(?event, "event with unknown values");
+                    unprinted(&counters, 1);
+                }
             }
             if batch.len() >= BATCH_BYTES {
                 write_out(&mut batch, &counters);
@@ -200,9 +204,19 @@ fn write_out(batch: &mut BytesMut, counters: &AgentCounters) {
     // stdout gone (a closed pipe): nothing better to do than log and count.
     if let Err(e) = out.write_all(batch).and_then(|()| out.flush()) {
         counters.error(Component::EventReader);
-        tracing::warn!("cannot write events to stdout: {e}");
+        // Some lines of the batch may be out; count them all as unprinted.
+        let lines = batch.iter().filter(|b| **b == b'\n').count() as u64;
+        unprinted(counters, lines);
+        tracing::warn!("cannot write {lines} events to stdout: {e}");
     }
     batch.clear();
+}
+
+/// Counts `n` events read but not printed.
+fn unprinted(counters: &AgentCounters, n: u64) {
+    counters
+        .events_unprinted
+        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -89,8 +89,9 @@ fn assert_storm(r: &storm::Report) {
     assert_eq!(r.made, r.asked as f64, "{r:?}");
     assert_eq!(r.counted, r.made, "{r:?}");
     assert_eq!(r.table_full, 0.0, "{r:?}");
+    assert_eq!(r.unprinted, 0.0, "{r:?}");
     assert_eq!(r.reader_errors, 0.0, "{r:?}");
-    assert!(r.accounted(), "printed + lost = made: {r:?}");
+    assert!(r.accounted(), "printed + lost + unprinted = made: {r:?}");
     assert!(r.peak_rss_kib > 0, "{r:?}");
     let table = storm::markdown(r);
     assert_eq!(table.lines().count(), 2 + 8, "every row:\n{table}");
