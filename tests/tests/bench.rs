@@ -67,6 +67,25 @@ fn under_a_storm_every_event_is_printed_or_counted_as_lost() {
     // Fewer events than the ring buffer holds: none may be lost, however
     // slow the reader.
     assert_eq!(r.lost, 0.0, "{r:?}");
+    // A test run's event is a real one's but for the process (a test run
+    // has none): what the storm's description says.
+    let sample = r.sample.as_deref().expect("an event");
+    let e: serde_json::Value = serde_json::from_str(sample).expect("JSON");
+    assert_eq!(
+        (&e["path"], &e["protocol"], &e["action"], &e["verdict"]),
+        (
+            &"node-to-apiserver".into(),
+            &"http".into(),
+            &"alert".into(),
+            &"alerted".into()
+        ),
+        "{sample}"
+    );
+    assert!(
+        e["src"].is_string() && e["dst"] == "198.18.0.1:6443",
+        "{sample}"
+    );
+    assert!(e.get("process").is_none(), "{sample}");
 }
 
 /// A storm larger than the ring buffer while the agent is stopped: the

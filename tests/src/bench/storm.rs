@@ -102,6 +102,8 @@ pub struct Report {
     pub printed: u64,
     /// Lines on the agent's stdout that are not such events.
     pub other_lines: u64,
+    /// The first event printed.
+    pub sample: Option<String>,
     /// `cp_observer_events_lost_total`: events the kernel could not put on
     /// the ring buffer plus connections left untracked (table full).
     pub lost: f64,
@@ -196,6 +198,7 @@ pub fn run(plan: &Plan) -> Report {
         counted: grew(&after, CONNECTIONS),
         printed,
         other_lines: lines.len() as u64 - printed,
+        sample: lines.first().cloned(),
         lost: grew(&after, LOST),
         table_full: grew(&after, TABLE_FULL),
         unprinted: grew(&after, UNPRINTED),
