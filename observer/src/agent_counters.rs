@@ -18,6 +18,10 @@ pub struct AgentCounters {
     pub reset_errors: [AtomicU64; ResetFailure::COUNT],
     /// Errors by [`Component`] (`cp_observer_agent_errors_total`).
     errors: [AtomicU64; Component::COUNT],
+    /// Violation events read from the ring buffer but not printed: a record
+    /// this build cannot decode, or lines standard output refused
+    /// (`cp_observer_events_unprinted_total`; each also logged).
+    pub events_unprinted: AtomicU64,
     /// Connections to the metrics server closed at once because
     /// `server::MAX_CONNECTIONS` were open.
     pub metrics_connections_rejected: AtomicU64,

@@ -200,6 +200,17 @@ impl Collector for DatapathCollector {
         }
         ConstCounter::new(
             self.agent
+                .events_unprinted
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .encode(encoder.encode_descriptor(
+            "cp_observer_events_unprinted",
+            "Violation events read from the ring buffer but not printed (a record this build cannot decode, or lines standard output refused), each also logged; with cp_observer_events_lost_total, every event the kernel made is printed or counted.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(
+            self.agent
                 .metrics_connections_rejected
                 .load(std::sync::atomic::Ordering::Relaxed),
         )

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use lab::bench::{ab, discovery, load};
+use lab::bench::{ab, discovery, load, storm};
 
 #[test]
 fn the_kernel_benchmark_harness_measures_every_row() {
@@ -83,6 +83,68 @@ fn against_a_real_apiserver_the_agent_reaches_its_complete_view_reading_only_its
         );
     }
     assert_numbers(&discovery::markdown(&r));
+}
+
+#[test]
+fn under_a_storm_every_event_is_printed_or_counted_as_lost() {
+    let r = storm::run(&storm::Plan {
+        rate: 20_000.0,
+        duration: Duration::from_millis(100),
+        threads: 1,
+        stall_reader: false,
+    });
+    assert_storm(&r);
+    // Fewer events than the ring buffer holds: none may be lost, however
+    // slow the reader.
+    assert_eq!(r.lost, 0.0, "{r:?}");
+    // A test run's event is a real one's but for the process (a test run
+    // has none): what the storm's description says.
+    let sample = r.sample.as_deref().expect("an event");
+    let e: serde_json::Value = serde_json::from_str(sample).expect("JSON");
+    assert_eq!(
+        (&e["path"], &e["protocol"], &e["action"], &e["verdict"]),
+        (
+            &"node-to-apiserver".into(),
+            &"http".into(),
+            &"alert".into(),
+            &"alerted".into()
+        ),
+        "{sample}"
+    );
+    assert!(
+        e["src"].is_string() && e["dst"] == "198.18.0.1:6443",
+        "{sample}"
+    );
+    assert!(e.get("process").is_none(), "{sample}");
+}
+
+/// A storm larger than the ring buffer while the agent is stopped: the
+/// overflow is counted as lost, never silent.
+#[test]
+fn a_storm_on_a_stalled_reader_counts_what_it_loses() {
+    let r = storm::run(&storm::Plan {
+        rate: 50_000.0,
+        duration: Duration::from_millis(100),
+        threads: 1,
+        stall_reader: true,
+    });
+    assert_storm(&r);
+    assert!(r.ring_lost() > 0.0, "the ring buffer overflowed: {r:?}");
+    assert!(r.printed > 0, "what the ring held was printed: {r:?}");
+}
+
+/// Every event the storm asked for was made, and printed or counted as lost.
+fn assert_storm(r: &storm::Report) {
+    assert_eq!(r.made, r.asked as f64, "{r:?}");
+    assert_eq!(r.counted, r.made, "{r:?}");
+    assert_eq!(r.table_full, 0.0, "{r:?}");
+    assert_eq!(r.unprinted, 0.0, "{r:?}");
+    assert_eq!(r.reader_errors, 0.0, "{r:?}");
+    assert!(r.accounted(), "printed + lost + unprinted = made: {r:?}");
+    assert!(r.peak_rss_kib > 0, "{r:?}");
+    let table = storm::markdown(r);
+    assert_eq!(table.lines().count(), 2 + 8, "every row:\n{table}");
+    assert_numbers(&table);
 }
 
 /// Every figure of a table is a number: no measurement came out empty

@@ -1,12 +1,14 @@
 //! The benchmark harness behind `cargo xtask bench`: the kernel programs'
 //! cost per packet ([`kernel`]), the network workloads ([`workload`])
 //! measured with and without the agent ([`ab`]), the agent under load
-//! ([`load`]), and the agent's discovery against a large cluster
-//! ([`discovery`], with what it asks the apiserver: [`audit`]).
+//! ([`load`]) and under a storm of violations ([`storm`]), and the
+//! agent's discovery against a large cluster ([`discovery`], with what it
+//! asks the apiserver: [`audit`]).
 
 pub mod ab;
 pub mod audit;
 pub mod discovery;
 pub mod kernel;
 pub mod load;
+pub mod storm;
 pub mod workload;

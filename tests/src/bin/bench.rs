@@ -1,12 +1,13 @@
 //! `cargo xtask bench`: the kernel programs' cost per packet
 //! (BPF_PROG_TEST_RUN), the A/B network workloads with and without the
-//! agent, and the agent under load; printed and written to BENCHMARKS.md
-//! with the machine it ran on. Needs root and `CP_OBSERVER_BIN` (the
-//! release agent, which `cargo xtask bench` builds and sets).
+//! agent, the agent under load and under a storm of violations; printed
+//! and written to BENCHMARKS.md with the machine it ran on. Needs root
+//! and `CP_OBSERVER_BIN` (the release agent, which `cargo xtask bench`
+//! builds and sets).
 
 use std::time::Instant;
 
-use lab::bench::{ab, discovery, load, workload};
+use lab::bench::{ab, discovery, load, storm, workload};
 
 fn main() {
     lab::cluster::signals::cleanup_on_signals("bench");
@@ -45,6 +46,10 @@ fn main() {
     let report = load::run(&load_plan);
     let load_table = load::markdown(&report);
     println!("{load_table}");
+
+    let storm_plan = storm::Plan::FULL;
+    let storm_table = storm::markdown(&storm::run(&storm_plan));
+    println!("{storm_table}");
 
     let cluster_plan = discovery::Plan::FULL;
     let cluster = discovery::run(&cluster_plan);
@@ -87,6 +92,16 @@ fn main() {
          agent's CPU is utime + stime from /proc/PID/stat from the first connection until its last \
          event was printed, over the length of the load, its peak RSS is VmHWM from \
          /proc/PID/status, and the events are the lines on its stdout.\n\n{load_table}\n\
+         ## The agent under a storm of violations\n\n\
+         More violations than real connections can make here: {} threads of the bench drove {:.0} \
+         fresh flows a second for {:.0} s (SYN, an HTTP request line, RST; node to the apiserver \
+         endpoint, policy `{}`) through the running agent's own `egress` program with \
+         BPF_PROG_TEST_RUN, so each is one event through its real ring buffer, reader and JSON \
+         output (without the `process` field: a test run has no socket nor process). Made is the \
+         kernel's count (`cp_observer_policy_violations_total`), printed the JSON lines on the \
+         agent's stdout, lost `cp_observer_events_lost_total` (ring buffer full; it also counts \
+         connections left untracked by a full flow table, shown apart); CPU and RSS as above, and \
+         the time to drain is from the storm's end until the last event was printed.\n\n{storm_table}\n\
          ## The agent against a large cluster\n\n\
          The tests' kube-apiserver (v1.20.2, on etcd, in the lab's control-plane namespace) holding \
          Nodes and Pods created through its API (no kubelets: each object created, then its status \
@@ -113,6 +128,10 @@ fn main() {
         load_plan.rate,
         load_plan.duration.as_secs_f64(),
         load::LOAD_POLICY,
+        storm_plan.threads,
+        storm_plan.rate,
+        storm_plan.duration.as_secs_f64(),
+        storm::LOAD_POLICY,
         discovery::PODS_PER_NODE,
         discovery::NODE_PODS,
         discovery::NODES_PER_KONNECTIVITY_AGENT,
