@@ -4,6 +4,7 @@
 //! ([`load`]).
 
 pub mod ab;
+pub mod inplace;
 pub mod kernel;
 pub mod load;
 pub mod workload;
