@@ -58,7 +58,7 @@ fn main() {
          these hooks.\n\n{kernel_table}\n\
          ## A/B workloads: none, no-op programs, agent\n\n\
          A Rust client in the lab's node namespace and server in its control-plane namespace (veth \
-         between them, both ends pinned to the same CPU), each workload run for {:.0} s with nothing \
+         between them, both ends pinned to the same CPU), each workload run for {:.1} s with nothing \
          attached (`none`), with the kernel object's no-op programs at the agent's four hooks of the \
          cgroup v2 root (`noop`: `cgroup_skb` at ingress and egress, `cgroup_sock_addr` at connect4 \
          and connect6) and with the release agent (`agent`, policy `{}`: the tracked traffic is \
@@ -89,7 +89,8 @@ fn main() {
          untracked and 60 ns per tracked packet over the no-op program), how often each program ran \
          per unit of work, and what the program's time comes to per unit of work. In the bulk and \
          request/response runs, `connect4` ran once: its figure there is one cold `connect()`.\n\n\
-         {inplace_table}\n         ## The agent under load\n\n\
+         {inplace_table}\n\
+         ## The agent under load\n\n\
          {} client threads in the node namespace (on one CPU with the server, as above) made {:.0} \
          short tracked connections a second, paced, for {:.0} s (connect to the apiserver endpoint, \
          1-byte request and answer, close), with the policy `{}` so that each is one JSON event; the \
