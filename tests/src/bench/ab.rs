@@ -229,8 +229,8 @@ pub const JUDGED: &str = "The targets are judged on the rate. Both ends of a wor
     CPU and keep it busy, so the rate measures the CPU time a unit of work takes there, and its \
     median slice shrugs off a moment's stall. The whole machine's busy CPU time per unit of work \
     also counts the agent's user space on the other CPU, but everything else running there too, \
-    in 10 ms ticks: on the shared development machine, its intervals came out as wide as the \
-    rate's or wider (request/response: 3.7–8.5 % against 1.4–3.0 %). It is shown next to the \
+    in 10 ms ticks: on the shared development machine (16 rounds of 0.5 s), its intervals came \
+    out as wide as the rate's or wider (request/response: 3.7–8.5 % against 1.4–3.0 %). It is shown next to the \
     judged figure; where it is clearly below the rate's ratio, the agent costs CPU away from the \
     workload's CPU.";
 
