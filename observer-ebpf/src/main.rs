@@ -64,6 +64,18 @@ pub fn noop(_ctx: SkBuffContext) -> i32 {
     PASS
 }
 
+/// [`noop`] at the IPv4 `connect()` hook: the floor of `connect4`.
+#[cgroup_sock_addr(connect4)]
+pub fn noop_connect4(_ctx: SockAddrContext) -> i32 {
+    PASS
+}
+
+/// [`noop`] at the IPv6 `connect()` hook: the floor of `connect6`.
+#[cgroup_sock_addr(connect6)]
+pub fn noop_connect6(_ctx: SockAddrContext) -> i32 {
+    PASS
+}
+
 /// Both hooks do the same: the flow table tells the directions apart, and
 /// the hook only says which socket a packet's socket is (see `origin.rs`).
 #[inline(always)]

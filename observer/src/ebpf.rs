@@ -12,7 +12,7 @@ use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, ProgramError,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, ProgramError, ProgramFd,
         links::{FdLink, PinnedLink},
     },
 };
@@ -468,10 +468,12 @@ impl Datapath {
         }
     }
 
-    /// Loads a program the agent never attaches (the benchmarks' `noop`).
+    /// Loads a program the agent never attaches (the benchmarks' `noop`,
+    /// `noop_connect4` and `noop_connect6`).
     pub fn load_extra(&mut self, name: &'static str) -> Result<(), DatapathError> {
         match any_program_mut(&mut self.ebpf, name)? {
             Program::CgroupSkb(p) => p.load().map_err(prog_err(name)),
+            Program::CgroupSockAddr(p) => p.load().map_err(prog_err(name)),
             _ => Err(DatapathError::Program {
                 name,
                 source: ProgramError::UnexpectedProgramType,
@@ -483,6 +485,16 @@ impl Datapath {
     /// to `sink` when the reader is flushed.
     pub fn trace<T: log::Log>(&mut self, sink: T) -> Result<aya_log::EbpfLogger<T>, DatapathError> {
         aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, sink).map_err(DatapathError::Trace)
+    }
+
+    /// The descriptor of a loaded program of any type, e.g. to attach it
+    /// elsewhere (the benchmarks' floor).
+    pub fn program_fd(&self, name: &'static str) -> Result<&ProgramFd, DatapathError> {
+        self.ebpf
+            .program(name)
+            .ok_or_else(|| missing_program(name))?
+            .fd()
+            .map_err(prog_err(name))
     }
 
     /// A loaded program, e.g. for `BPF_PROG_TEST_RUN` in tests.

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use lab::bench::{ab, discovery, load, storm};
+use lab::bench::{ab, discovery, inplace, load, storm};
 
 #[test]
 fn the_kernel_benchmark_harness_measures_every_row() {
@@ -20,20 +20,45 @@ fn the_kernel_benchmark_harness_measures_every_row() {
 fn the_ab_harness_measures_every_workload_in_every_mode() {
     let plan = ab::Plan {
         rounds: 1,
+        stats_rounds: 1,
         duration: Duration::from_millis(200),
         connection_threads: 2,
         tag: "bsmoke",
     };
     // `run` itself checks that the agent counts the tracked traffic on its
-    // path and none of the untracked traffic.
+    // path and none of the untracked traffic, and that each hook holds the
+    // mode's programs and nothing else.
     let rows = ab::run(&plan);
     for r in &rows {
         for mode in ab::Mode::ALL {
             let samples = &r.samples[mode as usize];
-            assert!(samples.iter().all(|v| *v > 0.0), "{mode:?}: {r:?}");
+            assert_eq!(samples.len(), plan.rounds, "{mode:?}: {r:?}");
+            for s in samples {
+                assert!(s.rate > 0.0, "{mode:?}: {r:?}");
+                assert!(
+                    s.cpu.is_finite() && s.cpu > 0.0,
+                    "CPU per work, {mode:?}: {r:?}"
+                );
+            }
         }
+        // The programs' own accounting saw every hook the workload runs,
+        // for the agent and the floor.
+        for mode in [ab::Mode::Noop, ab::Mode::Agent] {
+            let runs = &r.inplace[mode as usize];
+            assert_eq!(runs.len(), plan.stats_rounds, "{mode:?}: {r:?}");
+            for run in runs {
+                for (hook, cost) in run.hooks.iter().enumerate() {
+                    let cost = cost.unwrap_or_else(|| panic!("{mode:?}: nothing at hook {hook}"));
+                    if ab::exercised(hook) {
+                        assert!(cost.runs > 0 && cost.ns > 0, "{mode:?}, hook {hook}: {r:?}");
+                    }
+                }
+            }
+        }
+        assert!(r.inplace[ab::Mode::None as usize].is_empty(), "{r:?}");
     }
     assert_numbers(&ab::markdown(&rows));
+    assert_numbers(&inplace::markdown(&rows));
 }
 
 #[test]

@@ -1,13 +1,14 @@
 //! The benchmark harness behind `cargo xtask bench`: the kernel programs'
 //! cost per packet ([`kernel`]), the network workloads ([`workload`])
-//! measured with and without the agent ([`ab`]), the agent under load
-//! ([`load`]) and under a storm of violations ([`storm`]), and the
-//! agent's discovery against a large cluster ([`discovery`], with what it
-//! asks the apiserver: [`audit`]).
+//! measured with and without the agent ([`ab`]) and in place ([`inplace`]),
+//! the agent under load ([`load`]) and under a storm of violations
+//! ([`storm`]), and the agent's discovery against a large cluster
+//! ([`discovery`], with what it asks the apiserver: [`audit`]).
 
 pub mod ab;
 pub mod audit;
 pub mod discovery;
+pub mod inplace;
 pub mod kernel;
 pub mod load;
 pub mod storm;

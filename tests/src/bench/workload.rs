@@ -88,12 +88,21 @@ fn repeat_for(
     }
 }
 
+/// What a run of [`bulk`] or [`request_response`] did.
+#[derive(Clone, Copy, Debug)]
+pub struct Done {
+    /// Its rate (see each).
+    pub rate: f64,
+    /// All it did: bytes sent, or transactions.
+    pub total: u64,
+}
+
 /// Bulk throughput: from `ns`, one connection to a [`Kind::Sink`](crate::traffic::Kind::Sink) at
 /// `to`, [`BULK_WRITE`]-byte writes for `duration`, then the end of stream
-/// and the server's answer. Returns Gbit/s: the median [`SLICE`]'s, or for
-/// a run shorter than a slice, all bytes until the answer (every byte was
-/// received by then).
-pub fn bulk(ns: &NetNs, to: SocketAddr, duration: Duration) -> io::Result<f64> {
+/// and the server's answer. Its rate is Gbit/s: the median [`SLICE`]'s, or
+/// for a run shorter than a slice, all bytes until the answer (every byte
+/// was received by then).
+pub fn bulk(ns: &NetNs, to: SocketAddr, duration: Duration) -> io::Result<Done> {
     ns.run(move || {
         pin_to_one_cpu();
         let mut s = connect(to)?;
@@ -107,15 +116,18 @@ pub fn bulk(ns: &NetNs, to: SocketAddr, duration: Duration) -> io::Result<f64> {
         let bytes_per_s = slices
             .median_rate(duration)
             .unwrap_or_else(|| sent as f64 / start.elapsed().as_secs_f64());
-        Ok(bytes_per_s * 8.0 / 1e9)
+        Ok(Done {
+            rate: bytes_per_s * 8.0 / 1e9,
+            total: sent,
+        })
     })
 }
 
 /// Request/response: from `ns`, one connection to a [`Kind::Echo`](crate::traffic::Kind::Echo) at
 /// `to` (Nagle off), one byte out and one back, again and again for
-/// `duration`. Returns transactions per second: the median [`SLICE`]'s, or
-/// for a run shorter than a slice, the whole run's.
-pub fn request_response(ns: &NetNs, to: SocketAddr, duration: Duration) -> io::Result<f64> {
+/// `duration`. Its rate is transactions per second: the median [`SLICE`]'s,
+/// or for a run shorter than a slice, the whole run's.
+pub fn request_response(ns: &NetNs, to: SocketAddr, duration: Duration) -> io::Result<Done> {
     ns.run(move || {
         pin_to_one_cpu();
         let mut s = connect(to)?;
@@ -130,7 +142,7 @@ pub fn request_response(ns: &NetNs, to: SocketAddr, duration: Duration) -> io::R
             .median_rate(duration)
             .unwrap_or_else(|| done as f64 / start.elapsed().as_secs_f64());
         s.shutdown(Shutdown::Write)?;
-        Ok(rate)
+        Ok(Done { rate, total: done })
     })
 }
 

@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use lab::bench::{ab, discovery, load, storm, workload};
+use lab::bench::{ab, discovery, inplace, load, storm, workload};
 
 fn main() {
     lab::cluster::signals::cleanup_on_signals("bench");
@@ -41,6 +41,8 @@ fn main() {
     let ab_rows = ab::run(&ab_plan);
     let ab_tables = ab::markdown(&ab_rows);
     println!("{ab_tables}");
+    let inplace_table = inplace::markdown(&ab_rows);
+    println!("{inplace_table}");
 
     let load_plan = load::Plan::FULL;
     let report = load::run(&load_plan);
@@ -72,19 +74,40 @@ fn main() {
          200,000 runs (the kernel's mean per run), and for the first payload of a new flow the median of \
          2,000 fresh flows run once each. The no-op `cgroup_skb` program is the floor of any program at \
          these hooks.\n\n{kernel_table}\n\
-         ## A/B workloads: none, no-op program, agent\n\n\
+         ## A/B workloads: none, no-op programs, agent\n\n\
          A Rust client in the lab's node namespace and server in its control-plane namespace (veth \
-         between them, both ends pinned to the same CPU), each workload measured for {:.0} s (the \
-         run's figure is its median 100 ms slice, so a moment's stall of the machine does not move \
-         it) with nothing attached (`none`), with the no-op `cgroup_skb` program at ingress and egress of the \
-         cgroup v2 root (`noop`) and with the release agent (`agent`, policy `{}`: the tracked traffic \
-         is tracked, decided and counted but prints no event), the three alternating in {} rounds \
-         with their order rotated each round; the tables give the medians, the spread of `none` \
-         ((max − min) / median, the noise to read the ratios against), the ratios to `none`, and the \
-         agent's overhead (1 − ratio) over the no-op program's (not computed when the no-op \
-         program's overhead is ≤ 0, i.e. within noise). Bulk: one connection, {} KiB writes; \
-         request/response: one connection, 1-byte messages each way; new connections: {} client \
-         threads each connecting, sending 1 byte, reading 1 byte and closing first.\n\n{ab_tables}\
+         between them, both ends pinned to the same CPU), each workload run for {:.1} s with nothing \
+         attached (`none`), with the kernel object's no-op programs at the agent's four hooks of the \
+         cgroup v2 root (`noop`: `cgroup_skb` at ingress and egress, `cgroup_sock_addr` at connect4 \
+         and connect6) and with the release agent (`agent`, policy `{}`: the tracked traffic is \
+         tracked, decided and counted but prints no event), the three alternating in {} rounds with \
+         their order rotated each round. Each run gives two figures: its rate (its median 100 ms \
+         slice, so a moment's stall of the machine does not move it) and the whole machine's busy \
+         CPU time per unit of work (user + nice + system + irq + softirq + steal of /proc/stat over \
+         the run, over the bytes, transactions or connections it did). The tables give both per \
+         mode (medians), the spread of `none` ((max − min) / median), the ratios of the medians to \
+         `none` (for CPU as work per CPU second, so that higher is better for both) and the agent's \
+         overhead (1 − ratio) over the no-op programs'. The targets are judged on the ratio of \
+         `agent` to `none` taken round by round (the two ran seconds apart, so what drifts slowly \
+         cancels): its median, and the order statistics of the rounds that hold the median with a \
+         probability of at least 90 %, whatever the distribution; a target is met or missed when \
+         that whole interval is on its side, else the verdict says it is within noise. {} Bulk: one \
+         connection, {} KiB writes; request/response: one connection, 1-byte messages each way; new \
+         connections: {} client threads each connecting, sending 1 byte, reading 1 byte and closing \
+         first.\n\n{ab_tables}\
+         ## In place: the programs' cost under real traffic\n\n\
+         {} more rounds of the same workloads, `noop` and `agent` only, with BPF run-time statistics \
+         on (`BPF_ENABLE_STATS`, on only while the benchmark holds its descriptor; these rounds are \
+         not in the tables above, since the statistics' clock reads add to every program run): \
+         before and after each run, the kernel's `run_time_ns` and `run_cnt` of each program \
+         attached at the agent's hooks of the cgroup v2 root (found with BPF_PROG_QUERY; a run \
+         fails if a hook holds anything but its mode's program). The table gives the median ns per \
+         run over the rounds (the statistics' two clock reads included, which the no-op program \
+         pays too), the agent's spread, their difference against the target (at most 15 ns per \
+         untracked and 60 ns per tracked packet over the no-op program), how often each program ran \
+         per unit of work, and what the program's time comes to per unit of work. In the bulk and \
+         request/response runs, `connect4` ran once: its figure there is one cold `connect()`.\n\n\
+         {inplace_table}\n\
          ## The agent under load\n\n\
          {} client threads in the node namespace (on one CPU with the server, as above) made {:.0} \
          short tracked connections a second, paced, for {:.0} s (connect to the apiserver endpoint, \
@@ -122,8 +145,10 @@ fn main() {
         ab_plan.duration.as_secs_f64(),
         ab::AB_POLICY,
         ab_plan.rounds,
+        ab::JUDGED,
         workload::BULK_WRITE / 1024,
         ab_plan.connection_threads,
+        ab_plan.stats_rounds,
         load_plan.threads,
         load_plan.rate,
         load_plan.duration.as_secs_f64(),
