@@ -534,7 +534,7 @@ pub fn markdown(report: &Report, plot_dir: &str) -> String {
 fn size(bytes: u64) -> String {
     let kib = bytes as f64 / 1024.0;
     if kib < 1024.0 {
-        format!("{kib:.0} KiB")
+        format!("{kib:.1} KiB")
     } else {
         format!("{:.1} MiB", kib / 1024.0)
     }
