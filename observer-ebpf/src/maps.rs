@@ -66,7 +66,8 @@ pub static CLOCK: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// Address prefix → [`observer_common::config::Roles`] bits. The agent folds
 /// the roles of enclosing prefixes into each entry, so one longest-prefix
-/// lookup gives every role of an address.
+/// lookup gives every role of an address. The agent sets its capacity at
+/// load time (`--role-trie-capacity`).
 #[map]
 pub static ROLES: LpmTrie<Addr, u32> = LpmTrie::with_max_entries(4096, 0);
 

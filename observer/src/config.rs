@@ -30,6 +30,9 @@ pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9090";
 pub const DEFAULT_METRICS_PORT: u16 = 9090;
 /// Default `--flow-table-capacity`.
 pub const DEFAULT_FLOW_TABLE_CAPACITY: u32 = 65536;
+/// Default `--role-trie-capacity`: the prefixes of a node with a few pod
+/// ranges and a few hundred konnectivity agents, with room to spare.
+pub const DEFAULT_ROLE_TRIE_CAPACITY: u32 = 4096;
 /// Default `--flow-idle-timeout`, seconds.
 pub const DEFAULT_FLOW_IDLE_TIMEOUT: u64 = 3600;
 /// Largest `--flow-idle-timeout`, seconds: a year (the clock arithmetic
@@ -107,6 +110,11 @@ pub struct RunArgs {
     /// Maximum number of connections tracked at once [default: 65536].
     #[arg(long, value_name = "N")]
     pub flow_table_capacity: Option<u32>,
+    /// Maximum number of address prefixes (control plane, node, pods) the
+    /// role trie holds; its memory grows with the prefixes it holds, not
+    /// with this capacity [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub role_trie_capacity: Option<u32>,
     /// Pin links and state maps here, and adopt them on restart [default: /sys/fs/bpf/cp-observer].
     #[arg(long, value_name = "PATH", conflicts_with = "no_pin")]
     pub pin_dir: Option<PathBuf>,
@@ -195,6 +203,8 @@ pub struct Settings {
     pub cgroup: Option<PathBuf>,
     /// `--flow-table-capacity`.
     pub flow_table_capacity: u32,
+    /// `--role-trie-capacity`.
+    pub role_trie_capacity: u32,
     /// `--flow-idle-timeout`.
     pub flow_idle_timeout: Duration,
     /// `--policy` and `--dry-run`, resolved.
@@ -307,6 +317,7 @@ impl RunArgs {
             metrics_addr,
             cgroup,
             flow_table_capacity,
+            role_trie_capacity,
             pin_dir,
             no_pin,
             host_proc,
@@ -392,6 +403,9 @@ impl Settings {
             flow_table_capacity: args
                 .flow_table_capacity
                 .unwrap_or(DEFAULT_FLOW_TABLE_CAPACITY),
+            role_trie_capacity: args
+                .role_trie_capacity
+                .unwrap_or(DEFAULT_ROLE_TRIE_CAPACITY),
             flow_idle_timeout: Duration::from_secs(
                 args.flow_idle_timeout.unwrap_or(DEFAULT_FLOW_IDLE_TIMEOUT),
             ),
@@ -444,6 +458,13 @@ impl Settings {
                 setting: "--flow-table-capacity",
                 value: "0".into(),
                 message: "the flow table needs room for at least one connection",
+            });
+        }
+        if self.role_trie_capacity == 0 {
+            return Err(ConfigError::Invalid {
+                setting: "--role-trie-capacity",
+                value: "0".into(),
+                message: "the role trie needs room for at least this node's addresses",
             });
         }
         let mapped: ipnet::IpNet = "::ffff:0:0/96".parse().expect("constant parses");
@@ -505,6 +526,19 @@ impl Settings {
                               (one namespace: the konnectivity agents are trusted in no other)",
                 });
             }
+        }
+        // What discovery adds later and does not fit is counted
+        // (`cp_observer_discovery_overflow`); what the flags give must fit.
+        let prefixes = crate::roles::role_entries(self).len();
+        if prefixes > self.role_trie_capacity as usize {
+            return Err(ConfigError::Invalid {
+                setting: "--role-trie-capacity",
+                value: format!(
+                    "{} (--control-plane, --node-ip and --pod-cidr give {prefixes} prefixes)",
+                    self.role_trie_capacity
+                ),
+                message: "the role trie cannot hold every address the flags give",
+            });
         }
         Ok(())
     }
@@ -658,6 +692,7 @@ mod tests {
         assert_eq!(s.ports, Ports::default());
         assert_eq!(s.metrics_addr.to_string(), DEFAULT_METRICS_ADDR);
         assert_eq!(s.flow_table_capacity, DEFAULT_FLOW_TABLE_CAPACITY);
+        assert_eq!(s.role_trie_capacity, DEFAULT_ROLE_TRIE_CAPACITY);
         let on_node = Settings::from_args(&RunArgs {
             node_ip: vec!["192.0.2.9".parse().unwrap(), "2001:db8::9".parse().unwrap()],
             ..RunArgs::default()
@@ -668,6 +703,35 @@ mod tests {
             "192.0.2.9:9090",
             "the node's address, not every interface, where it is known"
         );
+    }
+
+    #[test]
+    fn the_role_trie_must_hold_what_the_flags_give() {
+        let with = |capacity: u32, cidrs: u32| {
+            Settings::from_args(&RunArgs {
+                node_ip: vec!["10.0.1.5".parse().unwrap()],
+                pod_cidr: (0..cidrs)
+                    .map(|i| {
+                        format!("10.{}.{}.0/24", 100 + i / 256, i % 256)
+                            .parse()
+                            .unwrap()
+                    })
+                    .collect(),
+                role_trie_capacity: Some(capacity),
+                ..RunArgs::default()
+            })
+        };
+        // The node's address and its pod ranges: one prefix each.
+        assert_eq!(with(4, 3).unwrap().role_trie_capacity, 4);
+        let e = with(3, 3).unwrap_err().to_string();
+        assert!(
+            e.contains("--role-trie-capacity 3") && e.contains("give 4 prefixes"),
+            "{e}"
+        );
+        let e = with(0, 0).unwrap_err().to_string();
+        assert!(e.contains("--role-trie-capacity 0"), "{e}");
+        // Many more than the default fit once asked for.
+        assert_eq!(with(100_000, 20_000).unwrap().role_trie_capacity, 100_000);
     }
 
     #[test]
@@ -963,6 +1027,13 @@ mod tests {
         };
         let msg = Settings::from_args(&args).unwrap_err().to_string();
         assert!(msg.contains("--flow-table-capacity"), "{msg}");
+
+        let args = RunArgs {
+            role_trie_capacity: Some(0),
+            ..RunArgs::default()
+        };
+        let msg = Settings::from_args(&args).unwrap_err().to_string();
+        assert!(msg.contains("--role-trie-capacity 0"), "{msg}");
 
         let args = RunArgs {
             config: Some("/nonexistent/cp.toml".into()),

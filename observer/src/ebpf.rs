@@ -67,6 +67,9 @@ pub const PROGRAMS: [(&str, Hook); 4] = [
 /// The maps whose capacity is `--flow-table-capacity`.
 const FLOW_TABLES: [&str; 2] = ["FLOWS", "HALF_OPEN"];
 
+/// The map whose capacity is `--role-trie-capacity`.
+const ROLE_TRIE: &str = "ROLES";
+
 /// The shape this build gives each of [`pin::STATE_MAPS`], as the kernel
 /// object declares it (with `capacity` for the flow tables): what a pinned
 /// map must be to be adopted.
@@ -227,6 +230,7 @@ impl Datapath {
         for name in FLOW_TABLES {
             loader.map_max_entries(name, settings.flow_table_capacity);
         }
+        loader.map_max_entries(ROLE_TRIE, settings.role_trie_capacity);
         // Off, the verifier drops the trace from the programs (see
         // observer-ebpf/src/trace.rs).
         let level = settings.kernel_log.level();

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use lab::bench::{ab, discovery, inplace, load, storm};
+use lab::bench::{ab, discovery, inplace, load, scale, storm};
 
 #[test]
 fn the_kernel_benchmark_harness_measures_every_row() {
@@ -107,7 +107,9 @@ fn against_a_real_apiserver_the_agent_reaches_its_complete_view_reading_only_its
             row.requests
         );
     }
-    assert_numbers(&discovery::markdown(&r));
+    let table = discovery::markdown(&r, "plots");
+    assert_numbers(&table);
+    assert_plots(&discovery::PLOTS, &table, |dir| discovery::plots(&r, dir));
 }
 
 #[test]
@@ -170,6 +172,72 @@ fn assert_storm(r: &storm::Report) {
     let table = storm::markdown(r);
     assert_eq!(table.lines().count(), 2 + 8, "every row:\n{table}");
     assert_numbers(&table);
+}
+
+#[test]
+fn the_scale_curves_measure_every_size_and_draw_both_plots() {
+    let plan = scale::Plan {
+        flows: &[100, 1000],
+        prefixes: &[10, 400],
+        packets: 200,
+    };
+    // `run` itself checks that every handshake put its connection in the
+    // flow table and that every SYN found both its ends in the trie.
+    let report = scale::run(&plan);
+    for (points, sizes) in [
+        (&report.flows, plan.flows),
+        (&report.prefixes, plan.prefixes),
+    ] {
+        let measured: Vec<u32> = points.iter().map(|p| p.size).collect();
+        assert_eq!(measured, sizes);
+        for p in points {
+            assert!(p.ns > 0.0 && p.floor_ns > 0.0 && p.map_bytes > 0, "{p:?}");
+            assert_eq!(p.packets, plan.packets as usize, "{p:?}");
+        }
+    }
+    // The trie takes memory for what it holds, not for its capacity
+    // (the same for both sizes).
+    let [small, large] = &report.prefixes[..] else {
+        panic!("two sizes")
+    };
+    assert_eq!(small.capacity, large.capacity);
+    assert!(large.map_bytes > small.map_bytes, "{small:?} {large:?}");
+
+    let table = scale::markdown(&report, "plots");
+    assert_numbers(&table);
+    for size in plan.flows.iter().chain(plan.prefixes) {
+        assert!(table.contains(&format!("\n| {size} |")), "{size}:\n{table}");
+    }
+    assert_plots(&scale::PLOTS, &table, |dir| scale::plots(&report, dir));
+}
+
+/// `draw` writes the plots `names` into a fresh directory: each is a PNG,
+/// and `table` links it in `plots/`.
+fn assert_plots<T>(
+    names: &[&str],
+    table: &str,
+    draw: impl FnOnce(&std::path::Path) -> anyhow::Result<T>,
+) {
+    let dir = std::env::temp_dir().join(format!("cp-observer-bench-plots-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let written = draw(&dir);
+    let files: Vec<_> = names
+        .iter()
+        .map(|name| (name, std::fs::read(dir.join(name))))
+        .collect();
+    std::fs::remove_dir_all(&dir).unwrap();
+    written.expect("the plots are drawn");
+    for (name, bytes) in files {
+        let bytes = bytes.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+            "{name} is not a PNG"
+        );
+        assert!(
+            table.contains(&format!("](plots/{name})")),
+            "{name} is not linked:\n{table}"
+        );
+    }
 }
 
 /// Every figure of a table is a number: no measurement came out empty

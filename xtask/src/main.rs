@@ -28,6 +28,10 @@ mod toolchain;
 mod vm;
 
 use anyhow::Result;
+
+/// The Debian package of the benchmark plots' font
+/// (`tests/src/bench/plot.rs`: DejaVu Sans).
+const PLOT_FONT_PACKAGE: &str = "fonts-dejavu-core";
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -134,6 +138,7 @@ fn run(command: Command) -> Result<()> {
             require_root("the benchmarks (BPF and network namespaces)")?;
             toolchain::ensure()?;
             toolchain::ensure_lab_tools()?;
+            toolchain::ensure_debian_packages(&[PLOT_FONT_PACKAGE])?;
             // The A/B and load benchmarks measure the agent as shipped.
             let agent = cargo::build_agent(true)?;
             let bench = cargo::build_release_bin("cp-observer-tests", "cp-observer-bench")?;
@@ -158,6 +163,8 @@ fn run(command: Command) -> Result<()> {
             let env = cluster::ensure()?;
             // iptables: the tests translate the `kubernetes` VIP as kube-proxy does.
             toolchain::ensure_debian_packages(&["iptables"])?;
+            // The font of the benchmark plots, which the smoke test draws.
+            toolchain::ensure_debian_packages(&[PLOT_FONT_PACKAGE])?;
             // A real Prometheus (and promtool) for the monitoring tests.
             toolchain::ensure_debian_packages(&["prometheus"])?;
             // The Prometheus Operator's CRDs for the monitoring tests.

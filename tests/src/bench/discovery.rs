@@ -28,7 +28,10 @@ use kube::{
 };
 
 use crate::{
-    bench::audit,
+    bench::{
+        audit,
+        plot::{self, Axis, Series},
+    },
     cluster::{
         agent::Agent,
         kube::{ControlPlane, Options},
@@ -862,72 +865,71 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// A chart of the rows: one line per series, over the pods of the cluster.
-#[derive(Clone, Debug)]
-pub struct Chart {
-    /// Its title.
-    pub title: &'static str,
-    /// What the x axis shows.
-    pub x_axis: &'static str,
-    /// What the y axis shows.
-    pub y_axis: &'static str,
-    /// Each line: its name and its points (x, y).
-    pub series: Vec<(String, Vec<(f64, f64)>)>,
-}
+/// The charts [`plots`] draws, by file name: time, memory and traffic
+/// against the cluster's pods.
+pub const PLOTS: [&str; 3] = [
+    "cluster-start.png",
+    "cluster-memory.png",
+    "cluster-traffic.png",
+];
 
-/// The rows as charts (time, memory, traffic against the cluster's pods).
-pub fn charts(r: &Report) -> Vec<Chart> {
+/// Draws the rows as [`PLOTS`] in `dir` (which must exist): one line per
+/// measure, over the pods of the cluster.
+pub fn plots(r: &Report, dir: &Path) -> anyhow::Result<()> {
     let line = |name: &str, y: &dyn Fn(&Row) -> f64| {
-        (
-            name.to_owned(),
+        Series::new(
+            name,
             r.rows.iter().map(|row| (row.pods as f64, y(row))).collect(),
         )
     };
-    let x_axis = "pods in the cluster";
-    vec![
-        Chart {
-            title: "The agent's start against a large cluster",
-            x_axis,
-            y_axis: "seconds",
-            series: vec![
+    let kib = |bytes: u64| bytes as f64 / 1024.0;
+    let charts = [
+        (
+            "The agent's start against a large cluster",
+            "seconds",
+            vec![
                 line("time to complete view", &|row| row.complete.as_secs_f64()),
                 line("agent CPU until then", &|row| row.agent_cpu.as_secs_f64()),
                 line("apiserver + etcd CPU until then", &|row| {
                     row.control_plane_cpu.as_secs_f64()
                 }),
             ],
-        },
-        Chart {
-            title: "The agent's memory against a large cluster",
-            x_axis,
-            y_axis: "MiB",
-            series: vec![
+        ),
+        (
+            "The agent's memory against a large cluster",
+            "MiB",
+            vec![
                 line("peak RSS", &|row| row.peak_rss_kib as f64 / 1024.0),
                 line("steady RSS", &|row| row.steady_rss_kib as f64 / 1024.0),
             ],
-        },
-        Chart {
-            title: "Bytes the apiserver sent to the agent's node",
-            x_axis,
-            y_axis: "KiB",
-            series: vec![
-                line("until the complete view", &|row| {
-                    row.bytes_to_complete as f64 / 1024.0
-                }),
-                line("during the quiet period", &|row| {
-                    row.bytes_quiet as f64 / 1024.0
-                }),
+        ),
+        (
+            "Bytes the apiserver sent to the agent's node",
+            "KiB",
+            vec![
+                line("until the complete view", &|row| kib(row.bytes_to_complete)),
+                line("during the quiet period", &|row| kib(row.bytes_quiet)),
                 line("while pods were created on other nodes", &|row| {
-                    row.bytes_churn as f64 / 1024.0
+                    kib(row.bytes_churn)
                 }),
             ],
-        },
-    ]
+        ),
+    ];
+    for (file, (title, y, series)) in PLOTS.iter().zip(charts) {
+        plot::lines(
+            &dir.join(file),
+            title,
+            &Axis::log("pods in the cluster"),
+            &Axis::linear(y),
+            &series,
+        )?;
+    }
+    Ok(())
 }
 
-/// The report as Markdown: the rows, the targets, and the agent's requests
-/// at the largest size.
-pub fn markdown(r: &Report) -> String {
+/// The report as Markdown: the rows, the targets, the agent's requests at
+/// the largest size, and links to the [`PLOTS`] in `plot_dir`.
+pub fn markdown(r: &Report, plot_dir: &str) -> String {
     let mib = |kib: u64| kib as f64 / 1024.0;
     let p = &r.population;
     let mut out = format!(
@@ -989,6 +991,9 @@ pub fn markdown(r: &Report) -> String {
             yes(last.complete <= MAX_COMPLETE),
         );
         out.push_str(&audit::markdown(&last.requests));
+    }
+    for file in PLOTS {
+        let _ = write!(out, "\n![{file}]({plot_dir}/{file})\n");
     }
     out
 }

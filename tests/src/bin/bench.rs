@@ -1,13 +1,18 @@
 //! `cargo xtask bench`: the kernel programs' cost per packet
-//! (BPF_PROG_TEST_RUN), the A/B network workloads with and without the
-//! agent, the agent under load and under a storm of violations; printed
-//! and written to BENCHMARKS.md with the machine it ran on. Needs root
-//! and `CP_OBSERVER_BIN` (the release agent, which `cargo xtask bench`
-//! builds and sets).
+//! (BPF_PROG_TEST_RUN) and as their tables grow, the A/B network workloads
+//! with and without the agent and the programs' cost in place, the agent
+//! under load and under a storm of violations, and against a large
+//! cluster; printed and written to BENCHMARKS.md with the machine it ran
+//! on, the curves' plots in `benchmarks/` beside it. Needs root and
+//! `CP_OBSERVER_BIN` (the release agent, which `cargo xtask bench` builds
+//! and sets).
 
 use std::time::Instant;
 
-use lab::bench::{ab, discovery, inplace, load, storm, workload};
+use lab::bench::{ab, discovery, inplace, load, scale, storm, workload};
+
+/// Where the plots go, next to the document.
+const PLOT_DIR: &str = "benchmarks";
 
 fn main() {
     lab::cluster::signals::cleanup_on_signals("bench");
@@ -25,7 +30,7 @@ fn main() {
     if args.iter().any(|a| a == "--cluster") {
         println!(
             "{}",
-            discovery::markdown(&discovery::run(&discovery::Plan::FULL))
+            discovery::markdown(&discovery::run(&discovery::Plan::FULL), PLOT_DIR)
         );
         return;
     }
@@ -36,6 +41,18 @@ fn main() {
     if kernel_only {
         return;
     }
+
+    let scale_plan = scale::Plan::FULL;
+    let curves = scale::run(&scale_plan);
+    let plot_dir = std::path::Path::new(&out)
+        .parent()
+        .unwrap_or(std::path::Path::new(""))
+        .join(PLOT_DIR);
+    std::fs::create_dir_all(&plot_dir)
+        .unwrap_or_else(|e| panic!("cannot make {}: {e}", plot_dir.display()));
+    scale::plots(&curves, &plot_dir).unwrap_or_else(|e| panic!("cannot draw the curves: {e:#}"));
+    let scale_tables = scale::markdown(&curves, PLOT_DIR);
+    println!("{scale_tables}");
 
     let ab_plan = ab::Plan::FULL;
     let ab_rows = ab::run(&ab_plan);
@@ -55,7 +72,9 @@ fn main() {
 
     let cluster_plan = discovery::Plan::FULL;
     let cluster = discovery::run(&cluster_plan);
-    let cluster_table = discovery::markdown(&cluster);
+    discovery::plots(&cluster, &plot_dir)
+        .unwrap_or_else(|e| panic!("cannot draw the large cluster's charts: {e:#}"));
+    let cluster_table = discovery::markdown(&cluster, PLOT_DIR);
     println!("{cluster_table}");
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -74,6 +93,21 @@ fn main() {
          200,000 runs (the kernel's mean per run), and for the first payload of a new flow the median of \
          2,000 fresh flows run once each. The no-op `cgroup_skb` program is the floor of any program at \
          these hooks.\n\n{kernel_table}\n\
+         ## Kernel programs as their tables grow\n\n\
+         BPF_PROG_TEST_RUN as above, but each point runs {} different packets once each, the no-op \
+         program just before the agent's on each (a big table is cold: its lookups miss the caches, \
+         which one packet repeated would hide); medians of one run, and their difference, the \
+         programs' own cost, which should stay within 2× of the smallest size's; the last column \
+         is that cost with warm caches (one connection's packet repeated, SYNs between one pair of \
+         addresses), to tell the caches from the size itself. Flow table: \
+         connections from pods to the apiserver (IPv4 and IPv6 in turn) opened by their handshakes \
+         and decided by a TLS first payload through the programs, with `--flow-table-capacity` the \
+         larger of 65,536 and their number; the packet is a random connection's first payload again. \
+         Role trie: the lab's prefixes, then pod ranges (/24, /64) and konnectivity agents (/32, \
+         /128) in turn, with `--role-trie-capacity` the larger of 4,096 and their number; the \
+         packet is the SYN of a new connection from a random control-plane address to a random \
+         address of a random pod range (two trie lookups, a half-open entry). Memory is the maps' \
+         `memlock` (fdinfo).\n\n{scale_tables}\
          ## A/B workloads: none, no-op programs, agent\n\n\
          A Rust client in the lab's node namespace and server in its control-plane namespace (veth \
          between them, both ends pinned to the same CPU), each workload run for {:.1} s with nothing \
@@ -142,6 +176,7 @@ fn main() {
          The apiserver's audit log lists the agent's requests (from the node's address); \
          the run fails if one lists or watches the pods or nodes of the whole cluster.\n\n{cluster_table}",
         kernel.trim(),
+        scale_plan.packets,
         ab_plan.duration.as_secs_f64(),
         ab::AB_POLICY,
         ab_plan.rounds,
