@@ -652,7 +652,7 @@ impl Unwritten {
 
 /// A kernel map [`sync`] writes: keys to values.
 trait Table {
-    type Key: PartialEq + Clone;
+    type Key: Eq + std::hash::Hash + Clone;
     type Value: Copy;
     fn insert(&mut self, key: &Self::Key, value: Self::Value) -> Result<(), MapError>;
     fn remove(&mut self, key: &Self::Key) -> Result<(), MapError>;
@@ -765,8 +765,11 @@ fn sync<T: Table>(
 ) -> Shortfall {
     let mut shortfall = Shortfall::default();
     let mut now = Vec::with_capacity(wanted.len());
+    // A set, not a scan per entry: 100,000 prefixes (`--role-trie-capacity`)
+    // would take 10^10 comparisons.
+    let keep: std::collections::HashSet<&T::Key> = wanted.iter().map(|(k, _)| k).collect();
     for old in current.drain(..) {
-        if wanted.iter().any(|(k, _)| *k == old) {
+        if keep.contains(&old) {
             continue;
         }
         if let Err(e) = table.remove(&old) {
@@ -863,17 +866,17 @@ impl Addresses {
     /// its view no longer has them.
     pub fn carry_over(&mut self, previous: &View) {
         let (mut roles, mut endpoints) = (0, 0);
+        let configured: std::collections::HashSet<_> = self.current_roles.iter().copied().collect();
         for (key, value) in &previous.roles {
-            if !self.current_roles.contains(key)
-                && Table::insert(&mut self.roles, key, *value).is_ok()
-            {
+            if !configured.contains(key) && Table::insert(&mut self.roles, key, *value).is_ok() {
                 self.current_roles.push(*key);
                 roles += 1;
             }
         }
+        let configured: std::collections::HashSet<_> =
+            self.current_endpoints.iter().copied().collect();
         for (key, value) in &previous.endpoints {
-            if !self.current_endpoints.contains(key)
-                && Table::insert(&mut self.endpoints, key, *value).is_ok()
+            if !configured.contains(key) && Table::insert(&mut self.endpoints, key, *value).is_ok()
             {
                 self.current_endpoints.push(*key);
                 endpoints += 1;
