@@ -112,8 +112,8 @@ fn on_tracked(ctx: &SkBuffContext, hook: Hook, seg: &Segment, syn_ns: u64) -> Re
     let flow = match FLOWS.get_ptr_mut(&key) {
         Some(flow) => flow,
         None if syn_ns != 0 => {
-            let promotion = match promote(ctx, hook, &key, src_is_lo, &seg) {
-                Promotion::Missing => pick_up(ctx, hook, &seg),
+            let promotion = match promote(ctx, hook, &key, src_is_lo, seg) {
+                Promotion::Missing => pick_up(ctx, hook, seg),
                 p => p,
             };
             match promotion {
@@ -143,14 +143,14 @@ fn on_tracked(ctx: &SkBuffContext, hook: Hook, seg: &Segment, syn_ns: u64) -> Re
     let dir = flow.direction(src_is_lo);
     let mut result = Ok(());
     if seg.payload_len > 0 || seg.flags & URG != 0 {
-        match on_payload(ctx, flow, &key, dir, &seg) {
+        match on_payload(ctx, flow, &key, dir, seg) {
             Ok(Outcome::Drop) => return Ok(DROP),
             Ok(Outcome::Pass) => {}
             Err(()) => result = Err(()),
         }
     }
     if seg.flags & (FIN | RST) != 0 {
-        close(ctx, flow, &key, dir, &seg);
+        close(ctx, flow, &key, dir, seg);
     }
     result.map(|()| PASS)
 }
