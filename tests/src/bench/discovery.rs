@@ -33,7 +33,7 @@ use crate::{
         plot::{self, Axis, Series},
     },
     cluster::{
-        agent::Agent,
+        agent::{Agent, cpu_time},
         kube::{ControlPlane, Options},
         netns::NetNs,
         topology::{Topology, addrs},
@@ -420,26 +420,14 @@ async fn populate(client: Client, from: usize, to: usize) -> usize {
         .try_collect::<()>()
         .await
         .unwrap_or_else(|e| panic!("creating nodes: {e}"));
-    let pods = futures::stream::iter((from..to).flat_map(|i| (0..pods_on(i)).map(move |j| (i, j))))
-        .map(|(i, j)| {
-            let p = pod_spec(i, j);
-            create_with_status::<Pod>(
-                Api::namespaced(client.clone(), &p.namespace),
-                p.name.clone(),
-                pod_object(i, &p),
-                pod_status(i, &p),
-            )
-        });
-    pods.buffer_unordered(CONCURRENCY)
-        .try_collect::<()>()
-        .await
-        .unwrap_or_else(|e| panic!("creating pods: {e}"));
+    let pods = (from..to).flat_map(|i| (0..pods_on(i)).map(move |j| (i, pod_spec(i, j))));
+    create_pods(&client, pods, "pods").await;
     writes + 2 * (to - from) + 2 * (from..to).map(pods_on).sum::<usize>()
 }
 
 /// Creates [`CHURN_PODS`] pods on the nodes other than the agent's.
 async fn churn(client: Client, nodes: usize) {
-    let pods = futures::stream::iter(0..CHURN_PODS).map(|k| {
+    let pods = (0..CHURN_PODS).map(|k| {
         let i = 1 + k % (nodes - 1).max(1);
         let p = PodSpec {
             namespace: "team-0".to_owned(),
@@ -448,17 +436,28 @@ async fn churn(client: Client, nodes: usize) {
             host_network: false,
             ip: [10, (i >> 8) as u8, (i & 255) as u8, 200].into(),
         };
-        create_with_status::<Pod>(
-            Api::namespaced(client.clone(), &p.namespace),
-            p.name.clone(),
-            pod_object(i, &p),
-            pod_status(i, &p),
-        )
+        (i, p)
     });
-    pods.buffer_unordered(CONCURRENCY)
+    create_pods(&client, pods, "churn pods").await;
+}
+
+/// Creates `pods` (each with the index of its node), then sets their
+/// status, [`CONCURRENCY`] requests in flight; `what` names them in a
+/// failure.
+async fn create_pods(client: &Client, pods: impl Iterator<Item = (usize, PodSpec)>, what: &str) {
+    futures::stream::iter(pods)
+        .map(|(i, p)| {
+            create_with_status::<Pod>(
+                Api::namespaced(client.clone(), &p.namespace),
+                p.name.clone(),
+                pod_object(i, &p),
+                pod_status(i, &p),
+            )
+        })
+        .buffer_unordered(CONCURRENCY)
         .try_collect::<()>()
         .await
-        .unwrap_or_else(|e| panic!("creating churn pods: {e}"));
+        .unwrap_or_else(|e| panic!("creating {what}: {e}"));
 }
 
 /// Waits until the apiserver serves the agent's reads from its watch
@@ -814,23 +813,6 @@ fn measure(
         bytes_churn: bytes3 - bytes2,
         requests,
     }
-}
-
-/// A process's CPU time so far (user + system, /proc/PID/stat).
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = fields
-        .get(11..13)
-        .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
-    // SAFETY: sysconf has no preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
-        .unwrap_or(100)
-        .max(1);
-    Duration::from_millis(ticks * 1000 / hz)
 }
 
 /// A `kB` field of /proc/PID/status.

@@ -421,20 +421,7 @@ impl Agent {
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0);
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Fields after the command name: utime and stime are the 12th and 13th.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks: u64 = fields
-            .get(11..13)
-            .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
-        // SAFETY: sysconf has no preconditions.
-        let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
-            .unwrap_or(100)
-            .max(1);
-        (hwm, Duration::from_millis(ticks * 1000 / hz))
+        (hwm, cpu_time(pid))
     }
 
     /// Waits up to `timeout` for the agent to exit by itself; `None` if it
@@ -649,4 +636,23 @@ pub fn cleanup_pins(dir: &std::path::Path) -> std::process::Output {
         .arg(dir)
         .output()
         .expect("cleanup runs")
+}
+
+/// A process's CPU time so far (user + system, from /proc/PID/stat; zero
+/// when it cannot be read).
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name: utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1);
+    Duration::from_millis(ticks * 1000 / hz)
 }
