@@ -363,15 +363,6 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (store, writer) = reflector::store();
-    // Lists are served from the apiserver's watch cache
-    // (`resourceVersion=0`), as the kubelet's are: a quorum read goes to
-    // etcd, and for this node's pods (a field selector etcd cannot
-    // apply) the apiserver would read and decode every pod of the
-    // cluster, ~16 s of its CPU per agent start at 150,000 pods. kube-rs
-    // sends `resourceVersion=0` only on an unpaged list (the cache does
-    // not page anyway), and every list here selects a few objects.
-    let mut config = config.any_semantic();
-    config.page_size = None;
     let stream = watcher(api, config).default_backoff().reflect(writer);
     let (status, changed) = (status.clone(), changed.clone());
     let task = tokio::spawn(async move {
@@ -540,9 +531,23 @@ pub async fn run(
         &changed,
     );
     tasks.push(task);
+    // This node's pods are listed from the apiserver's watch cache
+    // (`resourceVersion=0`): a quorum read goes to etcd, which cannot apply
+    // the field selector, so the apiserver would read and decode every pod
+    // of the cluster, ~16 s of its CPU per agent start at 150,000 pods.
+    // kube-rs sends `resourceVersion=0` on every list of such a watch (a
+    // re-list too, which may then be older than what it replaces), and
+    // only unpaged (the cache does not page anyway). Only events' pod
+    // names come from here; what makes an address control plane is read
+    // with quorum lists above and below, which are cheap (by name, or one
+    // namespace and a label).
+    let mut node_pods_config = watcher::Config::default()
+        .fields(&format!("spec.nodeName={}", target.node))
+        .any_semantic();
+    node_pods_config.page_size = None;
     let (node_pods, task) = reflect(
         Api::<Pod>::all(client.clone()),
-        watcher::Config::default().fields(&format!("spec.nodeName={}", target.node)),
+        node_pods_config,
         "this node's Pods",
         &status,
         &changed,

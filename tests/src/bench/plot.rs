@@ -246,7 +246,7 @@ fn compact(v: f64) -> String {
         a if a >= 1e3 => (v / 1e3, "k"),
         _ => (v, ""),
     };
-    let digits = if v.fract().abs() < 1e-9 || v.abs() >= 100.0 {
+    let digits = if v.fract().abs() < 1e-9 || v.abs() >= 10.0 {
         0
     } else {
         1
