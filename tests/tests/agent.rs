@@ -265,8 +265,10 @@ fn more_addresses_than_the_role_trie_holds_are_refused_at_start() {
     .expect("temp file");
     let stderr = run_failing(&["--config", &config.to_string_lossy()]);
     let _ = std::fs::remove_file(&config);
+    // Refused before anything is loaded, naming the capacity and the flag
+    // that gave the prefixes.
     assert!(
-        stderr.contains("entries of map roles") && stderr.contains("--control-plane"),
+        stderr.contains("--role-trie-capacity 4096") && stderr.contains("--control-plane"),
         "{stderr}"
     );
     assert_eq!(
