@@ -50,6 +50,10 @@ indexed_enum! {
         /// SYNs that opened a half-open entry (`HALF_OPEN`). A spoofed-SYN
         /// flood shows here; its entries never reach the flow table.
         HalfOpen = 6,
+        /// Request-head copies (`HEADS`) dropped because that ring buffer
+        /// was full: their violations are reported without all of the
+        /// request (see `observer_common::head`).
+        HeadsLost = 7,
     }
 }
 

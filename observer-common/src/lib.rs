@@ -15,6 +15,7 @@ pub mod config;
 pub mod counters;
 pub mod event;
 pub mod flow;
+pub mod head;
 pub mod path;
 pub mod policy;
 pub mod protocol;
@@ -40,4 +41,5 @@ user_pod!(
     flow::FlowKey,
     flow::Connect,
     flow::Flow,
+    head::HeadChunk,
 );

@@ -16,6 +16,7 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod connect;
+mod head;
 mod maps;
 mod origin;
 mod packet;

@@ -11,6 +11,7 @@ use observer_common::{
     counters::{BYTE_ENTRIES, CONNECTION_ENTRIES, DropReason, STAT_ENTRIES, Stat},
     event::EVENTS_BYTES,
     flow::{Connect, FILTER_SLOTS, Filter, Flow, FlowKey, flow_count},
+    head::{HEADS_BYTES, HeadChunk},
     policy::{POLICY_ENTRIES, POLICY_SLOTS, VIOLATION_ENTRIES},
 };
 
@@ -115,6 +116,16 @@ pub static CONNECTS: LruHashMap<u64, Connect> =
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 /// Connections per (path, protocol, verdict).
+/// Copies of violating requests' heads (`head.rs`), apart from `EVENTS`
+/// so that a flood of copies never costs an event.
+#[map]
+pub static HEADS: RingBuf = RingBuf::with_byte_size(HEADS_BYTES, 0);
+
+/// Where a head chunk is put together before it goes on `HEADS`: larger
+/// than the stack allows.
+#[map]
+pub static HEAD_SCRATCH: PerCpuArray<HeadChunk> = PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 pub static CONNECTIONS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(CONNECTION_ENTRIES as u32, 0);

@@ -30,7 +30,9 @@
 //!    takes out of the stream) decides `other`.
 //! 5. The decision counts the connection once, with the verdict the policy
 //!    gives (path, protocol). A blocked connection's payload is dropped in
-//!    both directions; the agent resets both ends.
+//!    both directions; the agent resets both ends. A plaintext HTTP
+//!    violation on a proxied path also has its request's head copied for
+//!    the agent (`head.rs`), from the dropped segments too.
 //! 6. A FIN or RST counts only if the receiving TCP would accept it (its
 //!    sequence number is where the stream is, and a TCP socket sent or
 //!    receives it): a client FIN or any RST before a decision decides from
@@ -53,7 +55,7 @@ use observer_common::{
 };
 
 use crate::{
-    DROP, PASS,
+    DROP, PASS, head,
     maps::{
         self, APISERVER_TASKS, APISERVERS, BYTES, CLOCK, CONNECTIONS, CONNECTS, EVENTS, FLOWS,
         HALF_OPEN, POLICY, POLICY_SLOT, PORTS, ROLES, STATS, VIOLATIONS,
@@ -189,6 +191,11 @@ fn on_payload(
     } else if dir == C2S && flow.decision().0 == UNDECIDED {
         // Visibility only: what can be assembled in order.
         result = feed_detection(ctx, flow, key, seg);
+    }
+    // A violating request's head is copied for the agent, whether this
+    // segment passes or is dropped next.
+    if dir == C2S && seg.payload_len > 0 && head::wanted(flow) {
+        head::copy_segment(ctx, flow, key, seg);
     }
     // A blocked connection's payload goes no further, in either direction
     // and at either end; the agent resets both ends. It is not counted as
@@ -842,6 +849,9 @@ fn decide(ctx: &SkBuffContext, flow: &mut Flow, key: &FlowKey, protocol: u8) {
     if let Some(i) = violation_index(flow.path, protocol, action) {
         maps::add(&VIOLATIONS, i, 1);
         report(ctx, flow, key, action, dry_run);
+        if head::wanted(flow) {
+            head::copy_prefix(flow, key);
+        }
     }
 }
 

@@ -56,6 +56,10 @@ pub struct Violation {
     /// The client process, when the client is a process on this node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process: Option<Process>,
+    /// What the request said about who sent it: plaintext HTTP on a
+    /// summarised path only (see [`crate::heads`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<crate::heads::Summary>,
 }
 
 /// A process on this node.
@@ -84,6 +88,7 @@ impl Violation {
             dry_run: e.flags & DRY_RUN != 0,
             src_pod: None,
             dst_pod: None,
+            http: None,
             process: (e.flags & HAS_PROCESS != 0).then(|| Process {
                 pid: e.caller.pid,
                 comm: String::from_utf8_lossy(

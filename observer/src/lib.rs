@@ -39,6 +39,7 @@ pub mod enforce;
 pub mod events;
 pub mod features;
 pub mod flows;
+pub mod heads;
 pub mod kernel_log;
 pub mod kubelet;
 pub mod local_apiserver;
