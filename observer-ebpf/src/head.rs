@@ -39,7 +39,9 @@ pub fn copy_prefix(flow: &Flow, key: &FlowKey) {
     // 8-aligned offset with room for a `Prefix`.
     unsafe {
         (*chunk).len = flow.prefix_len;
-        (&raw mut (*chunk).bytes).cast::<Prefix>().write(flow.prefix);
+        (&raw mut (*chunk).bytes)
+            .cast::<Prefix>()
+            .write(flow.prefix);
     }
     output(chunk, PREFIX_LEN as u32);
 }

@@ -193,8 +193,15 @@ fn on_payload(
         result = feed_detection(ctx, flow, key, seg);
     }
     // A violating request's head is copied for the agent, whether this
-    // segment passes or is dropped next.
-    if dir == C2S && seg.payload_len > 0 && head::wanted(flow) {
+    // segment passes or is dropped next; once per sighting of new bytes
+    // (not again at the other end of a connection whose both ends are
+    // local, nor for a retransmission of bytes let through).
+    let end = seg.seq.wrapping_add(seg.payload_len);
+    if dir == C2S
+        && seg.payload_len > 0
+        && (end.wrapping_sub(flow.next_seq[C2S]) as i32) > 0
+        && head::wanted(flow)
+    {
         head::copy_segment(ctx, flow, key, seg);
     }
     // A blocked connection's payload goes no further, in either direction

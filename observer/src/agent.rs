@@ -89,6 +89,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         counters,
         mut flows,
         events,
+        heads,
         mut addresses,
         apiserver_tasks,
     } = Datapath::load(&settings)?;
@@ -205,7 +206,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     {
         let _in = runtime.enter();
         let pods = discovery::PodIndex::default();
-        let reader = events::run(events, blocked, pods.clone(), agent_counters.clone());
+        let reader = events::run(events, heads, blocked, pods.clone(), agent_counters.clone());
         watched.task(
             Component::EventReader,
             tokio::spawn(async move {

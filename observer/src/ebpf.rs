@@ -201,6 +201,8 @@ pub struct Loaded {
     pub flows: FlowTable,
     /// Violation events, for the event printer.
     pub events: RingBuf<MapData>,
+    /// Request-head chunks (`observer_common::head`), for the event printer.
+    pub heads: RingBuf<MapData>,
     /// The address maps, for discovery.
     pub addresses: Addresses,
     /// The processes of the apiserver running on this node, for
@@ -307,6 +309,7 @@ impl Datapath {
             settings.flow_table_capacity,
         );
         let events = take(&mut ebpf, "EVENTS")?;
+        let heads = take(&mut ebpf, "HEADS")?;
         let apiserver_tasks = ApiserverTasks {
             map: take(&mut ebpf, "APISERVER_TASKS")?,
             current: Vec::new(),
@@ -320,6 +323,7 @@ impl Datapath {
             counters,
             flows,
             events,
+            heads,
             addresses,
             apiserver_tasks,
         })

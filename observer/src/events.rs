@@ -6,7 +6,7 @@ use std::{
     io::Write as _,
     net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -23,6 +23,7 @@ use crate::{
     agent_counters::{AgentCounters, Component},
     discovery::{PodIndex, PodRef},
     enforce,
+    heads::{self, Assembler, Summary},
 };
 use tokio::io::unix::AsyncFd;
 
@@ -110,9 +111,10 @@ impl Violation {
     /// What the enforcer resets for a blocked connection: the socket
     /// the event names.
     pub fn target(e: &Event) -> enforce::Target {
+        let (client, server) = ends(e);
         enforce::Target {
-            client: SocketAddr::new(IpAddr::from(e.client), e.client_port),
-            server: SocketAddr::new(IpAddr::from(e.server), e.server_port),
+            client,
+            server,
             cookie: e.cookie,
             live: true,
             why: "blocked",
@@ -145,60 +147,174 @@ const BUSY_EVENTS: usize = EVENTS_BYTES as usize / RECORD_BYTES / 4;
 /// Events are written out once this many bytes of them are waiting.
 const BATCH_BYTES: usize = 64 * 1024;
 
-/// Prints every event until the ring buffer's fd fails, naming the pods
-/// `pods` knows; hands blocked connections to the enforcer's queue.
-/// Errors on the way (stdout gone) are logged and counted in `counters`.
+/// Prints every event until a ring buffer's fd fails, naming the pods
+/// `pods` knows and adding the request heads read from `heads` (see
+/// [`crate::heads`]); hands blocked connections to the enforcer's queue at
+/// once, before any head. Errors on the way (stdout gone) are logged and
+/// counted in `counters`.
 pub async fn run(
     ring: RingBuf<MapData>,
+    heads: RingBuf<MapData>,
     blocked: enforce::Queue,
     pods: PodIndex,
     counters: Arc<AgentCounters>,
 ) -> std::io::Result<()> {
-    // SAFETY: the ring buffer owns its map fd and keeps it for its lifetime.
-    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    // One write per batch of events, not one per line: at thousands of
-    // events a second the syscalls would be most of the agent's work.
-    let mut batch = BytesMut::with_capacity(BATCH_BYTES);
-    loop {
-        let mut guard = fd.readable_mut().await?;
+    let mut printer = Printer {
+        // One write per batch of events, not one per line: at thousands
+        // of events a second the syscalls would be most of the agent's work.
+        batch: BytesMut::with_capacity(BATCH_BYTES),
+        held: Assembler::default(),
+        blocked,
+        pods,
+        counters,
+    };
+    let result = printer.run(ring, heads).await;
+    // Whatever waited for its head goes out with what it has.
+    for (v, summary) in printer.held.drain() {
+        printer.print(v, Some(summary));
+    }
+    printer.write_out();
+    result
+}
+
+/// The event reader's state.
+struct Printer {
+    batch: BytesMut,
+    /// Violations waiting for their request heads.
+    held: Assembler<Violation>,
+    blocked: enforce::Queue,
+    pods: PodIndex,
+    counters: Arc<AgentCounters>,
+}
+
+impl Printer {
+    async fn run(
+        &mut self,
+        ring: RingBuf<MapData>,
+        heads: RingBuf<MapData>,
+    ) -> std::io::Result<()> {
+        let readable = tokio::io::Interest::READABLE;
+        // SAFETY (both): the ring buffer owns its map fd and keeps it for
+        // its lifetime.
+        let mut ring = unsafe { AsyncFd::register_with_interest(ring, readable) }
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut heads = unsafe { AsyncFd::register_with_interest(heads, readable) }
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        loop {
+            let deadline = self.held.next_deadline();
+            // A wake-up of either ring reads both, events first: a chunk
+            // is written after its event.
+            let read = tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard?;
+                    let read = self.read_events(guard.get_inner_mut())?;
+                    guard.clear_ready();
+                    self.read_heads(heads.get_mut());
+                    read
+                }
+                guard = heads.readable_mut() => {
+                    let mut guard = guard?;
+                    let read = self.read_events(ring.get_mut())?;
+                    self.read_heads(guard.get_inner_mut());
+                    guard.clear_ready();
+                    read
+                }
+                () = sleep_until(deadline), if deadline.is_some() => 0,
+            };
+            for (v, summary) in self.held.expire(Instant::now()) {
+                self.print(v, Some(summary));
+            }
+            self.write_out();
+            if read > 0 && read < BUSY_EVENTS {
+                tokio::time::sleep(BATCH_INTERVAL).await;
+            }
+        }
+    }
+
+    /// Reads the events in `ring`; returns how many.
+    fn read_events(&mut self, ring: &mut RingBuf<MapData>) -> std::io::Result<usize> {
         // The tests' fault injection (compiled out of release builds).
         fail::fail_point!("event-reader", |_| Err(std::io::Error::other(
             "fail point event-reader"
         )));
-        let ring = guard.get_inner_mut();
         let mut read = 0;
         while let Some(item) = ring.next() {
             read += 1;
             let Some(event) = decode(&item) else {
                 tracing::warn!(len = item.len(), "short event in ring buffer EVENTS");
-                unprinted(&counters, 1);
+                unprinted(&self.counters, 1);
                 continue;
             };
+            drop(item);
             if event.verdict == Verdict::Blocked as u8 {
-                blocked.push(Violation::target(&event));
+                self.blocked.push(Violation::target(&event));
             }
-            match Violation::from_event(&event, std::time::SystemTime::now()) {
-                Some(v) => {
-                    let v = v.attribute(&event, &pods);
-                    serde_json::to_writer((&mut batch).writer(), &v)
-                        .expect("a Violation serialises");
-                    batch.put_u8(b'\n');
+            let Some(v) = Violation::from_event(&event, std::time::SystemTime::now()) else {
+                tracing::warn!(?event, "event with unknown values");
+                unprinted(&self.counters, 1);
+                continue;
+            };
+            let v = v.attribute(&event, &self.pods);
+            if has_head(&event) {
+                for (earlier, summary) in self.held.hold(ends(&event), v, Instant::now()) {
+                    self.print(earlier, Some(summary));
                 }
-                None => {
-                    tracing::warn!(?event, "event with unknown values");
-                    unprinted(&counters, 1);
-                }
-            }
-            if batch.len() >= BATCH_BYTES {
-                write_out(&mut batch, &counters);
+            } else {
+                self.print(v, None);
             }
         }
-        write_out(&mut batch, &counters);
-        guard.clear_ready();
-        if read < BUSY_EVENTS {
-            tokio::time::sleep(BATCH_INTERVAL).await;
+        Ok(read)
+    }
+
+    /// Reads the request-head chunks in `ring`.
+    fn read_heads(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            let Some(chunk) = heads::decode_chunk(&item) else {
+                tracing::warn!(len = item.len(), "short record in ring buffer HEADS");
+                continue;
+            };
+            drop(item);
+            if let Some((v, summary)) = self.held.chunk(chunk, Instant::now()) {
+                self.print(v, Some(summary));
+            }
         }
+    }
+
+    /// Adds a finished violation, with its request's summary if it has
+    /// one, to the batch.
+    fn print(&mut self, mut v: Violation, http: Option<Summary>) {
+        v.http = http;
+        serde_json::to_writer((&mut self.batch).writer(), &v).expect("a Violation serialises");
+        self.batch.put_u8(b'\n');
+        if self.batch.len() >= BATCH_BYTES {
+            self.write_out();
+        }
+    }
+
+    fn write_out(&mut self) {
+        write_out(&mut self.batch, &self.counters);
+    }
+}
+
+/// The connection's ends, client first.
+fn ends(e: &Event) -> heads::Ends {
+    (
+        SocketAddr::new(IpAddr::from(e.client), e.client_port),
+        SocketAddr::new(IpAddr::from(e.server), e.server_port),
+    )
+}
+
+/// True when the kernel copies the request head of `e`'s connection
+/// (`observer_common::head`).
+fn has_head(e: &Event) -> bool {
+    e.protocol == Protocol::Http as u8 && Path::from_u8(e.path).is_some_and(Path::summarised)
+}
+
+/// Waits until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -336,7 +336,11 @@ impl<T> Assembler<T> {
             self.unmatched += 1;
             return None;
         }
-        if head.done() { self.release(&ends) } else { None }
+        if head.done() {
+            self.release(&ends)
+        } else {
+            None
+        }
     }
 
     /// Releases every violation whose wait is over, and forgets early
@@ -446,7 +450,9 @@ mod tests {
             user_agent: Some("kubectl/v1.32.4 (linux/amd64) kubernetes/59526cd".into()),
             kubectl_command: Some("kubectl get".into()),
             forwarded_for: vec!["203.0.113.9".into(), "198.18.0.2".into()],
-            forwarded_uri: Some("/api/v1/namespaces/default/pods/web:8080/proxy/who/metrics".into()),
+            forwarded_uri: Some(
+                "/api/v1/namespaces/default/pods/web:8080/proxy/who/metrics".into(),
+            ),
             truncated: false,
         }
     }
@@ -469,17 +475,26 @@ mod tests {
             let s = Summary::of(&PROXIED[..cut]);
             assert!(s.truncated, "cut at {cut}: {s:?}");
             let json = serde_json::to_string(&s).unwrap();
-            assert!(!json.contains("SECRET") && !json.contains("must-never"), "{json}");
+            assert!(
+                !json.contains("SECRET") && !json.contains("must-never"),
+                "{json}"
+            );
             // Every field present is the whole head's, or a beginning of it.
             let w = whole();
             if let Some(m) = &s.method {
                 assert_eq!(Some(m), w.method.as_ref(), "cut at {cut}");
             }
             if let Some(p) = &s.path {
-                assert!(w.path.as_ref().unwrap().starts_with(p.as_str()), "cut at {cut}: {p}");
+                assert!(
+                    w.path.as_ref().unwrap().starts_with(p.as_str()),
+                    "cut at {cut}: {p}"
+                );
             }
             let line_end = |name: &str| {
-                let at = PROXIED.windows(name.len()).position(|w| w == name.as_bytes()).unwrap();
+                let at = PROXIED
+                    .windows(name.len())
+                    .position(|w| w == name.as_bytes())
+                    .unwrap();
                 at + PROXIED[at..].windows(2).position(|w| w == b"\r\n").unwrap() + 2
             };
             assert_eq!(
@@ -489,9 +504,8 @@ mod tests {
             );
             assert_eq!(
                 s.forwarded_uri.as_deref(),
-                (cut >= line_end("X-Forwarded-Uri")).then_some(
-                    "/api/v1/namespaces/default/pods/web:8080/proxy/who/metrics"
-                ),
+                (cut >= line_end("X-Forwarded-Uri"))
+                    .then_some("/api/v1/namespaces/default/pods/web:8080/proxy/who/metrics"),
                 "cut at {cut}"
             );
         }
@@ -512,7 +526,11 @@ mod tests {
         let s = Summary::of(&req);
         assert_eq!(s.user_agent.as_ref().unwrap().len(), FIELD_BYTES);
         assert_eq!(s.forwarded_for.len(), FORWARDED_MAX);
-        assert_eq!(s.forwarded_for.last().unwrap(), "198.18.0.2", "the apiserver's hop is kept");
+        assert_eq!(
+            s.forwarded_for.last().unwrap(),
+            "198.18.0.2",
+            "the apiserver's hop is kept"
+        );
         assert_eq!(s.user_agent_product(), "a".repeat(32));
         let odd = Summary {
             user_agent: Some("{evil=\"1\"}/2".into()),
@@ -559,7 +577,10 @@ mod tests {
                 assert!(a.chunk(chunk(0, b"P", 7), t).is_none() || done.is_some());
             }
         }
-        assert!(a.chunk(chunk(0, b"PUT", 8), t).is_none(), "another connection's");
+        assert!(
+            a.chunk(chunk(0, b"PUT", 8), t).is_none(),
+            "another connection's"
+        );
         let (v, s) = done.expect("complete");
         assert_eq!((v, s), ("v", whole()));
         assert!(a.is_empty());
@@ -571,7 +592,10 @@ mod tests {
         let mut a = Assembler::default();
         a.hold(ends(), 1, t);
         assert!(a.chunk(chunk(0, &PROXIED[..60], 1), t).is_none());
-        assert!(a.chunk(chunk(100, &PROXIED[100..120], 1), t).is_none(), "after a gap");
+        assert!(
+            a.chunk(chunk(100, &PROXIED[100..120], 1), t).is_none(),
+            "after a gap"
+        );
         assert!(a.expire(t + HEAD_WAIT / 2).is_empty());
         assert_eq!(a.next_deadline(), Some(t + HEAD_WAIT));
         let out = a.expire(t + HEAD_WAIT);
@@ -589,7 +613,14 @@ mod tests {
         let mut a = Assembler::default();
         a.hold(ends(), (), t);
         let mut long = PROXIED[..PROXIED.len() - 40].to_vec();
-        long.splice(40..40, b"Cookie: ".iter().copied().chain([b'c'; 2000]).chain(*b"\r\n"));
+        long.splice(
+            40..40,
+            b"Cookie: "
+                .iter()
+                .copied()
+                .chain([b'c'; 2000])
+                .chain(*b"\r\n"),
+        );
         let (_, s) = a
             .chunk(chunk(0, &long[..HEAD_BYTES], 3), t)
             .expect("the copy's limit ends the wait");
@@ -626,7 +657,10 @@ mod tests {
         assert_eq!(out, 10);
         assert_eq!(a.len(), MAX_HELD);
         // The same ends again: the earlier one goes out first.
-        let e = (SocketAddr::from(([198, 18, 0, 1], 20)), SocketAddr::from(([198, 18, 16, 2], 8080)));
+        let e = (
+            SocketAddr::from(([198, 18, 0, 1], 20)),
+            SocketAddr::from(([198, 18, 16, 2], 8080)),
+        );
         let r = a.hold(e, 99999, t);
         assert_eq!(r.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![20]);
         assert_eq!(a.drain().len(), MAX_HELD);

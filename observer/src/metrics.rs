@@ -331,6 +331,12 @@ fn encode_stats(encoder: &mut DescriptorEncoder, stats: &[u64]) -> Result<(), st
         None,
         MetricType::Counter,
     )?)?;
+    ConstCounter::new(stat(Stat::HeadsLost)).encode(encoder.encode_descriptor(
+        "cp_observer_request_heads_lost",
+        "Copies of violating requests' heads dropped because their ring buffer was full; those violations are reported with the request as far as it was seen (http.truncated).",
+        None,
+        MetricType::Counter,
+    )?)?;
     let mut m = encoder.encode_descriptor(
         "cp_observer_dropped_segments",
         "Segments dropped on paths with a block rule by the stream rules, by reason (see the README's threat model).",

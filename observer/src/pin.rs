@@ -5,8 +5,8 @@
 //!   `link-connect6`): the attachment itself, which keeps the programs
 //!   running while no agent does;
 //! - the state maps ([`STATE_MAPS`]): the flow table, the counters and the
-//!   event ring buffer, so counters continue and events raised while the
-//!   agent was down are read by the next one.
+//!   event and request-head ring buffers, so counters continue and events
+//!   raised while the agent was down are read by the next one.
 //!
 //! Each start loads fresh programs with fresh configuration maps (roles,
 //! endpoints, ports, policy) and the pinned state maps, then swaps the new
@@ -40,7 +40,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// `FLOW_COUNT` count the entries of `FLOWS`, and `FLOW_FILTER` marks those
 /// of `HALF_OPEN`. What shape each must have comes from the kernel object
 /// (`ebpf::state_map_shapes`).
-pub const STATE_MAPS: [&str; 9] = [
+pub const STATE_MAPS: [&str; 10] = [
     "FLOWS",
     "HALF_OPEN",
     "FLOW_FILTER",
@@ -50,6 +50,7 @@ pub const STATE_MAPS: [&str; 9] = [
     "STATS",
     "VIOLATIONS",
     "EVENTS",
+    "HEADS",
 ];
 
 /// What a map is, as `BPF_OBJ_GET_INFO_BY_FD` reports it.

@@ -18,6 +18,7 @@ use lab::{
         packets::{ETH_LEN, Tcp, ext, handshake, with_ipv4_options, with_ipv6_ext_headers},
     },
 };
+use observer::heads;
 use observer::{
     cli::RunArgs,
     ebpf::{Counters, Datapath, Loaded},
@@ -26,6 +27,7 @@ use observer::{
 use observer_common::{
     counters::{Direction, DropReason, Stat, byte_index, connection_index},
     flow::FILTER_SLOTS,
+    head::{HEAD_BYTES, HeadChunk},
     path::Path,
     policy::{Action, Verdict},
     protocol::Protocol,
@@ -36,6 +38,7 @@ struct Kernel {
     counters: Counters,
     flows: FlowTable,
     events: RingBuf<MapData>,
+    heads: RingBuf<MapData>,
 }
 
 /// The programs loaded for the lab's addresses, with the default policy.
@@ -65,6 +68,7 @@ fn kernel_with(adjust: impl FnOnce(&mut RunArgs)) -> Kernel {
         counters,
         flows,
         events,
+        heads,
         ..
     } = kernel::load(adjust);
     Kernel {
@@ -72,6 +76,7 @@ fn kernel_with(adjust: impl FnOnce(&mut RunArgs)) -> Kernel {
         counters,
         flows,
         events,
+        heads,
     }
 }
 
@@ -178,6 +183,172 @@ impl Kernel {
         }
         got
     }
+}
+
+impl Kernel {
+    /// The request-head chunks in the ring buffer.
+    fn chunks(&mut self) -> Vec<Box<HeadChunk>> {
+        let mut got = Vec::new();
+        while let Some(item) = self.heads.next() {
+            got.push(heads::decode_chunk(&item).expect("whole chunk records"));
+        }
+        got
+    }
+
+    /// The summary the agent makes of the chunks copied of `c`'s
+    /// connection to `s` (whose violation event is read too), as its
+    /// event printer would after the wait.
+    fn summary(&mut self, c: SocketAddr, s: SocketAddr) -> heads::Summary {
+        let events = self.events();
+        assert_eq!(events.len(), 1, "one violation: {events:?}");
+        let mut a = heads::Assembler::default();
+        let t = std::time::Instant::now();
+        let mut ready = a.hold((c, s), (), t);
+        for chunk in self.chunks() {
+            assert_eq!(heads::chunk_ends(&chunk), (c, s), "{chunk:?}");
+            ready.extend(a.chunk(chunk, t));
+        }
+        ready.extend(a.expire(t + heads::HEAD_WAIT));
+        assert_eq!(ready.len(), 1);
+        ready.pop().unwrap().1
+    }
+}
+
+/// A request as the tests' kube-apiserver proxies `kubectl get --raw
+/// .../pods/web:8080/proxy/metrics?token=secret` to the pod.
+const PROXIED: &[u8] = b"GET /metrics?token=secret HTTP/1.1\r\n\
+    Host: 198.18.16.2:8080\r\n\
+    User-Agent: kubectl/v1.32.4 (linux/amd64) kubernetes/59526cd\r\n\
+    Kubectl-Command: kubectl get\r\n\
+    X-Forwarded-For: 198.18.0.2\r\n\
+    X-Forwarded-Uri: /api/v1/namespaces/default/pods/web:8080/proxy/metrics?token=secret\r\n\
+    \r\n";
+
+/// What the agent must make of [`PROXIED`].
+fn proxied_summary() -> heads::Summary {
+    heads::Summary {
+        method: Some("GET".into()),
+        path: Some("/metrics".into()),
+        user_agent: Some("kubectl/v1.32.4 (linux/amd64) kubernetes/59526cd".into()),
+        kubectl_command: Some("kubectl get".into()),
+        forwarded_for: vec!["198.18.0.2".into()],
+        forwarded_uri: Some("/api/v1/namespaces/default/pods/web:8080/proxy/metrics".into()),
+        truncated: false,
+    }
+}
+
+#[test]
+fn a_violating_requests_head_is_copied_once_and_nothing_else_is() {
+    let mut k = kernel();
+    let (c, s) = (sa(CP, 41000), sa(POD, 8080));
+    k.request(c, s, PROXIED);
+    // The other end's sighting, a retransmission, and the next request
+    // on the connection: no more copies.
+    k.both(&Tcp::new(c, s).seq(1001).payload(PROXIED));
+    let next = 1001 + PROXIED.len() as u32;
+    k.both(
+        &Tcp::new(c, s)
+            .seq(next)
+            .payload(b"GET /again HTTP/1.1\r\n\r\n"),
+    );
+    k.both(&Tcp::new(s, c).seq(5001).payload(b"HTTP/1.1 200 OK\r\n\r\n"));
+    assert_eq!(k.summary(c, s), proxied_summary());
+    // 2 copies: the prefix detection kept, and the deciding segment.
+    // (`summary` read them; a second request's would be a third.)
+
+    // Not copied: TLS on the same path, plaintext allowed on another path
+    // (node to apiserver), plaintext the policy allows.
+    k.request(sa(CP, 41001), sa(POD, 8443), CLIENT_HELLO);
+    k.request(sa(NODE, 41002), sa(CP, APISERVER_PORT), PROXIED);
+    assert_eq!(k.chunks().len(), 0);
+    let mut quiet = kernel_with(|args| {
+        args.policy = vec!["apiserver-proxy-to-pod:http=allow".parse().unwrap()]
+    });
+    quiet.request(c, s, PROXIED);
+    assert_eq!(quiet.proxied(Protocol::Http, Verdict::Allowed), 1);
+    assert_eq!(
+        quiet.chunks().len(),
+        0,
+        "an allowed request is never copied"
+    );
+}
+
+#[test]
+fn a_blocked_requests_head_is_read_from_the_dropped_segments() {
+    let mut k = enforcing();
+    let (c, s) = (sa(CP, 41010), sa(POD, 8080));
+    k.handshake(c, s);
+    // "GET" passes undecided; the rest decides, is blocked and dropped,
+    // and so is its retransmission, which is copied again.
+    k.both(&Tcp::new(c, s).seq(1001).payload(&PROXIED[..3]));
+    let rest = Tcp::new(c, s).seq(1004).payload(&PROXIED[3..]).build();
+    assert_eq!(k.run("egress", &rest), 0);
+    assert_eq!(k.run("egress", &rest), 0);
+    assert_eq!(k.proxied(Protocol::Http, Verdict::Blocked), 1);
+    assert_eq!(k.summary(c, s), proxied_summary());
+}
+
+#[test]
+fn a_head_in_one_byte_segments_is_copied_whole() {
+    let mut k = enforcing();
+    let (c, s) = (sa(CP, 41020), sa(POD, 8080));
+    k.handshake(c, s);
+    for (i, b) in PROXIED.iter().enumerate() {
+        let p = Tcp::new(c, s).seq(1001 + i as u32).payload(&[*b]).build();
+        // Until the method is whole the bytes pass; then each is dropped.
+        assert_eq!(k.run("egress", &p), u32::from(i < 3), "byte {i}");
+    }
+    assert_eq!(k.summary(c, s), proxied_summary());
+}
+
+#[test]
+fn only_the_first_kilobyte_is_copied() {
+    let mut k = kernel();
+    let (c, s) = (sa(CP, 41030), sa(POD, 8080));
+    let mut long = PROXIED[..PROXIED.len() - 2].to_vec();
+    long.extend_from_slice(b"Cookie: ");
+    long.extend(std::iter::repeat_n(b'c', 3000));
+    long.extend_from_slice(b"\r\nX-Late: 1\r\n\r\n");
+    k.request(c, s, &long);
+    let got = k.summary(c, s);
+    assert!(got.truncated, "{got:?}");
+    assert_eq!(
+        heads::Summary {
+            truncated: false,
+            ..got
+        },
+        proxied_summary(),
+        "every line before the cut is summarised"
+    );
+    k.request(sa(CP, 41031), s, &long);
+    let copied: usize = k
+        .chunks()
+        .iter()
+        .map(|c| c.offset as usize + c.len as usize)
+        .max()
+        .unwrap();
+    assert_eq!(copied, HEAD_BYTES, "nothing past the copy's bound");
+    k.events();
+}
+
+/// A burst of violating requests while nobody reads: every copy is in
+/// the ring or counted lost, and no violation event is lost for them.
+#[test]
+fn head_copies_lost_under_a_burst_are_counted_and_cost_no_event() {
+    let mut k = kernel();
+    let mut long = PROXIED[..PROXIED.len() - 2].to_vec();
+    long.extend(std::iter::repeat_n(b'c', 2000));
+    // A copy of the prefix (72 bytes in the ring) and one of 1 KiB (1080):
+    // 512 KiB hold about 455 requests' copies.
+    let n = 600;
+    for port in 0..n {
+        k.request(sa(CP, 20000 + port), sa(POD, 8080), &long);
+    }
+    let lost = k.counters.stat(Stat::HeadsLost).unwrap();
+    let copied = k.chunks().len() as u64;
+    assert!(lost > 0, "the ring overflowed");
+    assert_eq!(copied + lost, 2 * u64::from(n));
+    assert_eq!(k.events().len(), n as usize, "every violation is reported");
 }
 
 const GET: &[u8] = b"GET /api/v1/namespaces/default/pods HTTP/1.1\r\nHost: x\r\n\r\n";
