@@ -186,7 +186,9 @@ impl Kernel {
 }
 
 impl Kernel {
-    /// The request-head chunks in the ring buffer.
+    /// The request-head chunks in the ring buffer (boxed, as the agent
+    /// reads them: 1 KiB each).
+    #[expect(clippy::vec_box, reason = "the agent's own decode_chunk boxes")]
     fn chunks(&mut self) -> Vec<Box<HeadChunk>> {
         let mut got = Vec::new();
         while let Some(item) = self.heads.next() {
