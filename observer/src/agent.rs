@@ -203,10 +203,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     .context("cannot start the metrics server")?;
     watched.thread(Component::MetricsServer, server.thread);
 
+    let (stop_reader, reader_stop) = tokio::sync::oneshot::channel();
     {
         let _in = runtime.enter();
         let pods = discovery::PodIndex::default();
-        let reader = events::run(events, heads, blocked, pods.clone(), agent_counters.clone());
+        let reader = events::run(
+            events,
+            heads,
+            blocked,
+            pods.clone(),
+            agent_counters.clone(),
+            reader_stop,
+        );
         watched.task(
             Component::EventReader,
             tokio::spawn(async move {
@@ -271,6 +279,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         // The tests' fault injection: hold here to see /healthz fail.
         fail::fail_point!("agent-exit");
     }
+    // The event reader prints what it holds for request heads, then the
+    // rest stops. (A send fails only when the reader has ended already:
+    // how it ended was reported then.)
+    let _ = stop_reader.send(());
+    runtime.block_on(watched.finish_task(
+        Component::EventReader,
+        std::time::Duration::from_secs(2),
+        &agent_counters,
+    ));
     watched.abort_tasks();
     // Without pins the programs detach with `datapath`; with pins they
     // keep counting and dropping blocked payload until the next agent

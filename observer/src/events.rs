@@ -151,13 +151,15 @@ const BATCH_BYTES: usize = 64 * 1024;
 /// `pods` knows and adding the request heads read from `heads` (see
 /// [`crate::heads`]); hands blocked connections to the enforcer's queue at
 /// once, before any head. Errors on the way (stdout gone) are logged and
-/// counted in `counters`.
+/// counted in `counters`. When `stop` fires (or its sender is gone) it
+/// reads the rings a last time, prints what it held and returns.
 pub async fn run(
     ring: RingBuf<MapData>,
     heads: RingBuf<MapData>,
     blocked: enforce::Queue,
     pods: PodIndex,
     counters: Arc<AgentCounters>,
+    stop: tokio::sync::oneshot::Receiver<()>,
 ) -> std::io::Result<()> {
     let mut printer = Printer {
         // One write per batch of events, not one per line: at thousands
@@ -168,7 +170,7 @@ pub async fn run(
         pods,
         counters,
     };
-    let result = printer.run(ring, heads).await;
+    let result = printer.run(ring, heads, stop).await;
     // Whatever waited for its head goes out with what it has.
     for (v, summary) in printer.held.drain() {
         printer.print(v, Some(summary));
@@ -192,6 +194,7 @@ impl Printer {
         &mut self,
         ring: RingBuf<MapData>,
         heads: RingBuf<MapData>,
+        mut stop: tokio::sync::oneshot::Receiver<()>,
     ) -> std::io::Result<()> {
         let readable = tokio::io::Interest::READABLE;
         // SAFETY (both): the ring buffer owns its map fd and keeps it for
@@ -220,6 +223,11 @@ impl Printer {
                     read
                 }
                 () = sleep_until(deadline), if deadline.is_some() => 0,
+                _ = &mut stop => {
+                    self.read_events(ring.get_mut())?;
+                    self.read_heads(heads.get_mut());
+                    return Ok(());
+                }
             };
             for (v, summary) in self.held.expire(Instant::now()) {
                 self.print(v, Some(summary));

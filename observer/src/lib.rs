@@ -17,6 +17,8 @@
 //! - [`pin`]: pinning under bpffs, so counting and enforcement outlive the agent;
 //! - [`flows`]: the flow table seen from userspace, and idle expiry;
 //! - [`events`]: violation events from the kernel to stdout as JSON;
+//! - [`heads`]: the request heads of violating plaintext requests, put
+//!   back in order and summarised (who asked the apiserver to proxy);
 //! - [`enforce`]: resetting both ends of blocked connections;
 //! - [`local_apiserver`]: recognising an apiserver that runs on this node by the listener its process holds;
 //! - [`sock_diag`]: the sock_diag netlink requests (destroy a socket, list listeners);

@@ -182,8 +182,37 @@ impl Watched {
         }
     }
 
-    /// Aborts every watched task (they hold nothing that needs an orderly
-    /// stop); threads stay watched until [`Self::join`].
+    /// Waits up to `timeout` for the task of `component` to end (the
+    /// caller told it to stop), and stops watching it; a task still
+    /// running then is aborted, and that, an error or a panic is logged
+    /// and counted.
+    pub async fn finish_task(
+        &mut self,
+        component: Component,
+        timeout: std::time::Duration,
+        counters: &AgentCounters,
+    ) {
+        let Some(i) = self.members.iter().position(|(c, _)| *c == component) else {
+            return;
+        };
+        let (_, Handle::Task(mut task)) = self.members.swap_remove(i) else {
+            return;
+        };
+        let why = match tokio::time::timeout(timeout, &mut task).await {
+            Ok(Ok(Ok(()))) => return,
+            Ok(Ok(Err(e))) => e,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => {
+                task.abort();
+                format!("did not stop within {timeout:?}: aborted")
+            }
+        };
+        counters.error(component);
+        tracing::error!(%component, "failed while stopping: {why}");
+    }
+
+    /// Aborts every watched task (the others hold nothing that needs an
+    /// orderly stop); threads stay watched until [`Self::join`].
     pub fn abort_tasks(&mut self) {
         self.members.retain(|(_, h)| match h {
             Handle::Task(t) => {

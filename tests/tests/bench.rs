@@ -9,9 +9,15 @@ use lab::bench::{ab, discovery, inplace, load, scale, storm};
 
 #[test]
 fn the_kernel_benchmark_harness_measures_every_row() {
+    // (`kernel` itself checks that only the proxied requests' heads were
+    // copied, three copies each.)
     let rows = lab::bench::kernel::kernel(1000, 3, 50);
     for r in &rows {
-        assert!(r.ns > 0.0, "{r:?}");
+        // A difference of two measured rows ("a − b") may be ≤ 0 in noise.
+        assert!(
+            r.ns.is_finite() && (r.ns > 0.0 || r.what.contains('−')),
+            "{r:?}"
+        );
     }
     assert_numbers(&lab::bench::kernel::markdown(&rows));
 }

@@ -10,7 +10,7 @@ use lab::{
     cluster::kube::{ControlPlane, NODE},
     cluster::metrics::Metrics,
     cluster::scenario::Lab,
-    cluster::topology::Topology,
+    cluster::topology::{Topology, addrs},
     eventually, later,
 };
 
@@ -125,6 +125,83 @@ fn a_blocked_proxy_request_fails_promptly_and_never_reaches_the_pod() {
         ),
         1.0
     );
+}
+
+/// kubectl on the node asks the apiserver to proxy a plaintext request to
+/// the pod, with a secret in its query: the violation names kubectl, its
+/// command, the node's address (the apiserver's `X-Forwarded-For`) and the
+/// apiserver endpoint used, and never the query.
+fn a_proxied_request_names_its_caller(tag: &str, policy: Option<&str>) -> serde_json::Value {
+    let lab = Lab::for_real_control_plane(tag);
+    let cp = ControlPlane::start(&lab.topo.cp);
+    cp.register_lab_objects();
+    let mut args = Topology::agent_args();
+    args.extend(
+        policy
+            .map(|p| ["--policy".to_owned(), p.to_owned()])
+            .into_iter()
+            .flatten(),
+    );
+    let agent = Agent::start(&args);
+    let out = cp.kubectl_from(
+        &lab.topo.node,
+        &[
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/pods/web:8080/proxy/metrics?token=secret",
+        ],
+    );
+    assert_eq!(out.status.success(), policy.is_none(), "{out:?}");
+    let line = eventually(Duration::from_secs(10), "the violation is printed", || {
+        agent
+            .stdout_lines()
+            .into_iter()
+            .find(|l| l.contains("apiserver-proxy-to-pod"))
+    });
+    assert!(!line.contains("secret"), "the query never shows: {line}");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    let http = &v["http"];
+    assert!(
+        http["user_agent"]
+            .as_str()
+            .is_some_and(|ua| ua.starts_with("kubectl/v")),
+        "{v}"
+    );
+    assert_eq!(
+        serde_json::json!({
+            "method": http["method"],
+            "path": http["path"],
+            "kubectl_command": http["kubectl_command"],
+            "forwarded_for": http["forwarded_for"],
+            "forwarded_uri": http["forwarded_uri"],
+            "truncated": http["truncated"],
+        }),
+        serde_json::json!({
+            "method": "GET",
+            "path": "/metrics",
+            "kubectl_command": "kubectl get",
+            "forwarded_for": [addrs::NODE4.to_string()],
+            "forwarded_uri": "/api/v1/namespaces/default/pods/web:8080/proxy/metrics",
+            "truncated": false,
+        }),
+        "{v}"
+    );
+    v
+}
+
+#[test]
+fn an_alerted_proxy_request_names_its_caller() {
+    let v = a_proxied_request_names_its_caller("t-kwho", None);
+    assert_eq!(v["verdict"], "alerted");
+}
+
+#[test]
+fn a_blocked_proxy_request_names_its_caller() {
+    let v = a_proxied_request_names_its_caller(
+        "t-kwhob",
+        Some("apiserver-proxy-to-pod:plaintext=block"),
+    );
+    assert_eq!(v["verdict"], "blocked");
 }
 
 /// With `--kubeconfig` and `--node-name` only, the agent learns the

@@ -29,6 +29,15 @@ pub struct Row {
     pub target_ns: Option<f64>,
 }
 
+/// A request as the apiserver proxies `kubectl get --raw
+/// .../pods/web:8080/proxy/metrics` to a pod (352 bytes).
+const PROXIED_HEAD: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: 198.18.16.2:8080\r\n\
+    User-Agent: kubectl/v1.32.4 (linux/amd64) kubernetes/59526cd\r\n\
+    Accept: application/json, */*\r\nAccept-Encoding: gzip\r\n\
+    Kubectl-Command: kubectl get\r\nKubectl-Session: 0d1c1b83-4f5e-4c6f-9b0a-1f3c1e2b4a5d\r\n\
+    X-Forwarded-For: 198.18.0.2\r\n\
+    X-Forwarded-Uri: /api/v1/namespaces/default/pods/web:8080/proxy/metrics\r\n\r\n";
+
 /// The first 16 bytes of a TLS ClientHello: all detection reads.
 const TLS_CLIENT_HELLO: &[u8] = &[
     0x16, 0x03, 0x01, 0x00, 0xf1, 0x01, 0x00, 0x00, 0xed, 0x03, 0x03, 0xaa, 0xbb, 0xcc, 0xdd, 0xee,
@@ -54,7 +63,9 @@ pub fn median(values: &[f64]) -> f64 {
 /// `new_flows` distinct flows for the first-payload case.
 pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
     let Loaded {
-        datapath: mut d, ..
+        datapath: mut d,
+        mut heads,
+        ..
     } = kernel::load(|_| {});
     d.load_extra("noop").expect("the no-op program loads");
     let get = b"GET / HTTP/1.1\r\nHost: pod\r\n\r\n";
@@ -85,14 +96,31 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
     kernel::run(&d, "egress", &Tcp::new(twin, pod).syn(7).build());
     let untracked_marked = batch("egress", &untracked);
 
-    let fresh = |client: IpAddr, server: SocketAddr, payload: &[u8]| {
-        fresh(&d, client, server, payload, new_flows, || {})
+    // The request heads copied, read after each connection as the agent
+    // would (a full ring would make later copies cheap failures).
+    let mut copies = 0;
+    let mut fresh = |client: IpAddr, server: SocketAddr, payload: &[u8]| {
+        fresh(&d, client, server, payload, new_flows, || {
+            while heads.next().is_some() {
+                copies += 1;
+            }
+        })
     };
     // node-to-apiserver/tls: allowed, no event.
     let apiserver = sa(CP4, addrs::APISERVER_PORT);
     let [syn, promote, first_tls, second_tls] = fresh(NODE4.into(), apiserver, TLS_CLIENT_HELLO);
-    // apiserver-proxy-to-pod/http: alerted by default, one event each.
-    let [_, _, first_http, _] = fresh(CP4.into(), pod, get);
+    // Plaintext HTTP with a proxied request's head (alerted by default,
+    // one event each): on node-to-apiserver nothing is copied; on
+    // apiserver-proxy-to-pod the head is, at the decision (what detection
+    // kept, and the segment) and for the second payload (still within the
+    // first KiB).
+    let [_, _, first_plain, second_plain] = fresh(NODE4.into(), apiserver, PROXIED_HEAD);
+    let [_, _, first_http, second_http] = fresh(CP4.into(), pod, PROXIED_HEAD);
+    assert_eq!(
+        copies,
+        3 * u64::from(new_flows),
+        "only the proxied requests are copied, three times each"
+    );
     // The floor of the rows above: one run costs more than one of many
     // (the kernel reads the clock around each batch).
     let noop_once = median(
@@ -176,9 +204,27 @@ pub fn kernel(repeat: u32, batches: usize, new_flows: u16) -> Vec<Row> {
             target_ns: None,
         },
         Row {
-            what: "first payload packet of a new flow (HTTP, alert event), one run",
+            what: "first payload packet of a new flow (HTTP, alert event, head not copied: node-to-apiserver), one run",
+            program: "egress",
+            ns: first_plain,
+            target_ns: None,
+        },
+        Row {
+            what: "first payload packet of a new flow (HTTP, alert event, head copied: apiserver-proxy-to-pod), one run",
             program: "egress",
             ns: first_http,
+            target_ns: None,
+        },
+        Row {
+            what: "request-head copy at the decision, paid by violating connections only (copied − not copied)",
+            program: "egress",
+            ns: first_http - first_plain,
+            target_ns: None,
+        },
+        Row {
+            what: "request-head copy of a later segment within the first KiB (second payload: copied − not copied)",
+            program: "egress",
+            ns: second_http - second_plain,
             target_ns: None,
         },
         Row {

@@ -128,11 +128,20 @@ fn run(enforce: bool) -> bool {
         m.sum("cp_observer_events_lost_total", &[]),
         0.0,
     );
-    let events = agent.stdout_lines();
+    // A violation that may carry a request head is printed once its head
+    // is whole, or at most 500 ms after it was read (README, "Request
+    // attribution"): wait that long, and more on a slow machine.
+    let violations = m.sum("cp_observer_policy_violations_total", &[]);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut events = agent.stdout_lines();
+    while (events.len() as f64) < violations && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        events = agent.stdout_lines();
+    }
     ok &= check(
         "JSON events (one per violation)",
         events.len() as f64,
-        m.sum("cp_observer_policy_violations_total", &[]),
+        violations,
     );
     println!("\nfirst events on the agent's stdout:");
     for line in events.iter().take(3) {

@@ -177,9 +177,19 @@ impl ControlPlane {
 
     /// Like [`Self::kubectl`], feeding `stdin`.
     pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        self.kubectl_in(&self.ns, args, stdin)
+    }
+
+    /// Runs kubectl from namespace `ns` (the node's reaches the apiserver
+    /// too): the apiserver sees that namespace's address as its caller's.
+    pub fn kubectl_from(&self, ns: &NetNs, args: &[&str]) -> Output {
+        self.kubectl_in(ns.name(), args, None)
+    }
+
+    fn kubectl_in(&self, ns: &str, args: &[&str], stdin: Option<&str>) -> Output {
         use std::io::Write as _;
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.ns])
+            .args(["netns", "exec", ns])
             .arg(binary("CP_OBSERVER_KUBECTL"))
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)

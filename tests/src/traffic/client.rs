@@ -117,9 +117,19 @@ pub fn http_get_waiting(ns: &NetNs, to: SocketAddr, timeout: Duration) -> io::Re
 /// segment with a pause between segments (Nagle off), as a client trying to
 /// slip past detection would.
 pub fn http_get_split(ns: &NetNs, to: SocketAddr, chunk: usize) -> io::Result<Exchange> {
+    http_request_split(ns, to, request(to).into_bytes(), chunk)
+}
+
+/// [`http_get_split`] with a request of the caller's.
+pub fn http_request_split(
+    ns: &NetNs,
+    to: SocketAddr,
+    request: Vec<u8>,
+    chunk: usize,
+) -> io::Result<Exchange> {
     ns.run(move || {
         let mut s = Counting::connect(to)?;
-        for part in request(to).as_bytes().chunks(chunk) {
+        for part in request.chunks(chunk) {
             s.write_all(part)?;
             std::thread::sleep(Duration::from_millis(2));
         }

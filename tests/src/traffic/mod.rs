@@ -17,7 +17,7 @@ use std::{
 
 pub use client::{
     Exchange, connect_close, connect_close_from, h2c_hello, http_get, http_get_split,
-    http_get_waiting, https_get, raw, ssh_hello,
+    http_get_waiting, http_request_split, https_get, raw, ssh_hello,
 };
 pub use server::{Kind, Server};
 
