@@ -50,9 +50,11 @@ indexed_enum! {
         /// SYNs that opened a half-open entry (`HALF_OPEN`). A spoofed-SYN
         /// flood shows here; its entries never reach the flow table.
         HalfOpen = 6,
-        /// Request-head copies (`HEADS`) dropped because that ring buffer
-        /// was full: their violations are reported without all of the
-        /// request (see `observer_common::head`).
+        /// Request-head copies (`HEADS`) not made: the ring buffer was
+        /// full, the connection had spent its `HEAD_BUDGET`, or another run
+        /// on the CPU held the scratch chunk. Their violations are reported
+        /// with the request as far as it was seen (see
+        /// `observer_common::head`).
         HeadsLost = 7,
     }
 }

@@ -30,12 +30,20 @@ pub struct Event {
     /// Socket cookie of the local socket whose segment decided (the
     /// client's at egress, the server's at ingress), 0 when there is none
     /// to name (a listener, a test run). The agent destroys exactly this
-    /// socket, never a newer one on the same ends. Last, so that the
-    /// 64-byte events of earlier agents read as ones without a cookie.
+    /// socket, never a newer one on the same ends. After the fields of
+    /// the 64-byte events of earlier agents, which read as ones without a
+    /// cookie.
     pub cookie: u64,
+    /// Sequence number of the client's first stream byte: with the ends,
+    /// names the connection whose request-head chunks
+    /// (`crate::head::HeadChunk::stream_start`) belong to this event; 0
+    /// in the 72-byte events of earlier agents.
+    pub stream_start: u32,
+    /// Explicit padding, always 0.
+    pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<Event>() == 72);
+const _: () = assert!(size_of::<Event>() == 80);
 
 /// Size of the events of earlier agents (no [`Event::cookie`]), which a
 /// pinned ring buffer may still hold after an upgrade.

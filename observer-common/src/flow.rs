@@ -222,10 +222,18 @@ pub struct Flow {
     /// later payload segment is dropped, and the agent removes it after a
     /// short linger, destroying any socket still there.
     pub reset: u8,
+    /// Explicit padding, always 0.
+    pub _pad0: u8,
+    /// Bytes this connection may still put in the `HEADS` ring, records'
+    /// headers included (see `observer_common::head`): set at a violating
+    /// decision, so that no connection can flood the ring with copies
+    /// (retransmissions, one-byte segments). 0 in the entries of earlier
+    /// agents, which were padding there: their connections get no copies.
+    pub head_budget: u16,
     /// Explicit padding, always 0. (The layout differs from the 72-byte one
     /// of earlier agents by its size too, so their pinned tables are
     /// recreated rather than misread: see `observer/src/pin.rs`.)
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 4],
 }
 
 const _: () = assert!(size_of::<Flow>() == 80);
@@ -252,7 +260,9 @@ impl Flow {
             last_ns: now_ns,
             client_cookie: 0,
             reset: 0,
-            _pad: [0; 7],
+            _pad0: 0,
+            head_budget: 0,
+            _pad: [0; 4],
         }
     }
 

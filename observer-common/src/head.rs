@@ -22,6 +22,18 @@ pub const HEAD_BYTES: usize = 1024;
 /// about 500 violating requests' heads between two reads.
 pub const HEADS_BYTES: u32 = 512 * 1024;
 
+/// Bytes of the `HEADS` ring one connection may use, records' headers
+/// (the chunk's and the ring's 8) included: a whole head copied 30 times
+/// (retransmissions of a blocked request), or about 500 one-byte segments.
+/// One connection can take at most 1/16 of the ring.
+pub const HEAD_BUDGET: u16 = 32 * 1024;
+
+/// What a copy of `n` bytes costs against [`HEAD_BUDGET`].
+#[inline(always)]
+pub const fn copy_cost(n: u32) -> u32 {
+    (HeadChunk::HEADER as u32 + n + 8 + 7) & !7
+}
+
 /// One piece of a request's stream, as the kernel copied it: `len` bytes
 /// that start at stream offset `offset`. A record in the ring is the
 /// header and its `len` bytes only ([`HeadChunk::HEADER`] + `len`).

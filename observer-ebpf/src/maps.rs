@@ -124,7 +124,19 @@ pub static HEADS: RingBuf = RingBuf::with_byte_size(HEADS_BYTES, 0);
 /// Where a head chunk is put together before it goes on `HEADS`: larger
 /// than the stack allows.
 #[map]
-pub static HEAD_SCRATCH: PerCpuArray<HeadChunk> = PerCpuArray::with_max_entries(1, 0);
+pub static HEAD_SCRATCH: PerCpuArray<HeadScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// A CPU's [`HEAD_SCRATCH`]: the chunk, and whether a run holds it (see
+/// `head::start`).
+#[repr(C)]
+pub struct HeadScratch {
+    /// 1 while a run on this CPU puts a chunk together.
+    pub busy: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// The chunk.
+    pub chunk: HeadChunk,
+}
 
 #[map]
 pub static CONNECTIONS: PerCpuArray<u64> =

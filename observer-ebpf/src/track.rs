@@ -883,6 +883,7 @@ fn report(ctx: &SkBuffContext, flow: &Flow, key: &FlowKey, action: Action, dry_r
     e.server = server;
     e.client_port = client_port;
     e.server_port = server_port;
+    e.stream_start = flow.start_seq[C2S];
     e.path = flow.path;
     e.protocol = flow.protocol;
     e.action = action as u8;

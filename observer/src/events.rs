@@ -264,7 +264,7 @@ impl Printer {
             };
             let v = v.attribute(&event, &self.pods);
             if has_head(&event) {
-                for (earlier, summary) in self.held.hold(ends(&event), v, Instant::now()) {
+                for (earlier, summary) in self.held.hold(connection(&event), v, Instant::now()) {
                     self.print(earlier, Some(summary));
                 }
             } else {
@@ -305,11 +305,21 @@ impl Printer {
 }
 
 /// The connection's ends, client first.
-fn ends(e: &Event) -> heads::Ends {
+fn ends(e: &Event) -> (SocketAddr, SocketAddr) {
     (
         SocketAddr::new(IpAddr::from(e.client), e.client_port),
         SocketAddr::new(IpAddr::from(e.server), e.server_port),
     )
+}
+
+/// The connection `e` is about, as its head's chunks name it.
+fn connection(e: &Event) -> heads::Connection {
+    let (client, server) = ends(e);
+    heads::Connection {
+        client,
+        server,
+        stream_start: e.stream_start,
+    }
 }
 
 /// True when the kernel copies the request head of `e`'s connection
@@ -327,7 +337,8 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// The event in a ring buffer record: an [`Event`], or one of an earlier
-/// agent's programs (a pinned ring after an upgrade), which has no cookie.
+/// agent's programs (a pinned ring after an upgrade), which has no cookie
+/// (64 bytes) or no stream start (72).
 fn decode(item: &[u8]) -> Option<Event> {
     if item.len() < EVENT_V1_SIZE {
         return None;
@@ -336,7 +347,7 @@ fn decode(item: &[u8]) -> Option<Event> {
     let n = item.len().min(bytes.len());
     bytes[..n].copy_from_slice(&item[..n]);
     // SAFETY: `Event` is #[repr(C)] plain data, valid for any bits; the
-    // bytes an older record lacks (the cookie) are zero.
+    // bytes an older record lacks (the cookie, the stream start) are zero.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
@@ -387,13 +398,27 @@ mod tests {
                 comm: [0; 16],
             },
             cookie: 0x1234,
+            stream_start: 1001,
+            _pad: 0,
         };
         // SAFETY: viewing plain data as bytes.
         let bytes: [u8; size_of::<Event>()] = unsafe { std::mem::transmute(e) };
         assert_eq!(decode(&bytes), Some(e));
         assert_eq!(
+            decode(&bytes[..72]),
+            Some(Event {
+                stream_start: 0,
+                ..e
+            }),
+            "the last agent's event is this one without its stream start"
+        );
+        assert_eq!(
             decode(&bytes[..EVENT_V1_SIZE]),
-            Some(Event { cookie: 0, ..e }),
+            Some(Event {
+                cookie: 0,
+                stream_start: 0,
+                ..e
+            }),
             "an earlier agent's event is this one without its cookie"
         );
         assert_eq!(decode(&bytes[..EVENT_V1_SIZE - 1]), None);
@@ -416,6 +441,8 @@ mod tests {
                 comm: *b"kube-apiserver\0\0",
             },
             cookie: 7,
+            stream_start: 0,
+            _pad: 0,
         };
         let v = Violation::from_event(&e, std::time::UNIX_EPOCH).unwrap();
         let json: serde_json::Value = serde_json::to_value(&v).unwrap();

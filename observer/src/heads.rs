@@ -102,14 +102,17 @@ impl Summary {
             truncated: true,
             ..Self::default()
         };
-        let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+        let line = head
+            .split(|b| *b == b'\r' || *b == b'\n')
+            .next()
+            .unwrap_or_default();
         let mut words = line.splitn(3, |b| *b == b' ');
         let method = words.next().unwrap_or_default();
         if let Some(target) = words.next()
             && is_token(method)
         {
             summary.method = Some(text(method));
-            summary.path = Some(without_query(&text(target)));
+            summary.path = Some(path_of(target));
         }
         summary
     }
@@ -134,11 +137,15 @@ impl Summary {
         }
         Self {
             method: req.method.map(|m| text(m.as_bytes())),
-            path: req.path.map(without_query),
+            path: req.path.map(|p| path_of(p.as_bytes())),
             user_agent: header("User-Agent"),
             kubectl_command: header("Kubectl-Command"),
             forwarded_for,
-            forwarded_uri: header("X-Forwarded-Uri").map(|u| without_query(&u)),
+            forwarded_uri: req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("X-Forwarded-Uri"))
+                .map(|h| path_of(h.value)),
             truncated,
         }
     }
@@ -183,25 +190,49 @@ fn text(b: &[u8]) -> String {
     s
 }
 
-/// A request target without its query string (or fragment).
-fn without_query(target: &str) -> String {
-    target
-        .split(['?', '#'])
-        .next()
-        .unwrap_or_default()
-        .to_owned()
+/// The path of a request target, cut to [`FIELD_BYTES`]: without its query
+/// string or fragment, without the scheme and authority of an absolute
+/// form (`http://user:password@host/x`), and ending at the first space or
+/// control character (a head cut short, or bytes no request has).
+fn path_of(target: &[u8]) -> String {
+    let end = target
+        .iter()
+        .position(|b| matches!(b, b'?' | b'#') || b.is_ascii_whitespace() || b.is_ascii_control())
+        .unwrap_or(target.len());
+    let mut path = &target[..end];
+    if let Some(scheme_end) = path.windows(3).position(|w| w == b"://") {
+        let rest = &path[scheme_end + 3..];
+        path = rest
+            .iter()
+            .position(|b| *b == b'/')
+            .map_or(b"/".as_slice(), |slash| &rest[slash..]);
+    }
+    text(path)
 }
 
-/// The two ends of a connection, client first: what ties a violation to
-/// its head's chunks.
-pub type Ends = (SocketAddr, SocketAddr);
+/// One connection: what ties a violation to its head's chunks. The ends
+/// alone would not do: a client can reuse them for a second connection at
+/// once (a reset, then the same port), and one connection's head must not
+/// be printed under the other's violation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Connection {
+    /// The client (sent the SYN).
+    pub client: SocketAddr,
+    /// The server.
+    pub server: SocketAddr,
+    /// Sequence number of the client's first stream byte.
+    pub stream_start: u32,
+}
 
-/// The ends a chunk names.
-pub fn chunk_ends(c: &HeadChunk) -> Ends {
-    (
-        SocketAddr::new(IpAddr::from(c.client), c.client_port),
-        SocketAddr::new(IpAddr::from(c.server), c.server_port),
-    )
+impl Connection {
+    /// The connection a chunk belongs to.
+    pub fn of_chunk(c: &HeadChunk) -> Self {
+        Self {
+            client: SocketAddr::new(IpAddr::from(c.client), c.client_port),
+            server: SocketAddr::new(IpAddr::from(c.server), c.server_port),
+            stream_start: c.stream_start,
+        }
+    }
 }
 
 /// One connection's head being put together: the bytes seen at each
@@ -211,9 +242,6 @@ pub fn chunk_ends(c: &HeadChunk) -> Ends {
 struct Head {
     bytes: Vec<u8>,
     seen: Vec<bool>,
-    /// The stream's first sequence number, from the first chunk: chunks of
-    /// another connection on the same ends are not this one's.
-    stream_start: Option<u32>,
 }
 
 impl Head {
@@ -221,15 +249,11 @@ impl Head {
         Self {
             bytes: vec![0; HEAD_BYTES],
             seen: vec![false; HEAD_BYTES],
-            stream_start: None,
         }
     }
 
-    /// Adds a chunk's bytes; false when it belongs to another connection.
-    fn add(&mut self, c: &HeadChunk) -> bool {
-        if *self.stream_start.get_or_insert(c.stream_start) != c.stream_start {
-            return false;
-        }
+    /// Adds a chunk's bytes (the caller matched its connection).
+    fn add(&mut self, c: &HeadChunk) {
         let start = (c.offset as usize).min(HEAD_BYTES);
         let end = start
             .saturating_add(c.len as usize)
@@ -241,7 +265,6 @@ impl Head {
                 self.bytes[i] = *b;
             }
         }
-        true
     }
 
     /// The bytes seen in order from the stream's start.
@@ -266,10 +289,10 @@ impl Head {
 /// first. `T` is what is held (the agent's `Violation`).
 #[derive(Debug)]
 pub struct Assembler<T> {
-    held: HashMap<Ends, (T, Head, Instant)>,
-    /// Held ends, oldest first (with their deadlines); may name ends no
+    held: HashMap<Connection, (T, Head, Instant)>,
+    /// Held connections, oldest first (with their deadlines); may name ones no
     /// longer held, which are skipped.
-    order: VecDeque<(Instant, Ends)>,
+    order: VecDeque<(Instant, Connection)>,
     early: VecDeque<(Instant, Box<HeadChunk>)>,
     /// Chunks neither a held violation nor [`MAX_EARLY`] had room for.
     pub unmatched: u64,
@@ -287,13 +310,13 @@ impl<T> Default for Assembler<T> {
 }
 
 impl<T> Assembler<T> {
-    /// Holds `item`, the violation of the connection `ends`, until its head
+    /// Holds `item`, the violation of the connection `conn`, until its head
     /// is known. Returns what is ready at once: an earlier violation on the
-    /// same ends, the oldest one when [`MAX_HELD`] are held, or this one if
+    /// same connection, the oldest one when [`MAX_HELD`] are held, or this one if
     /// its head came before it.
-    pub fn hold(&mut self, ends: Ends, item: T, now: Instant) -> Vec<(T, Summary)> {
+    pub fn hold(&mut self, conn: Connection, item: T, now: Instant) -> Vec<(T, Summary)> {
         let mut ready = Vec::new();
-        if let Some((old, head, _)) = self.held.remove(&ends) {
+        if let Some((old, head, _)) = self.held.remove(&conn) {
             ready.push((old, head.summary()));
         }
         while self.held.len() >= MAX_HELD {
@@ -305,25 +328,26 @@ impl<T> Assembler<T> {
         let mut head = Head::new();
         let early = std::mem::take(&mut self.early);
         for (deadline, c) in early {
-            if chunk_ends(&c) == ends && head.add(&c) {
-                continue;
+            if Connection::of_chunk(&c) == conn {
+                head.add(&c);
+            } else {
+                self.early.push_back((deadline, c));
             }
-            self.early.push_back((deadline, c));
         }
         if head.done() {
             ready.push((item, head.summary()));
             return ready;
         }
         let deadline = now + HEAD_WAIT;
-        self.held.insert(ends, (item, head, deadline));
-        self.order.push_back((deadline, ends));
+        self.held.insert(conn, (item, head, deadline));
+        self.order.push_back((deadline, conn));
         ready
     }
 
     /// Adds a chunk; returns its violation if that completes the head.
     pub fn chunk(&mut self, c: Box<HeadChunk>, now: Instant) -> Option<(T, Summary)> {
-        let ends = chunk_ends(&c);
-        let Some((_, head, _)) = self.held.get_mut(&ends) else {
+        let conn = Connection::of_chunk(&c);
+        let Some((_, head, _)) = self.held.get_mut(&conn) else {
             // Its violation may not be read yet.
             if self.early.len() >= MAX_EARLY {
                 self.early.pop_front();
@@ -332,12 +356,9 @@ impl<T> Assembler<T> {
             self.early.push_back((now + HEAD_WAIT, c));
             return None;
         };
-        if !head.add(&c) {
-            self.unmatched += 1;
-            return None;
-        }
+        head.add(&c);
         if head.done() {
-            self.release(&ends)
+            self.release(&conn)
         } else {
             None
         }
@@ -347,14 +368,14 @@ impl<T> Assembler<T> {
     /// chunks nobody claimed.
     pub fn expire(&mut self, now: Instant) -> Vec<(T, Summary)> {
         let mut ready = Vec::new();
-        while let Some((deadline, ends)) = self.order.front().copied() {
+        while let Some((deadline, conn)) = self.order.front().copied() {
             if deadline > now {
                 break;
             }
             self.order.pop_front();
             // Only if still held under this deadline (not re-held since).
-            if self.held.get(&ends).is_some_and(|(_, _, d)| *d == deadline) {
-                ready.extend(self.release(&ends));
+            if self.held.get(&conn).is_some_and(|(_, _, d)| *d == deadline) {
+                ready.extend(self.release(&conn));
             }
         }
         while self.early.front().is_some_and(|(d, _)| *d <= now) {
@@ -390,9 +411,9 @@ impl<T> Assembler<T> {
         self.held.is_empty()
     }
 
-    fn release(&mut self, ends: &Ends) -> Option<(T, Summary)> {
+    fn release(&mut self, conn: &Connection) -> Option<(T, Summary)> {
         self.held
-            .remove(ends)
+            .remove(conn)
             .map(|(item, head, _)| (item, head.summary()))
     }
 }
@@ -553,15 +574,23 @@ mod tests {
         c
     }
 
-    fn ends() -> Ends {
-        chunk_ends(&chunk(0, b"", 0))
+    /// The connection of a client port.
+    fn port(p: u16) -> Connection {
+        Connection {
+            client: SocketAddr::from(([198, 18, 0, 1], p)),
+            ..conn()
+        }
+    }
+
+    fn conn() -> Connection {
+        Connection::of_chunk(&chunk(0, b"", 7))
     }
 
     #[test]
     fn one_byte_chunks_in_any_order_with_duplicates_assemble() {
         let t = Instant::now();
         let mut a = Assembler::default();
-        assert!(a.hold(ends(), "v", t).is_empty());
+        assert!(a.hold(conn(), "v", t).is_empty());
         let head_end = PROXIED.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         // Even offsets first, then odd ones, each twice; a rewrite of the
         // first byte after it was seen changes nothing.
@@ -590,10 +619,10 @@ mod tests {
     fn an_unfinished_head_goes_out_at_its_deadline_truncated() {
         let t = Instant::now();
         let mut a = Assembler::default();
-        a.hold(ends(), 1, t);
-        assert!(a.chunk(chunk(0, &PROXIED[..60], 1), t).is_none());
+        a.hold(conn(), 1, t);
+        assert!(a.chunk(chunk(0, &PROXIED[..60], 7), t).is_none());
         assert!(
-            a.chunk(chunk(100, &PROXIED[100..120], 1), t).is_none(),
+            a.chunk(chunk(100, &PROXIED[100..120], 7), t).is_none(),
             "after a gap"
         );
         assert!(a.expire(t + HEAD_WAIT / 2).is_empty());
@@ -611,7 +640,7 @@ mod tests {
     fn a_head_longer_than_the_copy_is_done_at_the_limit() {
         let t = Instant::now();
         let mut a = Assembler::default();
-        a.hold(ends(), (), t);
+        a.hold(conn(), (), t);
         let mut long = PROXIED[..PROXIED.len() - 40].to_vec();
         long.splice(
             40..40,
@@ -622,7 +651,7 @@ mod tests {
                 .chain(*b"\r\n"),
         );
         let (_, s) = a
-            .chunk(chunk(0, &long[..HEAD_BYTES], 3), t)
+            .chunk(chunk(0, &long[..HEAD_BYTES], 7), t)
             .expect("the copy's limit ends the wait");
         assert!(s.truncated);
         assert_eq!(s.path.as_deref(), Some("/who/metrics"));
@@ -633,11 +662,11 @@ mod tests {
     fn chunks_before_their_violation_are_kept_briefly() {
         let t = Instant::now();
         let mut a = Assembler::default();
-        assert!(a.chunk(chunk(0, PROXIED, 1), t).is_none());
-        let ready = a.hold(ends(), "v", t);
+        assert!(a.chunk(chunk(0, PROXIED, 7), t).is_none());
+        let ready = a.hold(conn(), "v", t);
         assert_eq!(ready.len(), 1, "the head was already whole");
         assert_eq!(ready[0].1, whole());
-        assert!(a.chunk(chunk(0, PROXIED, 1), t).is_none());
+        assert!(a.chunk(chunk(0, PROXIED, 7), t).is_none());
         assert!(a.expire(t + HEAD_WAIT).is_empty());
         assert_eq!(a.unmatched, 1, "an unclaimed chunk is counted");
     }
@@ -648,22 +677,57 @@ mod tests {
         let mut a = Assembler::default();
         let mut out = 0;
         for i in 0..MAX_HELD + 10 {
-            let e = (
-                SocketAddr::from(([198, 18, 0, 1], i as u16)),
-                SocketAddr::from(([198, 18, 16, 2], 8080)),
-            );
-            out += a.hold(e, i, t).len();
+            out += a.hold(port(i as u16), i, t).len();
         }
         assert_eq!(out, 10);
         assert_eq!(a.len(), MAX_HELD);
-        // The same ends again: the earlier one goes out first.
-        let e = (
-            SocketAddr::from(([198, 18, 0, 1], 20)),
-            SocketAddr::from(([198, 18, 16, 2], 8080)),
-        );
-        let r = a.hold(e, 99999, t);
+        // The same connection again: the earlier one goes out first.
+        let r = a.hold(port(20), 99999, t);
         assert_eq!(r.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![20]);
         assert_eq!(a.drain().len(), MAX_HELD);
+    }
+
+    /// A client reuses its ends at once (a reset, the same port): each
+    /// violation gets its own connection's head, whatever the order.
+    #[test]
+    fn a_second_connection_on_the_same_ends_never_lends_its_head() {
+        let t = Instant::now();
+        let mut a = Assembler::default();
+        let first = Connection::of_chunk(&chunk(0, b"", 7));
+        let second = Connection::of_chunk(&chunk(0, b"", 9000));
+        assert!(a.hold(first, "first", t).is_empty());
+        assert!(a.hold(second, "second", t).is_empty(), "both held");
+        let benign = b"GET /healthz HTTP/1.1\r\nUser-Agent: benign\r\n\r\n";
+        let (v, s) = a.chunk(chunk(0, benign, 7), t).expect("the first's head");
+        assert_eq!((v, s.path.as_deref()), ("first", Some("/healthz")));
+        let (v, s) = a.chunk(chunk(0, PROXIED, 9000), t).expect("the second's");
+        assert_eq!((v, s), ("second", whole()));
+    }
+
+    #[test]
+    fn targets_give_their_path_only() {
+        for (target, path) in [
+            (&b"GET /x\nX-Token:SECRET\nHost: h"[..], "/x"),
+            (
+                b"GET http://admin:hunter2@host:8080/x?t=S HTTP/1.1\r\n",
+                "/x",
+            ),
+            (b"GET https://host HTTP/1.1\r\n", "/"),
+            (b"GET /a#frag HTTP/1.1\r\n", "/a"),
+            (b"GET /a\x00b HTTP/1.1\r\n", "/a"),
+        ] {
+            let s = Summary::of(target);
+            assert_eq!(
+                s.path.as_deref(),
+                Some(path),
+                "{:?}",
+                String::from_utf8_lossy(target)
+            );
+        }
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "p".repeat(900));
+        let s = Summary::of(long.as_bytes());
+        assert!(!s.truncated);
+        assert_eq!(s.path.unwrap().len(), FIELD_BYTES);
     }
 
     #[test]

@@ -333,7 +333,7 @@ fn encode_stats(encoder: &mut DescriptorEncoder, stats: &[u64]) -> Result<(), st
     )?)?;
     ConstCounter::new(stat(Stat::HeadsLost)).encode(encoder.encode_descriptor(
         "cp_observer_request_heads_lost",
-        "Copies of violating requests' heads dropped because their ring buffer was full; those violations are reported with the request as far as it was seen (http.truncated).",
+        "Copies of violating requests' heads not made: their ring buffer was full, or the connection had used its 32 KiB of it; those violations are reported with the request as far as it was seen.",
         None,
         MetricType::Counter,
     )?)?;

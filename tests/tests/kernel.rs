@@ -27,7 +27,7 @@ use observer::{
 use observer_common::{
     counters::{Direction, DropReason, Stat, byte_index, connection_index},
     flow::FILTER_SLOTS,
-    head::{HEAD_BYTES, HeadChunk},
+    head::{HEAD_BUDGET, HEAD_BYTES, HeadChunk, copy_cost},
     path::Path,
     policy::{Action, Verdict},
     protocol::Protocol,
@@ -203,11 +203,16 @@ impl Kernel {
     fn summary(&mut self, c: SocketAddr, s: SocketAddr) -> heads::Summary {
         let events = self.events();
         assert_eq!(events.len(), 1, "one violation: {events:?}");
+        let conn = heads::Connection {
+            client: c,
+            server: s,
+            stream_start: events[0].stream_start,
+        };
         let mut a = heads::Assembler::default();
         let t = std::time::Instant::now();
-        let mut ready = a.hold((c, s), (), t);
+        let mut ready = a.hold(conn, (), t);
         for chunk in self.chunks() {
-            assert_eq!(heads::chunk_ends(&chunk), (c, s), "{chunk:?}");
+            assert_eq!(heads::Connection::of_chunk(&chunk), conn, "{chunk:?}");
             ready.extend(a.chunk(chunk, t));
         }
         ready.extend(a.expire(t + heads::HEAD_WAIT));
@@ -330,6 +335,38 @@ fn only_the_first_kilobyte_is_copied() {
         .max()
         .unwrap();
     assert_eq!(copied, HEAD_BYTES, "nothing past the copy's bound");
+    k.events();
+}
+
+/// A blocked client retransmitting its head (or a crafted flood of its
+/// segments) gets at most its connection's budget of the ring.
+#[test]
+fn one_connection_cannot_flood_the_head_ring() {
+    let mut k = enforcing();
+    let (c, s) = (sa(CP, 41040), sa(POD, 8080));
+    k.handshake(c, s);
+    let mut long = PROXIED.to_vec();
+    long.resize(HEAD_BYTES, b'x');
+    let segment = Tcp::new(c, s).seq(1001).payload(&long).build();
+    for _ in 0..100 {
+        assert_eq!(k.run("egress", &segment), 0, "blocked");
+    }
+    let chunks = k.chunks();
+    let copied: u32 = chunks.iter().map(|c| copy_cost(c.len)).sum();
+    assert!(
+        copied <= u32::from(HEAD_BUDGET),
+        "{copied} bytes of the ring"
+    );
+    assert!(
+        copied + copy_cost(HEAD_BYTES as u32) > u32::from(HEAD_BUDGET),
+        "the budget was used: {copied}"
+    );
+    // 101 copies asked: the prefix at the decision, and each segment.
+    assert_eq!(
+        k.counters.stat(Stat::HeadsLost).unwrap(),
+        101 - chunks.len() as u64,
+        "every copy not made is counted"
+    );
     k.events();
 }
 
@@ -905,7 +942,7 @@ fn block_drops_payload_and_reports_one_event() {
 #[test]
 fn event_loss_under_a_burst_is_counted() {
     let mut k = kernel();
-    // 56 bytes a record (48 + 8 of header): 256 KiB hold 4681 of them.
+    // 88 bytes a record (80 + 8 of header): 256 KiB hold 2978 of them.
     const BURST: u32 = 6000;
     for i in 0..BURST {
         let (c, s) = (sa(CP, 1024 + (i % 60000) as u16), sa(POD, 8080));
