@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::{
     agent_counters::{AgentCounters, Component},
     discovery::{PodIndex, PodRef},
-    enforce,
+    enforce, kube_events,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -146,12 +146,14 @@ const BUSY_EVENTS: usize = EVENTS_BYTES as usize / RECORD_BYTES / 4;
 const BATCH_BYTES: usize = 64 * 1024;
 
 /// Prints every event until the ring buffer's fd fails, naming the pods
-/// `pods` knows; hands blocked connections to the enforcer's queue.
+/// `pods` knows; hands blocked connections to the enforcer's queue, and
+/// offers every violation to `publisher` (Kubernetes Events).
 /// Errors on the way (stdout gone) are logged and counted in `counters`.
 pub async fn run(
     ring: RingBuf<MapData>,
     blocked: enforce::Queue,
     pods: PodIndex,
+    publisher: kube_events::Publisher,
     counters: Arc<AgentCounters>,
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd and keeps it for its lifetime.
@@ -184,6 +186,7 @@ pub async fn run(
                     serde_json::to_writer((&mut batch).writer(), &v)
                         .expect("a Violation serialises");
                     batch.put_u8(b'\n');
+                    publisher.offer(&v);
                 }
                 None => {
                     tracing::warn!(?event, "event with unknown values");

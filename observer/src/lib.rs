@@ -17,6 +17,7 @@
 //! - [`pin`]: pinning under bpffs, so counting and enforcement outlive the agent;
 //! - [`flows`]: the flow table seen from userspace, and idle expiry;
 //! - [`events`]: violation events from the kernel to stdout as JSON;
+//! - [`kube_events`]: violations on the apiserver proxy to this node's pods as Kubernetes Events;
 //! - [`enforce`]: resetting both ends of blocked connections;
 //! - [`local_apiserver`]: recognising an apiserver that runs on this node by the listener its process holds;
 //! - [`sock_diag`]: the sock_diag netlink requests (destroy a socket, list listeners);
@@ -41,6 +42,7 @@ pub mod features;
 pub mod flows;
 pub mod heads;
 pub mod kernel_log;
+pub mod kube_events;
 pub mod kubelet;
 pub mod local_apiserver;
 pub mod mapped;
