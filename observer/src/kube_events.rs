@@ -650,6 +650,34 @@ mod tests {
     }
 
     #[test]
+    fn an_apiserver_that_refuses_is_counted_and_the_rate_limit_still_holds() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let counters = Arc::new(AgentCounters::default());
+        rt.block_on(async {
+            // Nothing listens on port 1: every publication fails at once.
+            let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+            let client = kube::Client::try_from(config).unwrap();
+            let (publisher, task) = start(client, "lab-node", counters.clone());
+            let v = violation(Verdict::Blocked, false, None);
+            for _ in 0..SPAM_BURST + 2 {
+                publisher.offer(&v);
+            }
+            drop(publisher);
+            task.await;
+        });
+        assert_eq!(counters.kube_events(Outcome::Failed), u64::from(SPAM_BURST));
+        assert_eq!(
+            counters.errors(Component::KubeEvents),
+            u64::from(SPAM_BURST)
+        );
+        assert_eq!(counters.kube_events(Outcome::RateLimited), 2);
+        assert_eq!(counters.kube_events(Outcome::Published), 0);
+    }
+
+    #[test]
     fn log_lines_are_limited() {
         let mut l = LogLimit::default();
         let t0 = Instant::now();
