@@ -21,7 +21,7 @@ use crate::{
     config::{KernelLog, RunArgs, Settings},
     discovery,
     ebpf::{Attachment, Carry, Datapath, Loaded},
-    enforce, events, features, flows, kernel_log, kubelet,
+    enforce, events, features, flows, kernel_log, kube_events, kubelet,
     local_apiserver::{self, LocalApiserver},
     metrics, pin, server,
     supervise::{Health, Watched},
@@ -207,11 +207,28 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     {
         let _in = runtime.enter();
         let pods = discovery::PodIndex::default();
+        // Kubernetes Events need the client and the pods' names: discovery.
+        let publisher = match &discovery {
+            Some((client, target)) => {
+                let (publisher, publish) =
+                    kube_events::start(client.clone(), &target.node, agent_counters.clone());
+                watched.task(
+                    Component::KubeEvents,
+                    tokio::spawn(async move {
+                        publish.await;
+                        Ok(())
+                    }),
+                );
+                publisher
+            }
+            None => kube_events::Publisher::disabled(agent_counters.clone()),
+        };
         let reader = events::run(
             events,
             heads,
             blocked,
             pods.clone(),
+            publisher,
             agent_counters.clone(),
             reader_stop,
         );

@@ -190,12 +190,16 @@ pub fn pod_ips(p: &Pod) -> Vec<IpAddr> {
 }
 
 /// A pod, as events name it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct PodRef {
     /// Its namespace.
     pub namespace: String,
     /// Its name.
     pub name: String,
+    /// Its UID: what a Kubernetes Event about it names (`kubectl describe`
+    /// matches on it); not in the JSON events.
+    #[serde(skip)]
+    pub uid: String,
 }
 
 /// The pods of this node by IP, kept by discovery, read by the events.
@@ -452,6 +456,7 @@ impl Stores {
             let r = PodRef {
                 namespace: p.namespace().unwrap_or_default(),
                 name: p.name_any(),
+                uid: p.uid().unwrap_or_default(),
             };
             for ip in pod_ips(&p) {
                 index.insert(ip, r.clone());
@@ -623,6 +628,19 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pods_uid_is_not_in_the_json_events() {
+        let p = PodRef {
+            namespace: "default".into(),
+            name: "web".into(),
+            uid: "7f1c".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            serde_json::json!({"namespace": "default", "name": "web"})
+        );
+    }
 
     #[test]
     fn objects_to_addresses() {

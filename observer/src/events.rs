@@ -24,6 +24,7 @@ use crate::{
     discovery::{PodIndex, PodRef},
     enforce,
     heads::{self, Assembler, Summary},
+    kube_events,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -151,13 +152,16 @@ const BATCH_BYTES: usize = 64 * 1024;
 /// `pods` knows and adding the request heads read from `heads` (see
 /// [`crate::heads`]); hands blocked connections to the enforcer's queue at
 /// once, before any head. Errors on the way (stdout gone) are logged and
-/// counted in `counters`. When `stop` fires (or its sender is gone) it
-/// reads the rings a last time, prints what it held and returns.
+/// counted in `counters`. Every violation, once printed, is offered to
+/// `publisher` (Kubernetes Events) and, with its request summary, counted
+/// by user agent. When `stop` fires (or its sender is gone) it reads the
+/// rings a last time, prints what it held and returns.
 pub async fn run(
     ring: RingBuf<MapData>,
     heads: RingBuf<MapData>,
     blocked: enforce::Queue,
     pods: PodIndex,
+    publisher: kube_events::Publisher,
     counters: Arc<AgentCounters>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> std::io::Result<()> {
@@ -168,6 +172,7 @@ pub async fn run(
         held: Assembler::default(),
         blocked,
         pods,
+        publisher,
         counters,
     };
     let result = printer.run(ring, heads, stop).await;
@@ -186,6 +191,7 @@ struct Printer {
     held: Assembler<Violation>,
     blocked: enforce::Queue,
     pods: PodIndex,
+    publisher: kube_events::Publisher,
     counters: Arc<AgentCounters>,
 }
 
@@ -294,6 +300,12 @@ impl Printer {
         v.http = http;
         serde_json::to_writer((&mut self.batch).writer(), &v).expect("a Violation serialises");
         self.batch.put_u8(b'\n');
+        if let Some(summary) = &v.http
+            && let Some(path) = Path::from_name(v.path)
+        {
+            self.counters.plaintext_request(path, summary);
+        }
+        self.publisher.offer(&v);
         if self.batch.len() >= BATCH_BYTES {
             self.write_out();
         }

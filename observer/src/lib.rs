@@ -19,6 +19,7 @@
 //! - [`events`]: violation events from the kernel to stdout as JSON;
 //! - [`heads`]: the request heads of violating plaintext requests, put
 //!   back in order and summarised (who asked the apiserver to proxy);
+//! - [`kube_events`]: violations on the apiserver proxy to this node's pods as Kubernetes Events;
 //! - [`enforce`]: resetting both ends of blocked connections;
 //! - [`local_apiserver`]: recognising an apiserver that runs on this node by the listener its process holds;
 //! - [`sock_diag`]: the sock_diag netlink requests (destroy a socket, list listeners);
@@ -43,6 +44,7 @@ pub mod features;
 pub mod flows;
 pub mod heads;
 pub mod kernel_log;
+pub mod kube_events;
 pub mod kubelet;
 pub mod local_apiserver;
 pub mod mapped;

@@ -209,6 +209,27 @@ impl Collector for DatapathCollector {
             None,
             MetricType::Counter,
         )?)?;
+        let mut m = encoder.encode_descriptor(
+            "cp_observer_kube_events",
+            "Kubernetes Events about violations on the apiserver proxy to this node's pods, by what became of them: published, rate-limited (per pod, as the kubelet), queue-full (dropped, the publisher behind), failed (the apiserver refused or did not answer; each also logged).",
+            None,
+            MetricType::Counter,
+        )?;
+        for outcome in crate::kube_events::Outcome::ALL {
+            ConstCounter::new(self.agent.kube_events(outcome))
+                .encode(m.encode_family(&[("result", outcome.name())])?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "cp_observer_plaintext_proxy_requests",
+            "Violating plaintext connections whose request head was summarised, by path and the product of their User-Agent (at most 32 products, the rest as `other`; the callers' addresses are in the events, never in labels).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (path, product, n) in self.agent.plaintext_requests() {
+            ConstCounter::new(n).encode(
+                m.encode_family(&[path.label(), ("user_agent_product", product.as_str())])?,
+            )?;
+        }
         ConstCounter::new(
             self.agent
                 .metrics_connections_rejected

@@ -82,11 +82,36 @@ fn overlays_render_and_carry_a_valid_config() {
             ds["containers"][0]["readinessProbe"]["httpGet"]["path"],
             "/healthz"
         );
-        let rules = &find(&docs, "ClusterRole")["rules"][0]["verbs"];
+        // Reads, and one write: Events (kube_events), in events.k8s.io only.
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_sequence()
+                .expect("a list")
+                .iter()
+                .map(|s| s.as_str().expect("a string").to_owned())
+                .collect()
+        };
+        let writes: Vec<(Vec<String>, Vec<String>, Vec<String>)> =
+            find(&docs, "ClusterRole")["rules"]
+                .as_sequence()
+                .expect("rules")
+                .iter()
+                .map(|r| {
+                    (
+                        strings(&r["apiGroups"]),
+                        strings(&r["resources"]),
+                        strings(&r["verbs"]),
+                    )
+                })
+                .filter(|(_, _, verbs)| *verbs != ["get", "list", "watch"])
+                .collect();
         assert_eq!(
-            rules.as_sequence().map(Vec::len),
-            Some(3),
-            "get, list, watch and nothing else"
+            writes,
+            [(
+                vec!["events.k8s.io".to_owned()],
+                vec!["events".to_owned()],
+                vec!["create".to_owned(), "patch".to_owned()]
+            )],
+            "{overlay}: get, list, watch, and create and patch on events.k8s.io Events, nothing else"
         );
         let caps = capabilities(&docs);
         let want: &[&str] = if overlay == "enforce" {

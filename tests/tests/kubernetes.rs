@@ -588,3 +588,158 @@ fn a_restart_keeps_the_learned_addresses_until_discovery_is_back() {
     let out = cleanup();
     assert!(out.status.success(), "cleanup: {out:?}");
 }
+
+/// The proxied request of the Kubernetes Events tests: a query string
+/// that must never be shown.
+const PROXIED_METRICS: &str = "/api/v1/namespaces/default/pods/web:8080/proxy/metrics?token=secret";
+
+/// The `events.k8s.io/v1` Events in `default` regarding the pod `web`.
+fn events_about_web(cp: &ControlPlane) -> Vec<serde_json::Value> {
+    let out = cp.kubectl_ok(
+        &[
+            "-n",
+            "default",
+            "get",
+            "events.v1.events.k8s.io",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    let list: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["regarding"]["kind"] == "Pod" && e["regarding"]["name"] == "web")
+        .cloned()
+        .collect()
+}
+
+/// With discovery, plaintext through the apiserver proxy to a pod of this
+/// node is a Warning Event on that pod: three requests are one Event
+/// (kube-rs's Recorder: created, then patched with `series.count`), which
+/// `kubectl describe pod` shows (it finds Events by the pod's UID). The
+/// query string is not in it.
+#[test]
+fn plaintext_through_the_proxy_is_an_event_on_the_pod() {
+    let lab = Lab::for_real_control_plane("t-kevent");
+    let cp = ControlPlane::start(&lab.topo.cp);
+    cp.register_lab_objects();
+    cp.add_konnectivity_agent(&lab.topo.pod);
+    let agent = Agent::start_in(Some(lab.topo.node.name()), &cp.discovery_args());
+    agent.wait_for_complete_discovery();
+
+    for _ in 0..3 {
+        let body = cp.get_raw(PROXIED_METRICS);
+        assert!(body.contains("hello from the lab pod"), "{body}");
+    }
+    let published = || {
+        agent
+            .scrape()
+            .sum("cp_observer_kube_events_total", &[("result", "published")])
+    };
+    let what = later(|| {
+        format!(
+            "3 events published (now {}); stderr:\n{}",
+            published(),
+            agent.stderr()
+        )
+    });
+    eventually(Duration::from_secs(15), what, || published() == 3.0);
+    let m = agent.scrape();
+    for result in ["rate-limited", "queue-full", "failed"] {
+        assert_eq!(
+            m.sum("cp_observer_kube_events_total", &[("result", result)]),
+            0.0,
+            "{result}"
+        );
+    }
+
+    let events = events_about_web(&cp);
+    assert_eq!(
+        events.len(),
+        1,
+        "one Event, repeats aggregated: {events:#?}"
+    );
+    let e = &events[0];
+    let uid = cp.kubectl_ok(
+        &[
+            "-n",
+            "default",
+            "get",
+            "pod",
+            "web",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ],
+        None,
+    );
+    assert_eq!(e["type"], "Warning", "{e:#}");
+    assert_eq!(e["reason"], "PlaintextApiserverProxy", "{e:#}");
+    assert_eq!(e["action"], "Alerted", "{e:#}");
+    assert_eq!(e["series"]["count"], 3, "{e:#}");
+    assert_eq!(e["regarding"]["apiVersion"], "v1", "{e:#}");
+    assert_eq!(e["regarding"]["namespace"], "default", "{e:#}");
+    assert_eq!(e["regarding"]["uid"], uid.trim(), "{e:#}");
+    assert_eq!(e["reportingController"], "cp-observer", "{e:#}");
+    assert_eq!(e["reportingInstance"], lab::cluster::kube::NODE, "{e:#}");
+    let note = e["note"].as_str().expect("a note");
+    // kubectl runs in the control-plane namespace: the apiserver names
+    // that address as its caller.
+    assert!(
+        note.starts_with(&format!(
+            "Plaintext GET /metrics to port 8080 through the apiserver proxy, from {} (kubectl/v",
+            addrs::CP4
+        )),
+        "{note}"
+    );
+    assert!(note.contains(", kubectl get)"), "{note}");
+    assert!(!note.contains("secret"), "the query string leaked: {note}");
+
+    let described = cp.kubectl_ok(&["-n", "default", "describe", "pod", "web"], None);
+    let line = described
+        .lines()
+        .find(|l| l.contains("PlaintextApiserverProxy"))
+        .unwrap_or_else(|| panic!("kubectl describe pod web shows the Event:\n{described}"));
+    assert!(
+        line.contains("(x3 over") && line.contains("through the apiserver proxy"),
+        "the Event, three times: {line}"
+    );
+}
+
+/// Under a `block` rule the Event says so: reason `ApiserverProxyBlocked`.
+#[test]
+fn a_blocked_proxy_request_is_an_apiserver_proxy_blocked_event() {
+    let lab = Lab::for_real_control_plane("t-kevblk");
+    let cp = ControlPlane::start(&lab.topo.cp);
+    cp.register_lab_objects();
+    cp.add_konnectivity_agent(&lab.topo.pod);
+    let mut args = cp.discovery_args();
+    args.extend(["--policy", "apiserver-proxy-to-pod:plaintext=block"].map(str::to_owned));
+    let agent = Agent::start_in(Some(lab.topo.node.name()), &args);
+    agent.wait_for_complete_discovery();
+
+    let out = cp.kubectl(&["get", "--raw", PROXIED_METRICS]);
+    assert!(!out.status.success(), "the request is blocked");
+    let what = later(|| {
+        format!(
+            "the blocked request is an Event; stderr:\n{}",
+            agent.stderr()
+        )
+    });
+    let events = eventually(Duration::from_secs(15), what, || {
+        let events = events_about_web(&cp);
+        (!events.is_empty()).then_some(events)
+    });
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let e = &events[0];
+    assert_eq!(e["reason"], "ApiserverProxyBlocked", "{e:#}");
+    assert_eq!(e["action"], "Blocked", "{e:#}");
+    assert!(
+        e["note"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("Blocked plaintext")),
+        "{e:#}"
+    );
+}
