@@ -30,19 +30,48 @@ fn request(extra_headers: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// The agent's one violation on the proxy path, as JSON, once printed; it
-/// never shows the query or a header outside the allow-list.
+/// What the agent makes of the whole of [`request`].
+fn whole() -> serde_json::Value {
+    serde_json::json!({
+        "method": "GET",
+        "path": "/metrics",
+        "user_agent": "lab-caller/1.0 (test)",
+        "forwarded_for": ["203.0.113.7"],
+        "truncated": false,
+    })
+}
+
+/// The agent's first `n` violations on `path`, as JSON, once printed;
+/// none shows the query or a header outside the allow-list.
+fn violations(agent: &Agent, path: &str, n: usize) -> Vec<serde_json::Value> {
+    let field = format!("\"path\":\"{path}\"");
+    let lines = eventually(
+        Duration::from_secs(10),
+        format!("{n} violation(s) on {path}"),
+        || {
+            let lines: Vec<String> = agent
+                .stdout_lines()
+                .into_iter()
+                .filter(|l| l.contains(&field))
+                .collect();
+            (lines.len() >= n).then_some(lines)
+        },
+    );
+    lines
+        .iter()
+        .take(n)
+        .map(|line| {
+            for secret in ["secret", "Authorization", "Connection", "x=1"] {
+                assert!(!line.contains(secret), "{secret} in {line}");
+            }
+            serde_json::from_str(line).expect("JSON")
+        })
+        .collect()
+}
+
+/// The agent's one violation on the proxy path to the pod.
 fn violation(agent: &Agent) -> serde_json::Value {
-    let line = eventually(Duration::from_secs(10), "the violation is printed", || {
-        agent
-            .stdout_lines()
-            .into_iter()
-            .find(|l| l.contains("apiserver-proxy-to-pod"))
-    });
-    for secret in ["secret", "Authorization", "Connection"] {
-        assert!(!line.contains(secret), "{secret} in {line}");
-    }
-    serde_json::from_str(&line).expect("JSON")
+    violations(agent, "apiserver-proxy-to-pod", 1).remove(0)
 }
 
 fn agent(policy: Option<&str>) -> Agent {
@@ -59,17 +88,7 @@ fn a_head_sent_one_byte_per_segment_is_summarised_whole() {
     let agent = agent(None);
     traffic::http_request_split(&lab.topo.cp, pod(), request(""), 1).expect("alerted, not blocked");
     let v = violation(&agent);
-    assert_eq!(
-        v["http"],
-        serde_json::json!({
-            "method": "GET",
-            "path": "/metrics",
-            "user_agent": "lab-caller/1.0 (test)",
-            "forwarded_for": ["203.0.113.7"],
-            "truncated": false,
-        }),
-        "{v}"
-    );
+    assert_eq!(v["http"], whole(), "{v}");
 }
 
 #[test]
@@ -90,25 +109,8 @@ fn a_blocked_head_is_reported_as_far_as_it_was_seen() {
     );
     // In one segment, the dropped segment holds the whole head.
     traffic::http_request_split(&lab.topo.cp, pod(), request(""), 4096).expect_err("blocked again");
-    let line = eventually(Duration::from_secs(10), "the second violation", || {
-        agent
-            .stdout_lines()
-            .into_iter()
-            .filter(|l| l.contains("apiserver-proxy-to-pod"))
-            .nth(1)
-    });
-    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
-    assert_eq!(
-        v["http"],
-        serde_json::json!({
-            "method": "GET",
-            "path": "/metrics",
-            "user_agent": "lab-caller/1.0 (test)",
-            "forwarded_for": ["203.0.113.7"],
-            "truncated": false,
-        }),
-        "{v}"
-    );
+    let v = violations(&agent, "apiserver-proxy-to-pod", 2).remove(1);
+    assert_eq!(v["http"], whole(), "{v}");
 }
 
 #[test]
@@ -144,20 +146,7 @@ fn kubelet_read_only_and_node_proxy_requests_are_summarised() {
     traffic::http_request_split(&lab.topo.pod, node(10255), scrape.into_bytes(), 4096)
         .expect("alerted");
     traffic::http_request_split(&lab.topo.cp, node(9100), request(""), 4096).expect("alerted");
-    let http_of = |path: &str| {
-        let line = eventually(
-            Duration::from_secs(10),
-            format!("the {path} violation"),
-            || {
-                agent
-                    .stdout_lines()
-                    .into_iter()
-                    .find(|l| l.contains(&format!("\"path\":\"{path}\"")))
-            },
-        );
-        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
-        v["http"].clone()
-    };
+    let http_of = |path: &str| violations(&agent, path, 1).remove(0)["http"].clone();
     assert_eq!(
         http_of("kubelet-read-only"),
         serde_json::json!({"method": "GET", "path": "/pods", "user_agent": "scraper/2", "truncated": false})
