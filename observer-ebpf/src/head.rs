@@ -4,7 +4,7 @@
 //! passed or dropped, while the connection's `HEAD_BUDGET` lasts. Nothing
 //! else is ever copied.
 
-use aya_ebpf::{helpers::bpf_skb_load_bytes, programs::SkBuffContext};
+use aya_ebpf::{bindings::BPF_RB_NO_WAKEUP, helpers::bpf_skb_load_bytes, programs::SkBuffContext};
 use observer_common::{
     counters::Stat,
     flow::{C2S, Flow, FlowKey},
@@ -160,7 +160,14 @@ fn output(scratch: *mut HeadScratch, n: u32) {
             HeadChunk::HEADER + n as usize,
         )
     };
-    if HEADS.output::<[u8]>(record, 0).is_err() {
+    // No wake-up: the agent reads `HEADS` whenever `EVENTS` wakes it and
+    // every 10 ms while it holds a violation. A wake-up (an irq_work and
+    // the reader's) would cost the first copy after a quiet spell about
+    // 10 µs here (`cargo xtask bench`).
+    if HEADS
+        .output::<[u8]>(record, u64::from(BPF_RB_NO_WAKEUP))
+        .is_err()
+    {
         maps::count_stat(Stat::HeadsLost);
     }
     release(scratch);

@@ -12,7 +12,7 @@ use std::{
 
 use observer_common::{counters::ResetFailure, path::Path};
 
-use crate::{heads::Summary, kube_events::Outcome};
+use crate::heads::Summary;
 
 /// The agent's own counters.
 #[derive(Debug, Default)]
@@ -39,7 +39,7 @@ pub struct AgentCounters {
     pub local_apiserver_processes: AtomicU64,
     /// Kubernetes Events by what became of them
     /// (`cp_observer_kube_events_total`).
-    kube_events: [AtomicU64; Outcome::COUNT],
+    kube_events: [AtomicU64; KubeEventOutcome::COUNT],
     /// Violating plaintext requests summarised, by path and user agent
     /// (`cp_observer_plaintext_proxy_requests_total`).
     plaintext_requests: PlaintextRequests,
@@ -62,12 +62,12 @@ impl AgentCounters {
     }
 
     /// Counts one Kubernetes Event that ended as `outcome`.
-    pub fn kube_event(&self, outcome: Outcome) {
+    pub fn kube_event(&self, outcome: KubeEventOutcome) {
         self.kube_events[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Kubernetes Events that ended as `outcome` so far.
-    pub fn kube_events(&self, outcome: Outcome) -> u64 {
+    pub fn kube_events(&self, outcome: KubeEventOutcome) -> u64 {
         self.kube_events[outcome as usize].load(Ordering::Relaxed)
     }
 
@@ -268,3 +268,51 @@ mod tests {
         assert_eq!(total, MAX_USER_AGENT_PRODUCTS as u64 * 3 + 3, "none lost");
     }
 }
+
+/// What became of an offered event: the `result` label of
+/// `cp_observer_kube_events_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KubeEventOutcome {
+    /// The apiserver took it (a new Event, or a repeat added to one).
+    Published,
+    /// Held back by the per-pod rate limit ([`crate::kube_events::SPAM_BURST`], [`crate::kube_events::SPAM_REFILL`]).
+    RateLimited,
+    /// Dropped by the event reader: the queue to the publishing task was
+    /// full ([`crate::kube_events::QUEUE`]) or the task gone.
+    QueueFull,
+    /// The apiserver refused it (403 without the RBAC rule) or did not
+    /// answer in time; also an error of `component="kube-events"`.
+    Failed,
+}
+
+impl KubeEventOutcome {
+    /// Number of outcomes.
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// Every outcome, in label order.
+    pub const ALL: [Self; 4] = [
+        Self::Published,
+        Self::RateLimited,
+        Self::QueueFull,
+        Self::Failed,
+    ];
+
+    /// The label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Published => "published",
+            Self::RateLimited => "rate-limited",
+            Self::QueueFull => "queue-full",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+// `ALL` lists each variant at its own index.
+const _: () = {
+    let mut i = 0;
+    while i < KubeEventOutcome::COUNT {
+        assert!(KubeEventOutcome::ALL[i] as usize == i);
+        i += 1;
+    }
+};

@@ -8,7 +8,7 @@
 //! the kubelet's event recorder and publishes through kube-rs's
 //! [`Recorder`] (repeats within its cache's 6 minutes become one
 //! `events.k8s.io/v1` Event whose `series.count` grows; the note stays the
-//! first one's). Every event offered ends as one [`Outcome`], counted in
+//! first one's). Every event offered ends as one [`KubeEventOutcome`], counted in
 //! `cp_observer_kube_events_total`; what was not published is also logged
 //! (at most once a minute per outcome, with how many were not).
 
@@ -25,16 +25,16 @@ use observer_common::{path::Path, policy::Verdict};
 use tokio::sync::mpsc;
 
 use crate::{
-    agent_counters::{AgentCounters, Component},
+    agent_counters::{AgentCounters, Component, KubeEventOutcome},
     discovery::PodRef,
-    events::Violation,
+    violation::Violation,
 };
 
 /// `reportingController` of the Events (`reportingInstance` is the node).
 pub const REPORTER: &str = "cp-observer";
 
 /// Events waiting for the publishing task, at most; beyond, an offer is
-/// counted as [`Outcome::QueueFull`].
+/// counted as [`KubeEventOutcome::QueueFull`].
 pub const QUEUE: usize = 256;
 
 /// Events about one pod published at once before the rate limit holds
@@ -59,56 +59,8 @@ const INSTANCE_BYTES: usize = 128;
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A log line about events not published is written at most this often
-/// per [`Outcome`].
+/// per [`KubeEventOutcome`].
 const LOG_EVERY: Duration = Duration::from_secs(60);
-
-/// What became of an offered event: the `result` label of
-/// `cp_observer_kube_events_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The apiserver took it (a new Event, or a repeat added to one).
-    Published,
-    /// Held back by the per-pod rate limit ([`SPAM_BURST`], [`SPAM_REFILL`]).
-    RateLimited,
-    /// Dropped by the event reader: the queue to the publishing task was
-    /// full ([`QUEUE`]) or the task gone.
-    QueueFull,
-    /// The apiserver refused it (403 without the RBAC rule) or did not
-    /// answer in time; also an error of `component="kube-events"`.
-    Failed,
-}
-
-impl Outcome {
-    /// Number of outcomes.
-    pub const COUNT: usize = Self::ALL.len();
-
-    /// Every outcome, in label order.
-    pub const ALL: [Self; 4] = [
-        Self::Published,
-        Self::RateLimited,
-        Self::QueueFull,
-        Self::Failed,
-    ];
-
-    /// The label value.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Published => "published",
-            Self::RateLimited => "rate-limited",
-            Self::QueueFull => "queue-full",
-            Self::Failed => "failed",
-        }
-    }
-}
-
-// `ALL` lists each variant at its own index.
-const _: () = {
-    let mut i = 0;
-    while i < Outcome::COUNT {
-        assert!(Outcome::ALL[i] as usize == i);
-        i += 1;
-    }
-};
 
 /// The Event a violation makes, before kube-rs's [`Event`] (which has no
 /// `Debug` or `PartialEq`).
@@ -359,7 +311,7 @@ impl Publisher {
 
     /// Queues the Event of `v`, if it has one ([`Notice::of`]); never
     /// waits. A full queue counts (and logs) the event as
-    /// [`Outcome::QueueFull`].
+    /// [`KubeEventOutcome::QueueFull`].
     pub fn offer(&self, v: &Violation) {
         let Some(queue) = &self.queue else {
             return;
@@ -368,7 +320,7 @@ impl Publisher {
             return;
         };
         if let Err(e) = queue.try_send(notice) {
-            self.counters.kube_event(Outcome::QueueFull);
+            self.counters.kube_event(KubeEventOutcome::QueueFull);
             let ready = self
                 .full_log
                 .lock()
@@ -420,7 +372,7 @@ async fn publish(
     while let Some(notice) = queue.recv().await {
         let now = Instant::now();
         if !spam.allow(&notice.pod, now) {
-            counters.kube_event(Outcome::RateLimited);
+            counters.kube_event(KubeEventOutcome::RateLimited);
             if let Some(unlogged) = limited_log.ready(now) {
                 tracing::info!(
                     pod = %format!("{}/{}", notice.pod.namespace, notice.pod.name),
@@ -436,13 +388,13 @@ async fn publish(
         .await;
         let error = match published {
             Ok(Ok(())) => {
-                counters.kube_event(Outcome::Published);
+                counters.kube_event(KubeEventOutcome::Published);
                 continue;
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer in {PUBLISH_TIMEOUT:?}"),
         };
-        counters.kube_event(Outcome::Failed);
+        counters.kube_event(KubeEventOutcome::Failed);
         counters.error(Component::KubeEvents);
         if let Some(unlogged) = failed_log.ready(Instant::now()) {
             tracing::warn!(
@@ -636,17 +588,17 @@ mod tests {
         let mut other = violation(Verdict::Alerted, false, None);
         other.path = Path::KubeletReadOnly.name();
         publisher.offer(&other);
-        assert_eq!(counters.kube_events(Outcome::QueueFull), 3);
+        assert_eq!(counters.kube_events(KubeEventOutcome::QueueFull), 3);
         assert_eq!(queue.try_recv().ok(), Notice::of(&v));
         drop(queue);
         publisher.offer(&v);
         assert_eq!(
-            counters.kube_events(Outcome::QueueFull),
+            counters.kube_events(KubeEventOutcome::QueueFull),
             4,
             "a gone task counts too"
         );
         Publisher::disabled(counters.clone()).offer(&v);
-        assert_eq!(counters.kube_events(Outcome::QueueFull), 4);
+        assert_eq!(counters.kube_events(KubeEventOutcome::QueueFull), 4);
     }
 
     #[test]
@@ -668,13 +620,16 @@ mod tests {
             drop(publisher);
             task.await;
         });
-        assert_eq!(counters.kube_events(Outcome::Failed), u64::from(SPAM_BURST));
+        assert_eq!(
+            counters.kube_events(KubeEventOutcome::Failed),
+            u64::from(SPAM_BURST)
+        );
         assert_eq!(
             counters.errors(Component::KubeEvents),
             u64::from(SPAM_BURST)
         );
-        assert_eq!(counters.kube_events(Outcome::RateLimited), 2);
-        assert_eq!(counters.kube_events(Outcome::Published), 0);
+        assert_eq!(counters.kube_events(KubeEventOutcome::RateLimited), 2);
+        assert_eq!(counters.kube_events(KubeEventOutcome::Published), 0);
     }
 
     #[test]

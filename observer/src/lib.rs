@@ -16,6 +16,7 @@
 //! - [`kernel_log`]: the kernel programs' opt-in trace of decisions;
 //! - [`pin`]: pinning under bpffs, so counting and enforcement outlive the agent;
 //! - [`flows`]: the flow table seen from userspace, and idle expiry;
+//! - [`violation`]: the JSON form of a violation event;
 //! - [`events`]: violation events from the kernel to stdout as JSON;
 //! - [`heads`]: the request heads of violating plaintext requests, put
 //!   back in order and summarised (who asked the apiserver to proxy);
@@ -57,3 +58,4 @@ pub mod server;
 pub mod sock_diag;
 pub mod supervise;
 pub mod sys;
+pub mod violation;

@@ -215,7 +215,7 @@ impl Collector for DatapathCollector {
             None,
             MetricType::Counter,
         )?;
-        for outcome in crate::kube_events::Outcome::ALL {
+        for outcome in crate::agent_counters::KubeEventOutcome::ALL {
             ConstCounter::new(self.agent.kube_events(outcome))
                 .encode(m.encode_family(&[("result", outcome.name())])?)?;
         }
